@@ -1,0 +1,38 @@
+# The two commands a fresh machine needs: `make run` and `make test`. Each installs what is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export TANDEM_HOME ?= $(HOME)/.cache/tandem
+
+.PHONY: install model run test test-slow bench bench-decode clean
+
+install: $(STAMP)
+
+# Re-installs only when the project's dependency list changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+model: install
+	$(PY) -m runtime.cli model fetch
+
+run: model
+	$(PY) -m runtime.cli generate --chat --max-tokens 64 "What is the capital of France?"
+
+test: install model
+	$(PY) -m pytest -q -m "not slow" --timeout=900
+
+test-slow: install model
+	$(PY) -m pytest -q -m slow --timeout=3600
+
+bench: install model
+	$(PY) benchmarks/offline.py --engine tandem --engine hf --num-prompts 32 --input-len 256 --output-len 128 --dtype bfloat16
+
+bench-decode: install model
+	$(PY) benchmarks/offline.py --decode-roofline --dtype bfloat16
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,83 @@
+"""Frozen configuration of the engine layers, composed from the CLI/config file downwards."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROLES = ("colocated", "prefill", "decode")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights to load and in what precision.
+
+    `path` is a local Hugging Face directory (config.json + safetensors + tokenizer).
+    `max_model_len` caps prompt + output tokens; None takes the model's own limit.
+    """
+
+    path: str
+    dtype: str = "float32"
+    max_model_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache: `num_blocks` blocks of `block_size` tokens each.
+
+    With `num_blocks=None` the cache takes `memory_gib` of memory.
+    """
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    memory_gib: float = 2.0
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.memory_gib <= 0:
+            raise ValueError(f"memory_gib must be > 0, got {self.memory_gib}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits: sequences per step and the per-step token budget.
+
+    With chunked prefill a long prompt is split across steps to fit the budget; without it a
+    prompt must fit the budget whole.
+    """
+
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything one engine instance needs. `role` picks the disaggregation split."""
+
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    role: str = "colocated"
+    seed: int = 0
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")

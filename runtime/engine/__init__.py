@@ -1,0 +1,6 @@
+"""The engine: paged KV cache, continuous batching, our own Llama-family forward, sampling."""
+from runtime.engine.engine import Engine, NoFreeBlocksError
+from runtime.engine.outputs import KVHandle, RequestOutput
+from runtime.engine.sampling_params import SamplingParams
+
+__all__ = ["Engine", "KVHandle", "NoFreeBlocksError", "RequestOutput", "SamplingParams"]

@@ -1,0 +1,328 @@
+"""The engine: requests in, tokens out, one scheduled forward per step.
+
+Roles: `colocated` runs requests to the end; `prefill` stops each request after its first
+token and holds its KV blocks for export; a decode engine admits requests through
+`import_kv` (two-phase: `begin_import`, `write_kv` per layer, `commit_import`).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from runtime.config import EngineConfig
+from runtime.engine.batch_scheduler import BatchScheduler
+from runtime.engine.block_manager import BlockManager
+from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from runtime.engine.model_runner import ModelRunner
+from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings
+from runtime.engine.sampler import Sampler
+from runtime.engine.sampling_params import SamplingParams
+from runtime.engine.sequence import Sequence, SequenceStatus
+from runtime.engine.weights import read_generation_eos
+
+
+class NoFreeBlocksError(RuntimeError):
+    """The cache cannot hold the request's KV right now (retry later or elsewhere)."""
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    timings: RequestTimings
+    text: str = ""
+    sent_tokens: int = 0    # output tokens already reported
+    sent_chars: int = 0
+
+
+class Engine:
+    """A paged-KV LLM engine over one model. Not thread-safe: drive it from one thread."""
+
+    def __init__(self, config: EngineConfig, tokenizer=None):
+        from transformers import AutoTokenizer
+
+        self.config = config
+        self.runner = ModelRunner(config.model, config.cache, config.num_threads)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model.path)
+        g = self.runner.geometry
+        self.max_model_len = min(config.model.max_model_len or g.max_position_embeddings,
+                                 g.max_position_embeddings)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size,
+                                          config.cache.enable_prefix_caching)
+        self.scheduler = BatchScheduler(config.scheduler, self.block_manager)
+        self.sampler = Sampler(config.seed)
+        self.eos_token_ids = read_generation_eos(config.model.path, self.runner.hf_config)
+        self.requests: dict[str, _Request] = {}
+        self._ids = itertools.count()
+
+    # -- requests -------------------------------------------------------------------------
+    def add_request(self, prompt: str | None = None, params: SamplingParams | None = None, *,
+                    prompt_token_ids: list[int] | None = None,
+                    request_id: str | None = None) -> str:
+        """Queue a request (text or token ids); returns its id. Raises ValueError on bad input."""
+        params = params or SamplingParams()
+        if prompt_token_ids is None:
+            if not isinstance(prompt, str) or not prompt:
+                raise ValueError("prompt is empty: give a non-empty prompt or prompt_token_ids")
+            prompt_token_ids = self.tokenizer.encode(prompt)
+        ids = self._validate_prompt(list(prompt_token_ids))
+        request_id = self._new_id(request_id)
+        seq = Sequence(request_id, ids, params)
+        self.requests[request_id] = self._track(seq)
+        self.scheduler.add(seq)
+        return request_id
+
+    def _validate_prompt(self, ids: list[int]) -> list[int]:
+        vocab = self.runner.geometry.vocab_size
+        if not ids:
+            raise ValueError("prompt is empty: give a non-empty prompt or prompt_token_ids")
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids must be in [0, {vocab}); got {bad[:5]}")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens but the context holds "
+                             f"{self.max_model_len} (max_model_len) including at least one "
+                             f"generated token: shorten the prompt")
+        if self.block_manager.blocks_needed(len(ids) + 1) > self.block_manager.num_blocks:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the whole KV cache "
+                             f"({self.block_manager.num_blocks} blocks of "
+                             f"{self.block_manager.block_size})")
+        sc = self.config.scheduler
+        if not sc.enable_chunked_prefill and len(ids) > sc.max_num_batched_tokens:
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens="
+                             f"{sc.max_num_batched_tokens} and chunked prefill is off")
+        return ids
+
+    def _new_id(self, request_id: str | None) -> str:
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        return request_id
+
+    def _track(self, seq: Sequence) -> _Request:
+        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids,
+                                       seq.params.skip_special_tokens)
+        return _Request(seq, detok, RequestTimings(arrival=time.monotonic()))
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request at once, freeing its blocks. False when it is not known."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        self.scheduler.remove(req.seq)
+        self.block_manager.free(req.seq)
+        req.seq.status = SequenceStatus.FINISHED
+        req.seq.finish_reason = "abort"
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self, layer_done=None) -> list[RequestOutput]:
+        """Schedule, run one forward, sample; outputs of the requests that advanced."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        now = time.monotonic()
+        for seq in batch.seqs:
+            timings = self.requests[seq.request_id].timings
+            timings.first_scheduled = timings.first_scheduled or now
+        sampled, logits = self.runner.execute(batch, layer_done)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.commit(seq)
+        if not sampled:
+            return []
+        result = self.sampler(logits, [s.params for s in sampled],
+                              [s.num_output_tokens for s in sampled])
+        outputs = []
+        for i, seq in enumerate(sampled):
+            self._append_token(seq, result.token_ids[i], result.logprobs[i],
+                               result.top_logprobs[i])
+            outputs.append(self._output(self.requests[seq.request_id]))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprob, top) -> None:
+        req = self.requests[seq.request_id]
+        seq.token_ids.append(token)
+        seq.logprobs.append(logprob)
+        seq.top_logprobs.append(top)
+        req.timings.first_token = req.timings.first_token or time.monotonic()
+        delta = req.detok.add_token(token)
+        req.text += delta
+        p = seq.params
+        if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
+            self._finish(req, "stop")
+        elif p.stop and (cut := find_stop_string(req.text, len(delta), p.stop,
+                                                 p.include_stop_str_in_output)) is not None:
+            req.text = req.text[:cut]
+            self._finish(req, "stop")
+        elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            self._finish(req, "length")
+        elif self.config.role == "prefill":
+            self.scheduler.remove(seq)
+            seq.status = SequenceStatus.PREFILLED
+
+    def _finish(self, req: _Request, reason: str) -> None:
+        seq = req.seq
+        self.scheduler.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        req.timings.finished = time.monotonic()
+
+    def _output(self, req: _Request) -> RequestOutput:
+        seq = req.seq
+        new_ids = seq.output_token_ids[req.sent_tokens:]
+        delta = req.text[req.sent_chars:]
+        req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
+        want_lp = seq.params.logprobs is not None
+        handle = None
+        if seq.status is SequenceStatus.PREFILLED:
+            handle = KVHandle(seq.request_id, tuple(seq.prompt_token_ids),
+                              tuple(seq.output_token_ids), seq.params, seq.num_computed_tokens,
+                              tuple(seq.logprobs), tuple(seq.top_logprobs))
+        if seq.is_finished:
+            del self.requests[seq.request_id]
+        return RequestOutput(
+            request_id=seq.request_id, prompt_token_ids=seq.prompt_token_ids,
+            token_ids=seq.output_token_ids, text=req.text, new_token_ids=new_ids,
+            delta_text=delta, finished=seq.is_finished, finish_reason=seq.finish_reason,
+            logprobs=list(seq.logprobs) if want_lp else None,
+            top_logprobs=list(seq.top_logprobs) if want_lp else None,
+            num_cached_tokens=seq.num_cached_tokens, kv_handle=handle, timings=req.timings)
+
+    # -- offline API ----------------------------------------------------------------------
+    def generate(self, prompts: str | list[str] | None = None,
+                 params: SamplingParams | list[SamplingParams] | None = None, *,
+                 prompt_token_ids: list[list[int]] | None = None) -> list[RequestOutput]:
+        """Run a batch of requests to completion; outputs in input order."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        n = len(prompt_token_ids) if prompt_token_ids is not None else len(prompts or [])
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * n
+        if len(plist) != n:
+            raise ValueError(f"got {len(plist)} SamplingParams for {n} prompts")
+        ids = []
+        try:
+            for i in range(n):
+                if prompt_token_ids is not None:
+                    ids.append(self.add_request(params=plist[i], prompt_token_ids=prompt_token_ids[i]))
+                else:
+                    ids.append(self.add_request(prompts[i], plist[i]))
+        except ValueError:
+            for rid in ids:
+                self.abort(rid)
+            raise
+        final: dict[str, RequestOutput] = {}
+        while len(final) < n and self.has_unfinished_requests():
+            for out in self.step():
+                if out.finished or out.kv_handle is not None:
+                    final[out.request_id] = out
+        return [final[rid] for rid in ids]
+
+    def stream(self, prompt: str | None = None, params: SamplingParams | None = None, *,
+               prompt_token_ids: list[int] | None = None) -> Iterator[RequestOutput]:
+        """Yield one request's outputs as it advances (other requests advance too).
+
+        Closing the iterator early aborts the request and frees its blocks.
+        """
+        rid = self.add_request(prompt, params, prompt_token_ids=prompt_token_ids)
+        done = False
+        try:
+            while not done:
+                for out in self.step():
+                    if out.request_id == rid:
+                        done = out.finished or out.kv_handle is not None
+                        yield out
+        finally:
+            if not done:
+                self.abort(rid)
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        """The model's chat template applied to `messages`, ready for generation."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    # -- disaggregation split points ------------------------------------------------------
+    def _held(self, request_id: str, status: SequenceStatus) -> Sequence:
+        req = self.requests.get(request_id)
+        if req is None or req.seq.status is not status:
+            raise KeyError(f"no {status.value} request {request_id!r}")
+        return req.seq
+
+    def export_kv(self, request_id: str) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(layer, k, v) for each layer of a prefilled request, k/v [tokens, kv_heads, dim]."""
+        seq = self._held(request_id, SequenceStatus.PREFILLED)
+        for layer in range(self.runner.geometry.num_layers):
+            k, v = self.runner.read_kv(seq.block_table, seq.num_computed_tokens, layer)
+            yield layer, k, v
+
+    def release(self, request_id: str) -> None:
+        """Prefill side: the decode side has the KV; free the held blocks."""
+        seq = self._held(request_id, SequenceStatus.PREFILLED)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = "handed_off"
+        del self.requests[request_id]
+
+    def begin_import(self, handle: KVHandle) -> None:
+        """Decode side: reserve blocks for a handed-off request. NoFreeBlocksError if full."""
+        self._validate_prompt(list(handle.prompt_token_ids))
+        if not handle.output_token_ids or handle.num_kv_tokens != len(handle.prompt_token_ids):
+            raise ValueError("a KV handle carries the prompt's KV and at least the first token")
+        seq = Sequence(self._new_id(handle.request_id),
+                       list(handle.prompt_token_ids), handle.params)
+        req = self._track(seq)
+        for tok in handle.output_token_ids:
+            seq.token_ids.append(tok)
+            req.text += req.detok.add_token(tok)
+        seq.logprobs, seq.top_logprobs = list(handle.logprobs), list(handle.top_logprobs)
+        cached = []  # the KV arrives over the wire, so no prefix reuse on import
+        if not self.block_manager.can_admit(cached, handle.num_kv_tokens + 1):
+            raise NoFreeBlocksError(f"no room for {handle.num_kv_tokens} tokens of KV "
+                                    f"({self.block_manager.num_free_blocks} blocks free)")
+        self.block_manager.admit(seq, cached, handle.num_kv_tokens + 1)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.IMPORTING
+        req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
+        self.requests[seq.request_id] = req
+
+    def write_kv(self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor,
+                 start: int = 0) -> None:
+        """Decode side: place one layer's KV (tokens [start, start+len(k))) of an import."""
+        seq = self._held(request_id, SequenceStatus.IMPORTING)
+        if start < 0 or start + k.shape[0] > seq.num_prompt_tokens:
+            raise ValueError(f"KV tokens [{start}, {start + k.shape[0]}) outside the prompt's "
+                             f"{seq.num_prompt_tokens}")
+        self.runner.write_kv(seq.block_table, layer, k, v, start)
+
+    def commit_import(self, request_id: str) -> None:
+        """Decode side: every layer's KV is in place; start decoding the request."""
+        seq = self._held(request_id, SequenceStatus.IMPORTING)
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        self.block_manager.commit(seq)
+        self.scheduler.add_running(seq)
+
+    def import_kv(self, handle: KVHandle,
+                  layers: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) -> str:
+        """begin_import + write_kv for every layer + commit_import; aborts on any failure."""
+        self.begin_import(handle)
+        try:
+            seen = set()
+            for layer, k, v in layers:
+                self.write_kv(handle.request_id, layer, k, v)
+                seen.add(layer)
+            missing = set(range(self.runner.geometry.num_layers)) - seen
+            if missing:
+                raise ValueError(f"KV import is missing layers {sorted(missing)[:8]}")
+            self.commit_import(handle.request_id)
+        except BaseException:
+            self.abort(handle.request_id)
+            raise
+        return handle.request_id

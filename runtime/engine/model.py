@@ -1,0 +1,155 @@
+"""Our compact forward pass for Llama-family decoders over the paged KV cache.
+
+Covers Llama (incl. Llama-3 rope scaling), Qwen2 (qkv bias), Qwen3 (per-head q/k norms),
+Mistral and SmolLM: GQA, RoPE, RMSNorm, SwiGLU, tied embeddings. The arithmetic follows
+transformers' implementation op for op, so float32 greedy tokens match it exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels.attention import causal_attention, gather_kv, paged_decode_attention
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV bytes per token per element byte (multiply by the dtype's size)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor                 # q, k, v projections stacked: [(H + 2*KVH) * D, hidden]
+    qkv_bias: torch.Tensor | None     # Qwen2
+    q_norm: torch.Tensor | None       # Qwen3
+    k_norm: torch.Tensor | None
+    o_proj: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor             # gate and up projections stacked: [2 * I, hidden]
+    down: torch.Tensor
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor             # the embedding itself when tied
+    inv_freq: torch.Tensor            # float32 [head_dim // 2]
+    rope_scaling: float               # multiplies cos/sin (1.0 except e.g. yarn)
+
+
+@dataclass
+class PrefillSpan:
+    """A run of consecutive tokens of one sequence within the flat batch."""
+
+    token_start: int      # offset in the flat batch
+    num_tokens: int
+    start_pos: int        # position of the first token; >0 means earlier KV is in the cache
+    block_table: torch.Tensor
+
+
+@dataclass
+class AttentionMetadata:
+    """How the flat batch splits: `num_decode` single-token sequences first, then spans."""
+
+    slot_mapping: torch.Tensor                 # [T] cache slot of each token's KV
+    num_decode: int = 0
+    decode_block_tables: torch.Tensor | None = None
+    decode_context_lens: torch.Tensor | None = None
+    prefills: tuple[PrefillSpan, ...] = ()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_cos_sin(weights: ModelWeights, positions: torch.Tensor, dtype: torch.dtype):
+    freqs = positions[:, None].to(torch.float32) * weights.inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = (emb.cos() * weights.rope_scaling).to(dtype)[:, None, :]
+    sin = (emb.sin() * weights.rope_scaling).to(dtype)[:, None, :]
+    return cos, sin
+
+
+def attention(q, k, v, layer_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+              out: torch.Tensor) -> None:
+    """Write this step's KV into the cache, then attend; results go into `out` [T, H, D]."""
+    k_cache, v_cache = layer_cache[0], layer_cache[1]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
+    nd = meta.num_decode
+    if nd:
+        out[:nd] = paged_decode_attention(q[:nd], k_cache, v_cache, meta.decode_block_tables,
+                                          meta.decode_context_lens, scale)
+    for span in meta.prefills:
+        s, n = span.token_start, span.num_tokens
+        if span.start_pos == 0:
+            ks, vs = k[s:s + n], v[s:s + n]
+        else:
+            total = span.start_pos + n
+            ks = gather_kv(k_cache, span.block_table, total)
+            vs = gather_kv(v_cache, span.block_table, total)
+        out[s:s + n] = causal_attention(q[s:s + n], ks, vs, scale)
+
+
+def forward(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, input_ids: torch.Tensor,
+            positions: torch.Tensor, meta: AttentionMetadata, logits_indices: torch.Tensor,
+            layer_done=None) -> torch.Tensor:
+    """Run the flat batch through the model; float32 logits for the rows in `logits_indices`.
+
+    kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]. `layer_done`
+    (optional) is called with the layer index once that layer's KV is in the cache, so a KV
+    sender can ship it while later layers compute.
+    """
+    t = input_ids.shape[0]
+    h_, kvh, d = g.num_heads, g.num_kv_heads, g.head_dim
+    scale = d ** -0.5
+    hidden = F.embedding(input_ids, w.embed)
+    cos, sin = rope_cos_sin(w, positions, hidden.dtype)
+    attn_out = torch.empty(t, h_, d, dtype=hidden.dtype)
+    for i, lw in enumerate(w.layers):
+        residual = hidden
+        x = rms_norm(hidden, lw.input_norm, g.rms_norm_eps)
+        qkv = F.linear(x, lw.qkv, lw.qkv_bias)
+        q, k, v = qkv.split([h_ * d, kvh * d, kvh * d], dim=-1)
+        q, k, v = q.view(t, h_, d), k.view(t, kvh, d), v.view(t, kvh, d)
+        if lw.q_norm is not None:
+            q = rms_norm(q, lw.q_norm, g.rms_norm_eps)
+            k = rms_norm(k, lw.k_norm, g.rms_norm_eps)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        attention(q, k, v, kv_cache[i], meta, scale, attn_out)
+        if layer_done is not None:
+            layer_done(i)
+        hidden = residual + F.linear(attn_out.view(t, h_ * d), lw.o_proj)
+        residual = hidden
+        x = rms_norm(hidden, lw.post_norm, g.rms_norm_eps)
+        gate, up = F.linear(x, lw.gate_up).chunk(2, dim=-1)
+        hidden = residual + F.linear(F.silu(gate) * up, lw.down)
+    last = rms_norm(hidden.index_select(0, logits_indices), w.norm, g.rms_norm_eps)
+    return F.linear(last, w.lm_head).float()

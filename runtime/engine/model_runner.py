@@ -1,0 +1,105 @@
+"""Owns the weights and the KV cache tensors; turns a scheduled batch into logits."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from runtime.config import CacheConfig, ModelConfig
+from runtime.engine.batch_scheduler import ScheduledBatch
+from runtime.engine.model import AttentionMetadata, PrefillSpan, forward
+from runtime.engine.sequence import Sequence
+from runtime.engine.weights import DTYPES, geometry_of, load_hf_config, load_weights
+
+
+class ModelRunner:
+    """The torch side of the engine: weights, the paged KV cache, one forward per step.
+
+    KV cache layout: [num_layers, 2 (k, v), num_blocks, block_size, num_kv_heads, head_dim] in
+    the model dtype. `read_kv`/`write_kv` move one layer of one sequence's KV in and out as
+    contiguous [num_tokens, num_kv_heads, head_dim] tensors, the engine's handoff unit.
+    """
+
+    def __init__(self, model: ModelConfig, cache: CacheConfig, num_threads: int | None = None):
+        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+        self.hf_config = load_hf_config(model.path)
+        self.geometry = geometry_of(self.hf_config)
+        self.dtype = DTYPES[model.dtype]
+        self.weights = load_weights(model.path, self.hf_config, model.dtype)
+        self.block_size = cache.block_size
+        g = self.geometry
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        bytes_per_block = g.kv_bytes_per_token * elem * cache.block_size
+        self.num_blocks = cache.num_blocks or max(1, int(cache.memory_gib * 2**30) // bytes_per_block)
+        self.kv_cache = torch.zeros(g.num_layers, 2, self.num_blocks, cache.block_size,
+                                    g.num_kv_heads, g.head_dim, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch, layer_done=None) -> tuple[list[Sequence], torch.Tensor]:
+        """Compute the batch's tokens; returns the sequences that reached their end this step
+        (in batch order) and their next-token logits [n, vocab] in float32."""
+        bs = self.block_size
+        order = sorted(range(len(batch.seqs)), key=lambda i: batch.num_new_tokens[i] != 1)
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        decode_tables, decode_lens, spans = [], [], []
+        last_token_row: dict[int, int] = {}
+        for i in order:
+            seq, n = batch.seqs[i], batch.num_new_tokens[i]
+            start = seq.num_computed_tokens
+            row0 = len(input_ids)
+            input_ids += seq.token_ids[start:start + n]
+            pos = range(start, start + n)
+            positions += pos
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in pos]
+            if n == 1:
+                decode_tables.append(table)
+                decode_lens.append(start + 1)
+            else:
+                spans.append(PrefillSpan(row0, n, start, torch.tensor(table, dtype=torch.long)))
+            if start + n == seq.num_tokens:
+                last_token_row[i] = row0 + n - 1
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long),
+                                 num_decode=len(decode_tables), prefills=tuple(spans))
+        if decode_tables:
+            width = max(len(t) for t in decode_tables)
+            meta.decode_block_tables = torch.tensor(
+                [t + [t[0]] * (width - len(t)) for t in decode_tables], dtype=torch.long)
+            meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long)
+        sampled = [i for i in range(len(batch.seqs)) if i in last_token_row]
+        logits_idx = torch.tensor([last_token_row[i] for i in sampled], dtype=torch.long)
+        logits = forward(self.weights, self.geometry, self.kv_cache,
+                         torch.tensor(input_ids, dtype=torch.long),
+                         torch.tensor(positions, dtype=torch.long), meta, logits_idx, layer_done)
+        return [batch.seqs[i] for i in sampled], logits
+
+    def _token_slots(self, block_table: list[int], start: int, num_tokens: int) -> torch.Tensor:
+        bs = self.block_size
+        pos = torch.arange(start, start + num_tokens)
+        table = torch.tensor(block_table, dtype=torch.long)
+        return table[pos // bs] * bs + pos % bs
+
+    def read_kv(self, block_table: list[int], num_tokens: int, layer: int):
+        """(k, v) of one layer for tokens [0, num_tokens): each [num_tokens, kv_heads, dim]."""
+        slots = self._token_slots(block_table, 0, num_tokens)
+        layer_cache = self.kv_cache[layer]
+        k = layer_cache[0].view(-1, *layer_cache.shape[3:]).index_select(0, slots)
+        v = layer_cache[1].view(-1, *layer_cache.shape[3:]).index_select(0, slots)
+        return k, v
+
+    def write_kv(self, block_table: list[int], layer: int, k: torch.Tensor, v: torch.Tensor,
+                 start: int = 0) -> None:
+        """Place one layer's KV for tokens [start, start + len(k)) into the sequence's blocks."""
+        g = self.geometry
+        expect = (k.shape[0], g.num_kv_heads, g.head_dim)
+        if tuple(k.shape) != expect or tuple(v.shape) != expect:
+            raise ValueError(f"KV for layer {layer} must be {expect}, got {tuple(k.shape)} "
+                             f"and {tuple(v.shape)}")
+        if not 0 <= layer < g.num_layers:
+            raise ValueError(f"layer {layer} out of range [0, {g.num_layers})")
+        slots = self._token_slots(block_table, start, k.shape[0])
+        layer_cache = self.kv_cache[layer]
+        layer_cache[0].view(-1, *layer_cache.shape[3:]).index_copy_(0, slots, k.to(self.dtype))
+        layer_cache[1].view(-1, *layer_cache.shape[3:]).index_copy_(0, slots, v.to(self.dtype))

@@ -1,0 +1,52 @@
+"""What the engine hands back: per-step request outputs and KV handoff handles."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class KVHandle:
+    """A prefilled request whose KV the prefill engine holds until `release`.
+
+    The KV covers `num_kv_tokens` = the prompt; `output_token_ids` holds the first sampled
+    token, whose KV the decode side computes in its first step.
+    """
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    params: SamplingParams
+    num_kv_tokens: int
+    logprobs: tuple = ()
+    top_logprobs: tuple = ()
+
+
+@dataclass
+class RequestTimings:
+    """Monotonic timestamps (seconds) of a request's milestones, None until reached."""
+
+    arrival: float
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+
+
+@dataclass
+class RequestOutput:
+    """A request's state after a step: everything so far plus this step's delta."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    new_token_ids: list[int] = field(default_factory=list)
+    delta_text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None      # "stop" | "length" | "abort"
+    logprobs: list[float | None] | None = None
+    top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    num_cached_tokens: int = 0
+    kv_handle: KVHandle | None = None     # prefill role: set once the KV is ready to export
+    timings: RequestTimings | None = None

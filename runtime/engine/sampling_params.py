@@ -1,0 +1,105 @@
+"""Per-request sampling parameters, validated once at the boundary (vLLM semantics)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Temperatures below this are treated as greedy, as in vLLM: dividing by them would overflow.
+SAMPLING_EPS = 1e-5
+MAX_LOGPROBS = 20
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request turns logits into tokens and text, and when it stops.
+
+    - `temperature` 0 means greedy (argmax); `top_k` 0 or -1, `top_p` 1 and `min_p` 0 disable
+      their filters. Filters apply in the order temperature, top-k, top-p, min-p.
+    - `seed` makes sampling reproducible: the token at output index i depends only on
+      (seed, i) and the logits, never on the batch or on which engine runs the step.
+    - `stop` strings end generation when they appear in the output text; `stop_token_ids`
+      end it when sampled (the token is kept in the output ids). `ignore_eos` keeps going
+      past the model's EOS token.
+    - `logprobs` N returns the sampled token's logprob and the top-N logprobs per token,
+      taken from the raw logits (before temperature and filters).
+
+    Invalid values raise ValueError naming the field, the value and what is allowed.
+    `stop` accepts a str or list and `stop_token_ids` a list; both are stored as tuples.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not _is_int(self.top_k) or not (self.top_k >= 1 or self.top_k in (0, -1)):
+            raise ValueError(f"top_k must be an int >= 1, or 0 or -1 to disable, got {self.top_k!r}")
+        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not _is_real(self.min_p) or not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        self._normalise_stop()
+        self._normalise_stop_token_ids()
+        for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+        if self.logprobs is not None and (
+            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise ValueError(
+                f"logprobs must be None or an int in [0, {MAX_LOGPROBS}], got {self.logprobs!r}"
+            )
+
+    def _normalise_stop(self) -> None:
+        stop = self.stop
+        if isinstance(stop, str):
+            stop = (stop,)
+        if not isinstance(stop, (list, tuple)):
+            raise ValueError(f"stop must be a str or a list of str, got {stop!r}")
+        for s in stop:
+            # An empty stop string would match at every position and end every request at once.
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop must contain only non-empty strings, got {s!r} in {stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+
+    def _normalise_stop_token_ids(self) -> None:
+        ids = self.stop_token_ids
+        if not isinstance(ids, (list, tuple)):
+            raise ValueError(f"stop_token_ids must be a list of ints, got {ids!r}")
+        for t in ids:
+            if not _is_int(t) or t < 0:
+                raise ValueError(
+                    f"stop_token_ids must contain only ints >= 0, got {t!r} in {ids!r}"
+                )
+        object.__setattr__(self, "stop_token_ids", tuple(ids))
+
+    @property
+    def is_greedy(self) -> bool:
+        """True when the request takes the argmax token (temperature 0, or below 1e-5)."""
+        return self.temperature < SAMPLING_EPS
