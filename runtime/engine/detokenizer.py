@@ -22,6 +22,7 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self._vocab_size = len(tokenizer)
+        self._skip_ids = _special_ids(tokenizer) if skip_special_tokens else frozenset()
         self.output_token_ids: list[int] = []
         context = list(prompt_token_ids[-INITIAL_OFFSET - 2 :])
         self._tokens = self._to_tokens(context)
@@ -31,10 +32,8 @@ class IncrementalDetokenizer:
 
     def _to_tokens(self, token_ids: list[int]) -> list[str]:
         # Ids outside the vocabulary (padded embedding rows) decode to nothing.
-        known = [t for t in token_ids if 0 <= t < self._vocab_size]
-        tokens = self.tokenizer.convert_ids_to_tokens(
-            known, skip_special_tokens=self.skip_special_tokens
-        )
+        kept = [t for t in token_ids if 0 <= t < self._vocab_size and t not in self._skip_ids]
+        tokens = self.tokenizer.convert_ids_to_tokens(kept)
         return [t if t is not None else "" for t in tokens]
 
     def add_token(self, token_id: int) -> str:
@@ -58,6 +57,18 @@ class IncrementalDetokenizer:
     def text(self) -> str:
         """All output text emitted so far (the concatenation of the deltas)."""
         return "".join(self._text_parts)
+
+
+def _special_ids(tokenizer) -> frozenset[int]:
+    """The ids `tokenizer.decode(..., skip_special_tokens=True)` drops.
+
+    A fast tokenizer's decode skips every added token flagged special, which can be more than
+    `all_special_ids` (the named special tokens) that `convert_ids_to_tokens` skips; computed
+    once here because `all_special_ids` is rebuilt on every access.
+    """
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    flagged = {i for i, token in added.items() if getattr(token, "special", False)}
+    return frozenset(tokenizer.all_special_ids) | flagged
 
 
 def find_stop_string(
