@@ -35,8 +35,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     # 4-D inputs: SDPA's CPU flash kernel only takes batched inputs; 3-D falls back to the
     # math path, several times slower.
     qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    if t == s:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale,
+    if t == s or t == 1:
+        # A single query at the last position sees every key: causal needs no mask then.
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=t > 1, scale=scale,
                                              enable_gqa=True)
     else:
         # Query i sits at absolute position s - t + i and may see keys 0..s - t + i.
@@ -55,7 +56,10 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     flat = block_tables.reshape(-1)
     k = gather_blocks(k_cache, flat).view(b, -1, *k_cache.shape[2:]).transpose(1, 2)
     v = gather_blocks(v_cache, flat).view(b, -1, *v_cache.shape[2:]).transpose(1, 2)
-    if bool((context_lens == k.shape[2]).all()):
+    if b == 1:
+        n = int(context_lens[0])
+        k, v, mask = k[:, :, :n], v[:, :, :n], None   # one sequence: cut the padding instead
+    elif bool((context_lens == k.shape[2]).all()):
         mask = None  # equal lengths filling whole blocks: no padding to hide
     else:
         # An additive mask takes SDPA's faster CPU path than a boolean one.

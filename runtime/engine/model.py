@@ -77,10 +77,12 @@ class AttentionMetadata:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    xf = x.to(torch.float32)
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
+    if x.dtype is not torch.float32:
+        # Half precisions take the fused kernel (it accumulates in float32 too); float32
+        # follows transformers op for op so greedy tokens stay bit-exact.
+        return F.rms_norm(x, weight.shape, weight, eps)
+    xf = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -136,13 +138,14 @@ def forward(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, input_ids
         residual = hidden
         x = rms_norm(hidden, lw.input_norm, g.rms_norm_eps)
         qkv = F.linear(x, lw.qkv, lw.qkv_bias)
-        q, k, v = qkv.split([h_ * d, kvh * d, kvh * d], dim=-1)
-        q, k, v = q.view(t, h_, d), k.view(t, kvh, d), v.view(t, kvh, d)
+        qk, v = qkv.split([(h_ + kvh) * d, kvh * d], dim=-1)
+        qk, v = qk.view(t, h_ + kvh, d), v.view(t, kvh, d)
         if lw.q_norm is not None:
-            q = rms_norm(q, lw.q_norm, g.rms_norm_eps)
-            k = rms_norm(k, lw.k_norm, g.rms_norm_eps)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+            qk = torch.cat([rms_norm(qk[:, :h_], lw.q_norm, g.rms_norm_eps),
+                            rms_norm(qk[:, h_:], lw.k_norm, g.rms_norm_eps)], dim=1)
+        # q and k sit side by side in the projection: rotate both heads' groups at once.
+        qk = qk * cos + rotate_half(qk) * sin
+        q, k = qk[:, :h_], qk[:, h_:]
         attention(q, k, v, kv_cache[i], meta, scale, attn_out)
         if layer_done is not None:
             layer_done(i)
