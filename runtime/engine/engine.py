@@ -10,6 +10,7 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -27,6 +28,16 @@ from runtime.engine.weights import read_generation_eos
 
 class NoFreeBlocksError(RuntimeError):
     """The cache cannot hold the request's KV right now (retry later or elsewhere)."""
+
+
+class PromptSpan(NamedTuple):
+    """Prompt tokens [start, end) of one request that the running step computes."""
+
+    request_id: str
+    block_table: tuple[int, ...]
+    start: int
+    end: int
+    num_prompt_tokens: int
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Engine:
         self.eos_token_ids = read_generation_eos(config.model.path, self.runner.hf_config)
         self.requests: dict[str, _Request] = {}
         self._ids = itertools.count()
+        self._batch = None   # the batch of the step in progress (for scheduled_prompt_spans)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: str | None = None, params: SamplingParams | None = None, *,
@@ -132,7 +144,11 @@ class Engine:
         for seq in batch.seqs:
             timings = self.requests[seq.request_id].timings
             timings.first_scheduled = timings.first_scheduled or now
-        sampled, logits = self.runner.execute(batch, layer_done)
+        self._batch = batch
+        try:
+            sampled, logits = self.runner.execute(batch, layer_done)
+        finally:
+            self._batch = None
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
             self.block_manager.commit(seq)
@@ -262,6 +278,29 @@ class Engine:
         for layer in range(self.runner.geometry.num_layers):
             k, v = self.runner.read_kv(seq.block_table, seq.num_computed_tokens, layer)
             yield layer, k, v
+
+    def scheduled_prompt_spans(self) -> list[PromptSpan]:
+        """Inside `step(layer_done=...)`: the prompt tokens each sequence computes this step.
+
+        Once `layer_done(i)` fires, layer i's KV of tokens [0, end) of each span is in the
+        cache (tokens before `start` from earlier steps or prefix-cache hits), so a KV sender
+        can ship it while later layers compute. `end == num_prompt_tokens` means the prompt
+        completes this step. Empty outside a step.
+        """
+        if self._batch is None:
+            return []
+        spans = []
+        for seq, n in zip(self._batch.seqs, self._batch.num_new_tokens):
+            start = seq.num_computed_tokens
+            end = min(start + n, seq.num_prompt_tokens)
+            if start < end:
+                spans.append(PromptSpan(seq.request_id, tuple(seq.block_table), start, end,
+                                        seq.num_prompt_tokens))
+        return spans
+
+    def block_table(self, request_id: str) -> tuple[int, ...]:
+        """The KV block ids of a prefilled request; held, never rewritten, until release/abort."""
+        return tuple(self._held(request_id, SequenceStatus.PREFILLED).block_table)
 
     def release(self, request_id: str) -> None:
         """Prefill side: the decode side has the KV; free the held blocks."""

@@ -1,0 +1,306 @@
+"""KV handoff throughput over loopback gRPC, against the raw gRPC ceiling of the same machine.
+
+    .venv/bin/python benchmarks/kv_transfer.py [--quick] [--json OUT.json]
+
+Each shape runs a decode-side process (a decode engine behind a `KVReceiver` that drops every
+admitted request at once, plus a plain bytes-stream sink) and drives it from this process:
+
+- ceiling: N concurrent client streams of 1 MiB `bytes` messages (no protobuf, no checksum),
+  each as many bytes as one raw handoff of the shape;
+- handoffs (best of 3 runs, as is the ceiling): N concurrent `KVSender.send`s of prefilled requests (raw, int8, fp8), N = 1, 4,
+  16. GB/s counts the KV delivered in the cache dtype (bf16), so compressed encodings can pass
+  the ceiling; `wire` is the bytes actually sent. The prefill runs once per shape (the other
+  requests hit its prefix cache), so only the transfer is timed.
+- layer-wise overlap (SmolLM2, 4k-token prompt): prefill alone, transfer alone, and prefill
+  with layer-wise streaming; hidden = (prefill + transfer - streamed) / transfer.
+- crossover: prefill-to-ack latency of one prompt, layer-wise vs one message after the prefill.
+
+Shapes: SmolLM2-135M (real weights, 1k and 4k tokens) and a Llama-3-8B-shaped random model
+(32 layers, 8 KV heads, head_dim 128; 1k tokens). KV_BENCH_THREADS=N sets the engines' torch
+threads (default: all cores). On a CPU-only host the transfer's copies, checksums and gRPC
+compete with the prefill's matmuls for the same cores, so layer-wise streaming has nothing to
+overlap onto there; the overlap figure is meaningful where the prefill runs on an accelerator.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SECRET = "kv-bench-secret"
+SINK = "/tandem.bench.Sink/Push"
+MIB = 1 << 20
+REPEATS = 3   # best of: these loopback figures are noisy on shared machines
+
+
+# -- the decode-side process ---------------------------------------------------------------
+def serve(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from runtime.kv_transfer import EngineThread, KVReceiver, KVTransferConfig
+    from runtime.kv_transfer.receiver import server_options
+
+    engine = make_engine(args.model, "decode", args.num_blocks)
+    engine.runner.kv_cache.fill_(0)   # touch every page once, as a warm server has
+    thread = EngineThread("decode")
+    cfg = KVTransferConfig(secret=SECRET, max_staging_bytes=16 << 30)
+    receiver = KVReceiver(engine, thread, cfg)
+    kv_port = receiver.start()
+
+    def push(request_iterator, context):
+        return sum(len(m) for m in request_iterator).to_bytes(8, "little")
+    sink = grpc.server(ThreadPoolExecutor(max_workers=32), options=server_options(cfg))
+    sink.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "tandem.bench.Sink", {"Push": grpc.stream_unary_rpc_method_handler(push)})])
+    sink_port = sink.add_insecure_port("127.0.0.1:0")
+    sink.start()
+    stop = threading.Event()
+
+    def drop_admitted() -> None:   # a decode worker that never decodes: frees blocks at once
+        while not stop.is_set():
+            thread.call(lambda: [engine.abort(r) for r in list(engine.requests)])
+            time.sleep(0.005)
+    dropper = threading.Thread(target=drop_admitted, daemon=True)
+    dropper.start()
+    print(f"ports {kv_port} {sink_port}", flush=True)
+    sys.stdin.read()
+    stop.set()
+    dropper.join()
+    receiver.stop()
+    sink.stop(None)
+    thread.close()
+
+
+def make_engine(model: str, role: str, num_blocks: int, prefix: bool = True):
+    from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+    from runtime.engine import Engine
+
+    return Engine(EngineConfig(
+        model=ModelConfig(path=model, dtype="bfloat16"),
+        cache=CacheConfig(block_size=16, num_blocks=num_blocks, enable_prefix_caching=prefix),
+        scheduler=SchedulerConfig(max_num_batched_tokens=4096), role=role,
+        num_threads=int(os.environ.get("KV_BENCH_THREADS", "0")) or None))
+
+
+def llama8b_shaped(home: Path, tokenizer_dir: Path) -> Path:
+    """A random-weight Llama with Llama-3-8B's KV geometry and tiny matmuls (built once)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = home / "bench" / "llama3-8b-kv-shape"
+    if (path / "config.json").exists():
+        return path
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, num_attention_heads=8, num_key_value_heads=8,
+                      head_dim=128, num_hidden_layers=32, intermediate_size=256,
+                      vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
+                      rope_theta=500000.0)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(str(path))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json"):
+        if (tokenizer_dir / name).exists() and name != "generation_config.json":
+            shutil.copy(tokenizer_dir / name, path / name)
+    return path
+
+
+class DecodeSide:
+    def __init__(self, model: Path, num_blocks: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(model), "--num-blocks", str(num_blocks)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "ports", f"decode side failed to start: {line}"
+        self.kv_target = f"127.0.0.1:{line[1]}"
+        self.sink_target = f"127.0.0.1:{line[2]}"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+# -- measurements --------------------------------------------------------------------------
+def ceiling(target: str, nbytes: int, streams: int) -> float:
+    """GB/s of `streams` concurrent plain bytes streams of `nbytes` each."""
+    import grpc
+
+    from runtime.kv_transfer import KVTransferConfig
+    from runtime.kv_transfer.auth import make_channel
+
+    payload = os.urandom(MIB)
+    channel = make_channel(target, KVTransferConfig(secret=SECRET))
+    push = channel.stream_unary(SINK)
+
+    def messages():
+        for i in range(0, nbytes, MIB):
+            yield payload[:min(MIB, nbytes - i)]
+    push(iter([b"x"]), timeout=30)   # connect first
+    t0 = time.perf_counter()
+    futures = [push.future(messages(), timeout=600) for _ in range(streams)]
+    assert all(int.from_bytes(f.result(), "little") == nbytes for f in futures)
+    seconds = time.perf_counter() - t0
+    channel.close()
+    del grpc
+    return streams * nbytes / seconds / 1e9
+
+
+def handoffs(prefill, thread, sender, prompt, streams, target) -> tuple[float, float]:
+    """(KV GB/s, wire GB/s) of `streams` concurrent sends of prefilled copies of `prompt`."""
+    from runtime.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    outs = thread.call(prefill.generate, prompt_token_ids=[prompt] * streams, params=params)
+    kv_bytes = prefill.runner.geometry.kv_bytes_per_token * 2 * len(prompt)  # bf16
+    t0 = time.perf_counter()
+    futures = [thread.call(sender.send, o.kv_handle, target) for o in outs]
+    results = [f.result(timeout=600) for f in futures]
+    seconds = time.perf_counter() - t0
+    wire = sum(r.num_bytes for r in results)
+    return streams * kv_bytes / seconds / 1e9, wire / seconds / 1e9
+
+
+def prompt_of(n: int, seed: int) -> list[int]:
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randrange(100, 40000) for _ in range(n)]
+
+
+def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) -> None:
+    from runtime.kv_transfer import EngineThread, KVSender, KVTransferConfig
+
+    max_len = max(lengths)
+    decode = DecodeSide(model, num_blocks=max(concurrency) * (max_len // 16 + 2) + 64)
+    prefill = make_engine(str(model), "prefill", num_blocks=max_len // 16 * 2 + 64)
+    thread = EngineThread("prefill")
+    try:
+        per_token = prefill.runner.geometry.kv_bytes_per_token * 2
+        for n in lengths:
+            prompt = prompt_of(n, seed=n)
+            thread.call(prefill.generate, prompt_token_ids=[prompt])   # fill the prefix cache
+            for streams in concurrency:
+                gbps_ceiling = max(ceiling(decode.sink_target, per_token * n, streams)
+                                   for _ in range(REPEATS))
+                row = {"shape": name, "tokens": n, "streams": streams,
+                       "kv_mib": per_token * n / MIB, "ceiling_gbps": gbps_ceiling}
+                for enc in ("raw", "int8", "fp8"):
+                    sender = KVSender(prefill, thread, KVTransferConfig(
+                        secret=SECRET, encoding=enc, deadline_s=600))
+                    kv, wire = max(handoffs(prefill, thread, sender, prompt, streams,
+                                            decode.kv_target) for _ in range(REPEATS))
+                    sender.close()
+                    row[f"{enc}_gbps"], row[f"{enc}_wire_gbps"] = kv, wire
+                row["raw_vs_ceiling"] = row["raw_gbps"] / gbps_ceiling
+                rows.append(row)
+                print(f"{name:>16} {n:>5} tok x{streams:<2} ceiling {gbps_ceiling:5.2f} GB/s | "
+                      f"raw {row['raw_gbps']:5.2f} ({row['raw_vs_ceiling']:.0%}) | int8 "
+                      f"{row['int8_gbps']:5.2f} (wire {row['int8_wire_gbps']:4.2f}) | fp8 "
+                      f"{row['fp8_gbps']:5.2f} (wire {row['fp8_wire_gbps']:4.2f}) GB/s", flush=True)
+    finally:
+        thread.close()
+        decode.close()
+
+
+def timed_handoff(prefill, thread, sender, prompt, target) -> float:
+    """Seconds from add_request to the ack (prefill + handoff) for one prompt."""
+    from runtime.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    t0 = time.perf_counter()
+    rid = thread.call(prefill.add_request, params=params, prompt_token_ids=prompt)
+    future = sender.route(rid, target)
+    while not future.done():
+        thread.call(sender.step)
+    future.result()
+    return time.perf_counter() - t0
+
+
+def overlap_and_crossover(model: Path, lengths, crossover_lengths, report) -> None:
+    from runtime.engine import SamplingParams
+    from runtime.kv_transfer import EngineThread, KVSender, KVTransferConfig
+
+    max_len = max(lengths + crossover_lengths)
+    decode = DecodeSide(model, num_blocks=2 * max_len // 16 + 64)
+    prefill = make_engine(str(model), "prefill", num_blocks=2 * max_len // 16 + 64,
+                          prefix=False)
+    thread = EngineThread("prefill")
+    cfg = dict(secret=SECRET, deadline_s=600)
+    layerwise = KVSender(prefill, thread, KVTransferConfig(layerwise_min_tokens=1, **cfg))
+    oneshot = KVSender(prefill, thread, KVTransferConfig(layerwise_min_tokens=10**9, **cfg))
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    try:
+        timed_handoff(prefill, thread, oneshot, prompt_of(64, 0), decode.kv_target)   # warm up
+        for n in lengths:
+            prompt = prompt_of(n, seed=7 * n)
+            t0 = time.perf_counter()
+            out = thread.call(prefill.generate, prompt_token_ids=[prompt], params=params)[0]
+            t_prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            thread.call(oneshot.send, out.kv_handle, decode.kv_target).result()
+            t_transfer = time.perf_counter() - t0
+            t_streamed = timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)
+            hidden = (t_prefill + t_transfer - t_streamed) / t_transfer
+            report["overlap"].append({"tokens": n, "prefill_s": t_prefill,
+                                      "transfer_s": t_transfer, "streamed_s": t_streamed,
+                                      "hidden": hidden})
+            print(f"overlap {n} tok: prefill {t_prefill:.3f}s + transfer {t_transfer:.3f}s, "
+                  f"layer-wise {t_streamed:.3f}s: {hidden:.0%} of the transfer hidden",
+                  flush=True)
+        for n in crossover_lengths:
+            prompt = prompt_of(n, seed=11 * n)
+            lw = min(timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)
+                     for _ in range(3))
+            one = min(timed_handoff(prefill, thread, oneshot, prompt, decode.kv_target)
+                      for _ in range(3))
+            report["crossover"].append({"tokens": n, "layerwise_s": lw, "one_message_s": one})
+            print(f"crossover {n:>5} tok: layer-wise {lw * 1e3:8.1f} ms, one message after "
+                  f"prefill {one * 1e3:8.1f} ms", flush=True)
+    finally:
+        layerwise.close()
+        oneshot.close()
+        thread.close()
+        decode.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer shapes, for a smoke run")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--num-blocks", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(argparse.Namespace(model=args.serve, num_blocks=args.num_blocks))
+    from runtime.model_store import fetch_default_model, tandem_home
+
+    smollm2 = fetch_default_model()
+    concurrency = [1, 4] if args.quick else [1, 4, 16]
+    report = {"throughput": [], "overlap": [], "crossover": [],
+              "cores": len(os.sched_getaffinity(0))}
+    throughput_table(smollm2, "SmolLM2-135M", [1024] if args.quick else [1024, 4096],
+                     concurrency, report["throughput"], args.quick)
+    if not args.quick:
+        llama = llama8b_shaped(tandem_home(), smollm2)
+        throughput_table(llama, "Llama-3-8B-shape", [1024], concurrency, report["throughput"],
+                         args.quick)
+    overlap_and_crossover(smollm2, [1024] if args.quick else [4096],
+                          [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024, 2048],
+                          report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Helpers of the KV transfer tests: engines, configs, and a prefill/decode pair on loopback gRPC."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from runtime.engine import Engine, SamplingParams
+from runtime.kv_transfer import EngineThread, KVReceiver, KVSender, KVTransferConfig
+
+SECRET = "test-cluster-secret"
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+PROMPTS = [
+    [5, 17, 42, 99, 3, 8, 250, 11, 64, 7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    [200, 201, 202],
+    [9],
+    list(range(30, 80)),
+    [77, 66, 55, 44, 33, 22, 11, 100, 101, 102, 103, 104],
+    list(range(100, 137)),
+    [(7 * i) % 300 for i in range(1, 200)],
+]
+
+
+def make_engine(path, role="colocated", block_size=4, num_blocks=256, budget=2048,
+                dtype="float32", prefix=True) -> Engine:
+    return Engine(EngineConfig(
+        model=ModelConfig(path=str(path), dtype=dtype),
+        cache=CacheConfig(block_size=block_size, num_blocks=num_blocks,
+                          enable_prefix_caching=prefix),
+        scheduler=SchedulerConfig(max_num_batched_tokens=budget), role=role, num_threads=1))
+
+
+def config(**kw) -> KVTransferConfig:
+    kw.setdefault("secret", SECRET)
+    kw.setdefault("deadline_s", 20.0)
+    return KVTransferConfig(**kw)
+
+
+@dataclass
+class Pair:
+    """A prefill engine with its sender and a decode engine with its receiver."""
+
+    prefill: Engine
+    decode: Engine
+    p_thread: EngineThread
+    d_thread: EngineThread
+    sender: KVSender
+    receiver: KVReceiver
+    target: str
+
+    def free_blocks(self) -> tuple[int, int]:
+        return (self.p_thread.call(lambda: self.prefill.block_manager.num_free_blocks),
+                self.d_thread.call(lambda: self.decode.block_manager.num_free_blocks))
+
+    def submit(self, prompt, params=GREEDY, target=None):
+        rid = self.p_thread.call(self.prefill.add_request, params=params,
+                                 prompt_token_ids=prompt)
+        return rid, self.sender.route(rid, target or self.target)
+
+    def prefill_until(self, futures, max_steps=10_000) -> None:
+        for _ in range(max_steps):
+            if all(f.done() for f in futures):
+                return
+            self.p_thread.call(self.sender.step)
+        raise AssertionError("handoffs did not settle")
+
+    def decode_all(self) -> dict[str, list[int]]:
+        results = {}
+        while self.d_thread.call(self.decode.has_unfinished_requests):
+            for out in self.d_thread.call(self.decode.step):
+                if out.finished:
+                    results[out.request_id] = out.token_ids
+        return results
+
+    def close(self) -> None:
+        self.sender.close()
+        self.receiver.stop()
+        self.p_thread.close()
+        self.d_thread.close()
