@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TANDEM_HOME ?= $(HOME)/.cache/tandem
 
-.PHONY: install model run test test-slow bench bench-decode clean
+.PHONY: install model proto run test test-slow bench bench-decode clean
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 model: install
 	$(PY) -m runtime.cli model fetch
 
+# Regenerates the checked-in gRPC stubs from proto/*.proto (tests fail when they are stale).
+proto: install
+	$(PY) -m runtime.kv_transfer.codegen
+	$(PY) -m runtime.api.codegen
+
+# A local cluster (1 prefill + 1 decode worker on CPU, embedded Ray): one real request through
+# the SDK with its timing breakdown, then it keeps serving until Ctrl-C.
 run: model
-	$(PY) -m runtime.cli generate --chat --max-tokens 64 "What is the capital of France?"
+	$(PY) -m runtime.cli serve --config runtime/configs/local.yaml --demo
 
 test: install model
 	$(PY) -m pytest -q -m "not slow" --timeout=900

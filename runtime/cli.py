@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from runtime.serve_cli import add_serve_parser
 
 
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
@@ -18,6 +21,9 @@ def _cmd_model_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.url:
+        from runtime.serve_cli import generate_remote
+        return generate_remote(args)
     from runtime.config import CacheConfig, EngineConfig, ModelConfig
     from runtime.engine import Engine, SamplingParams
     from runtime.model_store import ModelFetchError, resolve_model
@@ -62,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    gen.add_argument("--url", default=None,
+                     help="gRPC HOST:PORT of a running `tandem serve` (default: run in-process)")
+    gen.add_argument("--api-key", default=os.environ.get("TANDEM_API_KEY"),
+                     help="with --url: the server's API key (default: $TANDEM_API_KEY)")
+    gen.add_argument("--timeout", type=float, default=120.0, help="with --url: the deadline (s)")
+    gen.add_argument("--timings", action="store_true",
+                     help="with --url: print the timing breakdown to stderr")
     gen.set_defaults(func=_cmd_generate)
+    add_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The public API contract (proto/tandem.proto): generated stubs in `_proto`, `make proto`."""

@@ -1,0 +1,96 @@
+"""The asyncio client of Tandem's gRPC API (same calls as `Client`, awaitable)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime.api._proto import tandem_pb2 as pb
+from runtime.api._proto import tandem_pb2_grpc as pb_grpc
+from runtime.client._retry import RetryPolicy, call_metadata, channel_target
+from runtime.client.errors import error_from_rpc
+from runtime.client.results import (Completion, CompletionBuilder, StreamChunk, build_request,
+                                    chunk_from_proto)
+
+
+class AsyncClient:
+    """`Client`'s contract on grpc.aio: `async for chunk in client.stream(...)`, `await
+    client.generate(...)`. Create it inside the event loop that uses it."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float | None = 60.0,
+                 retry: RetryPolicy = RetryPolicy()):
+        self._channel = grpc.aio.insecure_channel(channel_target(url))
+        self._stub = pb_grpc.TandemStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = call_metadata(api_key)
+        self.timeout, self.retry = timeout, retry
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
+                     prompt_token_ids: list[int] | None = None, model: str = "",
+                     timeout: float | None = None, **sampling) -> AsyncIterator[StreamChunk]:
+        request = build_request(prompt, messages=messages, prompt_token_ids=prompt_token_ids,
+                                model=model, **sampling)
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._stub.Generate(request, timeout=self._deadline(timeout),
+                                       metadata=self._metadata)
+            received = False
+            try:
+                async for msg in call:
+                    received = True
+                    yield chunk_from_proto(msg)
+                return
+            except grpc.RpcError as e:
+                if received or not self.retry.should_retry(e, attempt):
+                    raise error_from_rpc(e) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(self.retry.backoff(attempt))
+
+    async def generate(self, prompt: str | None = None, **kwargs) -> Completion:
+        builder = CompletionBuilder()
+        async for chunk in self.stream(prompt, **kwargs):
+            builder.add(chunk)
+        return builder.build()
+
+    async def chat(self, messages: list[dict], **kwargs) -> Completion:
+        return await self.generate(messages=messages, **kwargs)
+
+    async def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        resp = await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return list(resp.models)
+
+    async def cluster_status(self, timeout: float | None = None) -> pb.ClusterStatusResponse:
+        return await self._unary(self._stub.ClusterStatus, pb.ClusterStatusRequest(), timeout)
+
+    async def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        resp = await self._unary(self._health.Check,
+                                 health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def _unary(self, method, request, timeout):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=self._deadline(timeout),
+                                    metadata=self._metadata)
+            except grpc.RpcError as e:
+                if not self.retry.should_retry(e, attempt):
+                    raise error_from_rpc(e) from None
+            await asyncio.sleep(self.retry.backoff(attempt))
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self.timeout

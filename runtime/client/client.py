@@ -1,0 +1,120 @@
+"""The blocking client of Tandem's gRPC API."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime.api._proto import tandem_pb2 as pb
+from runtime.api._proto import tandem_pb2_grpc as pb_grpc
+from runtime.client._retry import RetryPolicy, call_metadata, channel_target
+from runtime.client.errors import error_from_rpc
+from runtime.client.results import (Completion, CompletionBuilder, StreamChunk, build_request,
+                                    chunk_from_proto)
+
+
+class Client:
+    """A connection to one Tandem frontend (`url` is HOST:PORT of its gRPC port).
+
+    Every call takes `timeout` (seconds, the call's deadline; default the client's), raises a
+    `TandemError` subclass carrying the gRPC status on failure, and retries UNAVAILABLE with
+    backoff per `retry`. Inputs: a text `prompt`, chat `messages` ([{role, content}], the
+    model's chat template applied server-side) or `prompt_token_ids`; sampling keywords use
+    vLLM's names (max_tokens, temperature, top_p, top_k, min_p, seed, stop, ...).
+    Breaking out of `stream()` cancels the request, which frees its KV blocks on the cluster.
+    """
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float | None = 60.0,
+                 retry: RetryPolicy = RetryPolicy()):
+        self._channel = grpc.insecure_channel(channel_target(url))
+        self._stub = pb_grpc.TandemStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = call_metadata(api_key)
+        self.timeout, self.retry = timeout, retry
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- generation -----------------------------------------------------------------------
+    def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
+               prompt_token_ids: list[int] | None = None, model: str = "",
+               timeout: float | None = None, **sampling) -> Iterator[StreamChunk]:
+        """Yield `StreamChunk`s as tokens are generated."""
+        request = build_request(prompt, messages=messages, prompt_token_ids=prompt_token_ids,
+                                model=model, **sampling)
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._stub.Generate(request, timeout=self._deadline(timeout),
+                                       metadata=self._metadata)
+            received = False
+            try:
+                for msg in call:
+                    received = True
+                    yield chunk_from_proto(msg)
+                return
+            except grpc.RpcError as e:
+                if received or not self.retry.should_retry(e, attempt):
+                    raise error_from_rpc(e) from None
+            finally:
+                call.cancel()   # no-op once finished; frees the request if we stopped early
+            time.sleep(self.retry.backoff(attempt))
+
+    def generate(self, prompt: str | None = None, **kwargs) -> Completion:
+        """The whole completion at once (streamed underneath)."""
+        builder = CompletionBuilder()
+        for chunk in self.stream(prompt, **kwargs):
+            builder.add(chunk)
+        return builder.build()
+
+    def chat(self, messages: list[dict], **kwargs) -> Completion:
+        return self.generate(messages=messages, **kwargs)
+
+    # -- the cluster ----------------------------------------------------------------------
+    def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        return list(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout).models)
+
+    def cluster_status(self, timeout: float | None = None) -> pb.ClusterStatusResponse:
+        return self._unary(self._stub.ClusterStatus, pb.ClusterStatusRequest(), timeout)
+
+    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        """The grpc.health.v1 status name: "SERVING", "NOT_SERVING", ..."""
+        resp = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service),
+                           timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Block until the health check says SERVING; UnavailableError after `timeout`."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health(timeout=2.0) == "SERVING":
+                    return
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+            if time.monotonic() > end:
+                raise TimeoutError(f"not SERVING after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def _unary(self, method, request, timeout):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+            except grpc.RpcError as e:
+                if not self.retry.should_retry(e, attempt):
+                    raise error_from_rpc(e) from None
+            time.sleep(self.retry.backoff(attempt))
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self.timeout

@@ -1,0 +1,122 @@
+"""What the SDK returns, and how its calls are built (shared by `Client` and `AsyncClient`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.api._proto import tandem_pb2 as pb
+
+_FINISH = {pb.STOP: "stop", pb.LENGTH: "length", pb.ABORT: "abort"}
+_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+             "stop_token_ids", "ignore_eos", "include_stop_str_in_output",
+             "skip_special_tokens")
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per stage of one request (queue, prefill, KV transfer, decode) and totals."""
+
+    queue_s: float
+    prefill_s: float
+    kv_transfer_s: float
+    decode_s: float
+    ttft_s: float
+    e2e_s: float
+    kv_transfer_bytes: int = 0
+    prefill_worker: str = ""
+    decode_worker: str = ""
+
+    def describe(self) -> str:
+        kib = self.kv_transfer_bytes / 1024
+        return (f"queue {self.queue_s * 1e3:.1f} ms | prefill {self.prefill_s * 1e3:.1f} ms | "
+                f"KV transfer {self.kv_transfer_s * 1e3:.1f} ms ({kib:.1f} KiB) | "
+                f"decode {self.decode_s * 1e3:.1f} ms | TTFT {self.ttft_s * 1e3:.1f} ms | "
+                f"total {self.e2e_s * 1e3:.1f} ms")
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """Tokens new in one streamed message; the last has finish_reason, usage and timings."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generation (what the non-streaming calls return)."""
+
+    request_id: str
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+def build_request(prompt=None, *, messages=None, prompt_token_ids=None, model: str = "",
+                  request_id: str = "", **sampling) -> pb.GenerateRequest:
+    """A GenerateRequest from exactly one input and sampling keywords (vLLM names)."""
+    unknown = set(sampling) - set(_SAMPLING)
+    if unknown:
+        raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
+    req = pb.GenerateRequest(model=model, request_id=request_id)
+    if messages is not None:
+        req.chat.CopyFrom(pb.ChatMessages(messages=[
+            pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]))
+    elif prompt_token_ids is not None:
+        req.prompt_token_ids.CopyFrom(pb.TokenIds(ids=list(prompt_token_ids)))
+    elif prompt is not None:
+        req.prompt = prompt
+    p = req.params
+    for name, value in sampling.items():
+        if value is None:
+            continue
+        if name == "stop":
+            p.stop.extend([value] if isinstance(value, str) else list(value))
+        elif name == "stop_token_ids":
+            p.stop_token_ids.extend(value)
+        else:
+            setattr(p, name, value)
+    return req
+
+
+def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
+    if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text)
+    u, t = msg.usage, msg.timings
+    return StreamChunk(
+        msg.request_id, list(msg.token_ids), msg.text, _FINISH.get(msg.finish_reason),
+        Usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
+        Timings(t.queue_s, t.prefill_s, t.kv_transfer_s, t.decode_s, t.ttft_s, t.e2e_s,
+                t.kv_transfer_bytes, t.prefill_worker, t.decode_worker))
+
+
+class CompletionBuilder:
+    """Accumulates stream chunks into a `Completion`."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.ids: list[int] = []
+        self.last: StreamChunk | None = None
+
+    def add(self, chunk: StreamChunk) -> None:
+        self.texts.append(chunk.text)
+        self.ids += chunk.token_ids
+        self.last = chunk
+
+    def build(self) -> Completion:
+        last = self.last
+        return Completion(last.request_id if last else "", "".join(self.texts), self.ids,
+                          last.finish_reason if last else None, last.usage if last else None,
+                          last.timings if last else None)

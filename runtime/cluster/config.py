@@ -1,0 +1,104 @@
+"""The cluster configuration: frozen dataclasses, built from a YAML file (see `schema`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from runtime.kv_transfer import KVTransferConfig
+
+POOL_ROLES = ("prefill", "decode", "colocated")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool of identical workers and where Ray may place them.
+
+    `num_cpus`/`num_gpus`/`accelerator_type`/`resources` are Ray actor options, so prefill and
+    decode can be pinned to different hardware (e.g. `accelerator_type: H100` for prefill,
+    `resources: {decode_host: 1}` for decode). `max_concurrency` bounds the requests a worker
+    streams at once (each holds one of its actor threads).
+    """
+
+    role: str
+    replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    accelerator_type: str | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    max_concurrency: int = 128
+
+    def __post_init__(self) -> None:
+        if self.role not in POOL_ROLES:
+            raise ValueError(f"pool role must be one of {POOL_ROLES}, got {self.role!r}")
+        if self.replicas < 0:
+            raise ValueError(f"pools.{self.role}.replicas must be >= 0, got {self.replicas}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the frontend listens: gRPC (public API, health, reflection) and HTTP (OpenAI)."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_port: int = 8000
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """`address` None starts an embedded local Ray with `num_cpus` logical CPUs (None: what
+    the pools ask for); "auto" or "ray://host:10001" joins an existing cluster."""
+
+    address: str | None = None
+    num_cpus: float | None = None
+    namespace: str = "tandem"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Everything `tandem serve` needs. `model.path` None means the default SmolLM2 model.
+
+    `served_name` is the model name requests must use (None: the path as given, as vLLM
+    does). `api_key` None leaves the public API open; the KV channel always needs `kv.secret`.
+    """
+
+    model: ModelConfig
+    pools: tuple[PoolConfig, ...]
+    kv: KVTransferConfig
+    served_name: str | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    num_threads: int | None = 1
+    seed: int = 0
+    kv_bind_host: str = "127.0.0.1"
+    kv_advertise_host: str | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    api_key: str | None = None
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        sizes = {p.role: p.replicas for p in self.pools}
+        if len(sizes) != len(self.pools):
+            raise ValueError("each pool role may appear once")
+        disagg = sizes.get("prefill", 0) > 0 or sizes.get("decode", 0) > 0
+        if disagg and (sizes.get("prefill", 0) < 1 or sizes.get("decode", 0) < 1):
+            raise ValueError("disaggregated serving needs pools.prefill.replicas >= 1 and "
+                             "pools.decode.replicas >= 1")
+        if disagg and sizes.get("colocated", 0):
+            raise ValueError("give either prefill + decode pools or a colocated pool, not both")
+        if not disagg and sizes.get("colocated", 0) < 1:
+            raise ValueError("no workers: set pools.prefill/decode.replicas or "
+                             "pools.colocated.replicas")
+
+    @property
+    def mode(self) -> str:
+        return "colocated" if self.pool("colocated").replicas else "disaggregated"
+
+    def pool(self, role: str) -> PoolConfig:
+        for p in self.pools:
+            if p.role == role:
+                return p
+        return PoolConfig(role, replicas=0)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_name or self.model.path

@@ -1,0 +1,91 @@
+"""Starting and stopping a whole cluster: Ray, the worker pools, the frontend."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import ray
+
+from runtime.cluster.config import ClusterConfig
+from runtime.workers.builder import WorkerHandle, start_workers, stop_workers
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(config: ClusterConfig) -> bool:
+    """Join `config.ray.address`, or start an embedded local Ray sized for the pools.
+    Returns True when this call started Ray (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    r = config.ray
+    kwargs = {"namespace": r.namespace, "include_dashboard": False,
+              "log_to_driver": os.environ.get("TANDEM_WORKER_LOGS", "1") == "1"}
+    if r.address:
+        ray.init(address=r.address, **kwargs)
+    else:
+        wanted = sum(p.num_cpus * p.replicas for p in config.pools)
+        ray.init(num_cpus=r.num_cpus or max(wanted, 1), **kwargs)
+    return True
+
+
+class Cluster:
+    """A running cluster: `start()` brings up Ray (if needed) and the workers."""
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        self.workers: list[WorkerHandle] = []
+        self._owns_ray = False
+
+    def connect(self) -> None:
+        """Initialise Ray (call from the main thread: Ray installs signal handlers there)."""
+        self._owns_ray = init_ray(self.config) or self._owns_ray
+
+    def start(self) -> list[WorkerHandle]:
+        self.connect()
+        try:
+            self.workers = start_workers(self.config)
+        except BaseException:
+            self.stop()
+            raise
+        return self.workers
+
+    def stop(self) -> None:
+        if self.workers:
+            stop_workers(self.workers)
+            self.workers = []
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+
+async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
+    """Start the cluster and its frontend; serve until SIGINT/SIGTERM, then stop cleanly.
+    `on_ready(frontend)` (a coroutine function) runs once both ports are up."""
+    from runtime.frontend.server import Frontend
+
+    cluster = Cluster(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    frontend = None
+    try:
+        # Start-up cannot be interrupted half way (actors are being placed); a signal during
+        # it stops the cluster right after.
+        cluster.connect()
+        workers = await loop.run_in_executor(None, cluster.start)
+        if not stop.is_set():
+            frontend = Frontend(config, workers)
+            await frontend.start()
+            if on_ready is not None:
+                await on_ready(frontend)
+            await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if frontend is not None:
+            await frontend.stop()
+        await loop.run_in_executor(None, cluster.stop)

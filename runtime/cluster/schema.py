@@ -1,0 +1,176 @@
+"""The YAML boundary: pydantic models that validate a cluster file into `ClusterConfig`.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Secrets come from
+the file or, better, from environment variables named in it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig, ServerConfig
+from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from runtime.kv_transfer import KVTransferConfig, TLSConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    path: str | None = None
+    served_name: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int | None = Field(None, ge=1)
+
+
+class EngineSection(_Strict):
+    block_size: int = Field(16, ge=1)
+    num_blocks: int | None = Field(None, ge=1)
+    memory_gib: float = Field(0.5, gt=0)
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int = Field(512, ge=1)
+    enable_chunked_prefill: bool = True
+    num_threads: int | None = Field(1, ge=1)
+    seed: int = 0
+
+
+class PoolSection(_Strict):
+    replicas: int = Field(0, ge=0)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    accelerator_type: str | None = None
+    resources: dict[str, float] = {}
+    max_concurrency: int = Field(128, ge=1)
+
+
+class PoolsSection(_Strict):
+    prefill: PoolSection = PoolSection()
+    decode: PoolSection = PoolSection()
+    colocated: PoolSection = PoolSection()
+
+
+class TLSSection(_Strict):
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    server_name: str | None = None
+
+
+class KVSection(_Strict):
+    encoding: Literal["raw", "int8", "fp8"] = "raw"
+    chunk_bytes: int = Field(1 << 20, ge=1)
+    max_inflight_bytes: int = Field(64 << 20, ge=1)
+    deadline_s: float = Field(30.0, gt=0)
+    layerwise_min_tokens: int = Field(512, ge=1)
+    bind_host: str = "127.0.0.1"
+    advertise_host: str | None = None
+    tls: TLSSection | None = None
+
+
+class ServerSection(_Strict):
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8000, ge=0, le=65535)
+
+
+class AuthSection(_Strict):
+    api_key: str | None = None
+    api_key_env: str | None = "TANDEM_API_KEY"
+    kv_secret: str | None = None
+    kv_secret_env: str | None = "TANDEM_KV_SECRET"
+
+
+class RaySection(_Strict):
+    address: str | None = None
+    num_cpus: float | None = Field(None, gt=0)
+    namespace: str = "tandem"
+
+
+class ClusterFile(_Strict):
+    model: ModelSection = ModelSection()
+    engine: EngineSection = EngineSection()
+    pools: PoolsSection
+    kv_transfer: KVSection = KVSection()
+    server: ServerSection = ServerSection()
+    auth: AuthSection = AuthSection()
+    ray: RaySection = RaySection()
+
+
+class ConfigError(ValueError):
+    """The cluster file is invalid; the message names each bad field."""
+
+
+def _secret(value: str | None, env: str | None) -> str | None:
+    return value or (os.environ.get(env) if env else None) or None
+
+
+def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> ClusterConfig:
+    """The validated file as frozen configs; `model_path` is the resolved local directory."""
+    e, kv = f.engine, f.kv_transfer
+    pools = tuple(PoolConfig(role, p.replicas, p.num_cpus, p.num_gpus, p.accelerator_type,
+                             tuple(sorted(p.resources.items())), p.max_concurrency)
+                  for role, p in (("prefill", f.pools.prefill), ("decode", f.pools.decode),
+                                  ("colocated", f.pools.colocated)))
+    # Without a configured secret, one per `serve`: every worker gets it through its config.
+    kv_secret = _secret(f.auth.kv_secret, f.auth.kv_secret_env) or secrets.token_urlsafe(32)
+    tls = TLSConfig(**kv.tls.model_dump()) if kv.tls else None
+    return ClusterConfig(
+        model=ModelConfig(path=model_path, dtype=f.model.dtype,
+                          max_model_len=f.model.max_model_len),
+        pools=pools,
+        kv=KVTransferConfig(secret=kv_secret, encoding=kv.encoding, chunk_bytes=kv.chunk_bytes,
+                            max_inflight_bytes=kv.max_inflight_bytes, deadline_s=kv.deadline_s,
+                            layerwise_min_tokens=kv.layerwise_min_tokens, tls=tls),
+        served_name=served_name,
+        cache=CacheConfig(block_size=e.block_size, num_blocks=e.num_blocks,
+                          memory_gib=e.memory_gib, enable_prefix_caching=e.enable_prefix_caching),
+        scheduler=SchedulerConfig(max_num_seqs=e.max_num_seqs,
+                                  max_num_batched_tokens=e.max_num_batched_tokens,
+                                  enable_chunked_prefill=e.enable_chunked_prefill),
+        num_threads=e.num_threads, seed=e.seed, kv_bind_host=kv.bind_host,
+        kv_advertise_host=kv.advertise_host,
+        server=ServerConfig(**f.server.model_dump()),
+        api_key=_secret(f.auth.api_key, f.auth.api_key_env),
+        ray=RayConfig(**f.ray.model_dump()))
+
+
+def parse_cluster_config(data: dict | None, model: str | None = None,
+                         resolve_model=None) -> ClusterConfig:
+    """Validate a parsed YAML mapping into a `ClusterConfig`; ConfigError names each bad field.
+
+    `model` overrides `model.path`. `resolve_model(path_or_None) -> Path` turns the model entry
+    into a local directory (default: `runtime.model_store.resolve_model`, which fetches the
+    default model once). The served name defaults to the path as given, as vLLM's does, or
+    to the default model's name.
+    """
+    from runtime.model_store import DEFAULT_MODEL_NAME
+    if resolve_model is None:
+        from runtime.model_store import resolve_model
+    try:
+        f = ClusterFile.model_validate(data or {})
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid cluster config:\n" + "\n".join(lines)) from None
+    given = model or f.model.path
+    name = f.model.served_name or given or DEFAULT_MODEL_NAME
+    try:
+        return to_cluster_config(f, str(resolve_model(given)), name)
+    except ValueError as e:
+        raise ConfigError(f"invalid cluster config: {e}") from None
+
+
+def load_cluster_config(path: str | Path, model: str | None = None,
+                        resolve_model=None) -> ClusterConfig:
+    """Read a cluster YAML file; see `parse_cluster_config`."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read cluster config {path}: {e}") from None
+    return parse_cluster_config(data, model, resolve_model)

@@ -1,0 +1,147 @@
+"""The public gRPC API (proto/tandem.proto) on grpc.aio, with health checks and reflection."""
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtime.api._proto import tandem_pb2 as pb
+from runtime.api._proto import tandem_pb2_grpc as pb_grpc
+from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
+from runtime.frontend.results import ServingError
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tandem"].full_name
+_FINISH = {"stop": pb.STOP, "length": pb.LENGTH, "abort": pb.ABORT}
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def new_request_id(given: str = "") -> str:
+    return given or f"req-{uuid.uuid4().hex[:16]}"
+
+
+def params_fields(p: pb.SamplingParams) -> dict:
+    """The request's sampling fields, unset ones as None (the defaults then apply)."""
+    def opt(name):
+        return getattr(p, name) if p.HasField(name) else None
+    return {"max_tokens": opt("max_tokens") if p.HasField("max_tokens") else 16,
+            "temperature": opt("temperature"), "top_p": opt("top_p"), "top_k": opt("top_k"),
+            "min_p": opt("min_p"), "seed": opt("seed"), "stop": tuple(p.stop),
+            "stop_token_ids": tuple(p.stop_token_ids), "ignore_eos": p.ignore_eos,
+            "include_stop_str_in_output": p.include_stop_str_in_output,
+            "skip_special_tokens": opt("skip_special_tokens")}
+
+
+class ApiKeyCheck(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED unless `authorization: Bearer <key>` matches; health and reflection
+    stay open so load balancers and grpcurl work without the key."""
+
+    def __init__(self, api_key: str):
+        self._expected = f"Bearer {api_key}".encode()
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong API key: send 'authorization: Bearer <key>'")
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith(_OPEN_PREFIXES):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return await continuation(details)
+        handler = await continuation(details)
+        return self._deny_stream if handler and handler.response_streaming else self._deny_unary
+
+
+class TandemService(pb_grpc.TandemServicer):
+    """Generate / ListModels / ClusterStatus over a `Dispatcher`."""
+
+    def __init__(self, dispatcher, preparer: RequestPreparer, metrics=None):
+        self.dispatcher = dispatcher
+        self.preparer = preparer
+        self.metrics = metrics
+        self.started = time.monotonic()
+
+    def prepare(self, request: pb.GenerateRequest) -> PreparedRequest:
+        p = self.preparer
+        p.check_model(request.model)
+        kind = request.WhichOneof("input")
+        if kind is None:
+            raise InvalidRequest("the request has no input: set prompt, chat or prompt_token_ids")
+        ids = p.prompt_ids(
+            prompt=request.prompt if kind == "prompt" else None,
+            messages=[{"role": m.role, "content": m.content} for m in request.chat.messages]
+            if kind == "chat" else None,
+            token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None)
+        params = p.sampling_params(len(ids), **params_fields(request.params))
+        return PreparedRequest(new_request_id(request.request_id), tuple(ids), params)
+
+    async def Generate(self, request, context):
+        try:
+            req = self.prepare(request)
+            async for chunk in self.dispatcher.generate(req):
+                yield to_response(chunk)
+        except InvalidRequest as e:
+            self._count_error("INVALID_ARGUMENT")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except ServingError as e:
+            self._count_error(e.code)
+            await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.INTERNAL),
+                                e.message)
+
+    async def ListModels(self, request, context):
+        p = self.preparer
+        return pb.ListModelsResponse(models=[pb.ModelInfo(
+            id=p.model_name, path=p.model_path, max_model_len=p.max_model_len)])
+
+    async def ClusterStatus(self, request, context):
+        d = self.dispatcher
+        workers = [pb.WorkerStatus(
+            name=w.name, role=w.role, kv_address=d.workers[w.name].kv_address,
+            healthy=w.healthy, num_queued_prompt_tokens=w.num_queued_prompt_tokens,
+            num_running=w.num_running, num_free_blocks=w.num_free_blocks,
+            num_total_blocks=w.num_total_blocks) for w in await d.poll_loads()]
+        return pb.ClusterStatusResponse(mode=d.mode, model=self.preparer.model_name,
+                                        workers=workers, num_requests_in_flight=d.num_in_flight,
+                                        uptime_s=time.monotonic() - self.started)
+
+    def _count_error(self, code: str) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(code).inc()
+
+
+def to_response(chunk) -> pb.GenerateResponse:
+    msg = pb.GenerateResponse(request_id=chunk.request_id, token_ids=chunk.token_ids,
+                              text=chunk.text)
+    if chunk.finish_reason is not None:
+        msg.finish_reason = _FINISH.get(chunk.finish_reason, pb.FINISH_REASON_UNSPECIFIED)
+        u, t = chunk.usage, chunk.timings
+        msg.usage.CopyFrom(pb.Usage(prompt_tokens=u.prompt_tokens,
+                                    completion_tokens=u.completion_tokens,
+                                    cached_prompt_tokens=u.cached_prompt_tokens))
+        msg.timings.CopyFrom(pb.Timings(**t.__dict__))
+    return msg
+
+
+async def start_grpc_server(service: TandemService, host: str, port: int,
+                            api_key: str | None = None) -> tuple[grpc.aio.Server, int,
+                                                                  health.aio.HealthServicer]:
+    """Serve the API, grpc.health.v1 (SERVING for "" and the Tandem service) and reflection.
+    Returns the server, its bound port (port 0: ephemeral) and the health servicer."""
+    server = grpc.aio.server(interceptors=[ApiKeyCheck(api_key)] if api_key else None)
+    pb_grpc.add_TandemServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health_servicer

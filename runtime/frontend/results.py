@@ -1,0 +1,47 @@
+"""What the dispatcher streams to the API layers (gRPC and HTTP turn these into their wire)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass
+class Timings:
+    """Seconds per stage (see proto/tandem.proto `Timings`)."""
+
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    kv_transfer_s: float = 0.0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0
+    e2e_s: float = 0.0
+    kv_transfer_bytes: int = 0
+    prefill_worker: str = ""
+    decode_worker: str = ""
+
+
+@dataclass
+class GenerationChunk:
+    """New tokens of one request; the last chunk has `finish_reason`, `usage` and `timings`."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+class ServingError(RuntimeError):
+    """A request failed inside the cluster; `code` is a gRPC status name (UNAVAILABLE, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

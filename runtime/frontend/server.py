@@ -1,0 +1,94 @@
+"""The frontend process: gRPC API + OpenAI HTTP on one asyncio loop, over the cluster's workers."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+
+from runtime.cluster.config import ClusterConfig
+from runtime.frontend.dispatch import Dispatcher
+from runtime.frontend.grpc_service import TandemService, start_grpc_server
+from runtime.frontend.http_app import build_app
+from runtime.frontend.metrics import FrontendMetrics
+from runtime.frontend.requests import RequestPreparer
+from runtime.workers.builder import WorkerHandle
+
+log = logging.getLogger(__name__)
+LOAD_POLL_S = 0.2
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    # The process owner handles SIGINT/SIGTERM (it must stop gRPC and Ray too).
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for uvicorn (port 0: ephemeral, read back from the socket)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Frontend:
+    """Serves one cluster: `await start()` binds both ports, `await stop()` drains and closes.
+
+    `grpc_port` / `http_port` hold the bound ports once started.
+    """
+
+    def __init__(self, config: ClusterConfig, workers: list[WorkerHandle],
+                 preparer: RequestPreparer | None = None):
+        self.config = config
+        self.metrics = FrontendMetrics()
+        self.dispatcher = Dispatcher(workers, on_finished=self.metrics.observe_finished)
+        max_len = min(w.max_model_len for w in workers)
+        self.preparer = preparer or RequestPreparer.for_model(config.model_name,
+                                                              config.model.path, max_len)
+        self.grpc_port = self.http_port = 0
+        self._grpc = self._health = self._uvicorn = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        s = self.config.server
+        await self.dispatcher.poll_loads()
+        service = TandemService(self.dispatcher, self.preparer, self.metrics)
+        self._grpc, self.grpc_port, self._health = await start_grpc_server(
+            service, s.host, s.grpc_port, self.config.api_key)
+        sock = bind_socket(s.host, s.http_port)
+        self.http_port = sock.getsockname()[1]
+        app = build_app(self.dispatcher, self.preparer, self.metrics, self.config.api_key)
+        self._uvicorn = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning",
+                                                        lifespan="off", timeout_keep_alive=30))
+        self._tasks = [asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
+                       asyncio.create_task(self._poll_loads())]
+        while not self._uvicorn.started:
+            if self._tasks[0].done():
+                self._tasks[0].result()   # re-raises uvicorn's start-up error
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _poll_loads(self) -> None:
+        while True:
+            try:
+                self.metrics.observe_loads(await self.dispatcher.poll_loads())
+            except Exception:
+                log.exception("polling worker loads failed")
+            await asyncio.sleep(LOAD_POLL_S)

@@ -1,0 +1,137 @@
+"""`tandem serve`, `tandem status` and `tandem generate --url`: the CLI over the cluster and SDK."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
+
+
+def add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="start a cluster (prefill/decode pools) and serve it")
+    serve.add_argument("--config", required=True, help="cluster YAML (see runtime/configs/)")
+    serve.add_argument("--address", default=None,
+                       help="join this Ray cluster ('auto' or ray://HOST:10001) instead of "
+                            "the config's ray.address (default: an embedded local Ray)")
+    serve.add_argument("--model", default=None, help="override model.path of the config")
+    serve.add_argument("--demo", action="store_true",
+                       help="once healthy, send one request through the SDK and print it")
+    serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="health and load of a running cluster")
+    status.add_argument("--url", default="127.0.0.1:50051", help="the frontend's gRPC HOST:PORT")
+    status.add_argument("--api-key", default=os.environ.get("TANDEM_API_KEY"))
+    status.set_defaults(func=cmd_status)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from runtime.cluster import ConfigError, load_cluster_config
+    from runtime.cluster.launch import serve_until_signalled
+
+    logging.basicConfig(level=logging.INFO, format="tandem: %(message)s")
+    try:
+        config = load_cluster_config(args.config, model=args.model)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.address:
+        config = replace(config, ray=replace(config.ray, address=args.address))
+
+    async def ready(frontend) -> None:
+        s = config.server
+        grpc_url, http_url = f"{s.host}:{frontend.grpc_port}", f"http://{s.host}:{frontend.http_port}"
+        print(f"tandem: serving {config.model_name!r} ({config.mode}: "
+              + ", ".join(f"{p.replicas} {p.role}" for p in config.pools if p.replicas)
+              + f") on gRPC {grpc_url} and HTTP {http_url}", flush=True)
+        if args.demo:
+            await demo(grpc_url, config.api_key)
+        print(usage_text(grpc_url, http_url, config.model_name), flush=True)
+
+    try:
+        asyncio.run(serve_until_signalled(config, ready))
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("tandem: stopped", flush=True)
+    return 0
+
+
+async def demo(url: str, api_key: str | None) -> None:
+    """One real request through the SDK, streamed, with its timing breakdown."""
+    from runtime.client import AsyncClient
+
+    print(f"\n>>> {DEMO_PROMPT}\n", flush=True)
+    async with AsyncClient(url, api_key=api_key) as client:
+        last = None
+        async for chunk in client.stream(messages=[{"role": "user", "content": DEMO_PROMPT}],
+                                         max_tokens=64, temperature=0.0):
+            print(chunk.text, end="", flush=True)
+            last = chunk
+    print(f"\n\n[{last.finish_reason}; {last.usage.prompt_tokens} prompt + "
+          f"{last.usage.completion_tokens} generated tokens; "
+          f"{last.timings.prefill_worker} -> {last.timings.decode_worker}]", flush=True)
+    print(f"[{last.timings.describe()}]\n", flush=True)
+
+
+def usage_text(grpc_url: str, http_url: str, model: str) -> str:
+    return f"""Query it (Ctrl-C stops the cluster):
+  SDK:     python -c "from runtime.client import Client; print(Client('{grpc_url}').chat([{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32).text)"
+  CLI:     tandem generate --url {grpc_url} --chat "Hi!"
+           tandem status --url {grpc_url}
+  curl:    curl {http_url}/v1/chat/completions -H 'Content-Type: application/json' \\
+             -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hi!"}}], "max_tokens": 32}}'
+  openai:  python -c "from openai import OpenAI; c = OpenAI(base_url='{http_url}/v1', api_key='none'); print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32).choices[0].message.content)"
+  metrics: curl {http_url}/metrics
+"""
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from runtime.client import Client, TandemError
+
+    try:
+        with Client(args.url, api_key=args.api_key, timeout=10) as client:
+            health = client.health()
+            status = client.cluster_status()
+    except TandemError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.url}: {health}; {status.mode} serving {status.model!r}; "
+          f"{status.num_requests_in_flight} requests in flight; up {status.uptime_s:.0f} s")
+    print(f"{'worker':<14}{'role':<11}{'healthy':<9}{'queued tok':>11}{'running':>9}"
+          f"{'free blocks':>13}  kv address")
+    for w in status.workers:
+        print(f"{w.name:<14}{w.role:<11}{str(w.healthy):<9}{w.num_queued_prompt_tokens:>11}"
+              f"{w.num_running:>9}{w.num_free_blocks:>8}/{w.num_total_blocks:<4}  "
+              f"{w.kv_address or '-'}")
+    return 0
+
+
+def generate_remote(args: argparse.Namespace) -> int:
+    """`tandem generate --url`: stream a completion from a running cluster."""
+    from runtime.client import Client, TandemError
+
+    kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                  top_k=args.top_k, seed=args.seed)
+    if args.chat:
+        kwargs["messages"] = [{"role": "user", "content": args.prompt}]
+    else:
+        kwargs["prompt"] = args.prompt
+    last = None
+    try:
+        with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+            for chunk in client.stream(**kwargs):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                last = chunk
+    except TandemError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2 if e.code.name == "INVALID_ARGUMENT" else 1
+    sys.stdout.write("\n")
+    if args.timings and last is not None and last.timings is not None:
+        print(last.timings.describe(), file=sys.stderr)
+    return 0

@@ -1,0 +1,91 @@
+"""What every worker shares: an engine on its own step loop, output streams, load reports."""
+from __future__ import annotations
+
+import logging
+
+from runtime.engine import Engine
+from runtime.workers.config import WorkerConfig
+from runtime.workers.events import TokenEvent
+from runtime.workers.step_loop import StepLoop
+from runtime.workers.streams import OutputStreams
+from scheduler.router import WorkerLoad
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """A plain class around one engine role; the Ray builder turns it into an actor.
+
+    Every engine call runs on the worker's `StepLoop` thread. Public methods are safe to
+    call from any thread (Ray runs a threaded actor's calls concurrently); streaming methods
+    block their calling thread while they wait for events.
+    """
+
+    role = ""
+
+    def __init__(self, config: WorkerConfig, engine: Engine | None = None):
+        if config.engine.role != self.role:
+            raise ValueError(f"{type(self).__name__} needs engine role {self.role!r}, "
+                             f"got {config.engine.role!r}")
+        self.config = config
+        self.name = config.name
+        self.engine = engine or Engine(config.engine)
+        self.streams = OutputStreams(config.stream_idle_timeout_s)
+        self._load = WorkerLoad(self.name, self.role)
+        self.loop = StepLoop(f"{self.role}-{self.name}", self._step,
+                             self.engine.has_unfinished_requests, self._dispatch,
+                             self._fail_all)
+        self.loop.call(self._update_load)
+
+    # -- any thread -----------------------------------------------------------------------
+    def load(self) -> WorkerLoad:
+        """The latest load snapshot (refreshed on the loop thread after every step)."""
+        return self._load
+
+    def info(self) -> dict:
+        """Name, role, and where the KV receiver listens (decode workers); a readiness probe."""
+        return {"name": self.name, "role": self.role, "kv_address": self.kv_address,
+                "max_model_len": self.engine.max_model_len,
+                "num_total_blocks": self.engine.block_manager.num_blocks}
+
+    @property
+    def kv_address(self) -> str:
+        return ""
+
+    def num_free_blocks(self) -> int:
+        return self.loop.call(lambda: self.engine.block_manager.num_free_blocks)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request here: its blocks are free once this returns; its stream ends."""
+        self.loop.call(self._abort, request_id)
+
+    def close(self) -> None:
+        self.loop.close()
+
+    # -- the loop thread ------------------------------------------------------------------
+    def _step(self) -> list:
+        return self.engine.step()
+
+    def _dispatch(self, outputs: list) -> None:
+        for out in outputs:
+            self.streams.put(out.request_id, TokenEvent.from_output(out, self.role != "decode"))
+        self._update_load()
+
+    def _abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+        self.streams.put(request_id, TokenEvent.aborted(request_id))
+        self._update_load()
+
+    def _fail_all(self, error: Exception) -> None:
+        """A step raised: end every request here rather than step the same failure again."""
+        for request_id in list(self.engine.requests):
+            self._abort(request_id)
+
+    def _update_load(self) -> None:
+        s, bm = self.engine.scheduler, self.engine.block_manager
+        queued = sum(max(seq.num_prompt_tokens - seq.num_computed_tokens, 0)
+                     for seq in (*s.waiting, *s.running))
+        self._load = WorkerLoad(self.name, self.role, num_queued_prompt_tokens=queued,
+                                num_running=len(s.running), num_waiting=len(s.waiting),
+                                num_free_blocks=bm.num_free_blocks,
+                                num_total_blocks=bm.num_blocks)

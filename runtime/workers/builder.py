@@ -1,0 +1,77 @@
+"""The one place where workers become Ray actors, placed by their pool's resources."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+from runtime.cluster.config import ClusterConfig, PoolConfig
+from runtime.config import EngineConfig
+from runtime.workers import WORKER_CLASSES
+from runtime.workers.config import WorkerConfig
+
+
+@dataclass(frozen=True)
+class WorkerHandle:
+    """A started worker actor and what the frontend needs to route to it."""
+
+    name: str
+    role: str
+    actor: object               # ray.actor.ActorHandle
+    kv_address: str = ""        # decode workers: their KV receiver
+    max_model_len: int = 0
+
+
+def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig:
+    engine = EngineConfig(model=cluster.model, cache=cluster.cache,
+                          scheduler=cluster.scheduler, role=role, seed=cluster.seed,
+                          num_threads=cluster.num_threads)
+    return WorkerConfig(name=f"{role}-{index}", engine=engine,
+                        kv=cluster.kv if role != "colocated" else None,
+                        kv_bind_host=cluster.kv_bind_host,
+                        kv_advertise_host=cluster.kv_advertise_host)
+
+
+def actor_options(pool: PoolConfig) -> dict:
+    """Ray actor options of one worker of `pool`: placement and concurrency. Actors stay
+    unnamed so two clusters can share one Ray cluster."""
+    options = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus,
+               "max_concurrency": pool.max_concurrency, "max_restarts": 0}
+    if pool.accelerator_type:
+        options["accelerator_type"] = pool.accelerator_type
+    if pool.resources:
+        options["resources"] = dict(pool.resources)
+    return options
+
+
+def start_workers(cluster: ClusterConfig, timeout_s: float = 600.0) -> list[WorkerHandle]:
+    """Start every pool's actors (Ray must be initialised) and wait until each has loaded its
+    model; raises the first worker's start-up error (and kills the others)."""
+    actors = []
+    for pool in cluster.pools:
+        for i in range(pool.replicas):
+            config = worker_config(cluster, pool.role, i)
+            cls = ray.remote(WORKER_CLASSES[pool.role])
+            actor = cls.options(**actor_options(pool)).remote(config)
+            actors.append((config.name, pool.role, actor))
+    try:
+        infos = ray.get([a.info.remote() for _, _, a in actors], timeout=timeout_s)
+    except BaseException:
+        stop_workers([WorkerHandle(n, r, a) for n, r, a in actors])
+        raise
+    return [WorkerHandle(n, r, a, info["kv_address"], info["max_model_len"])
+            for (n, r, a), info in zip(actors, infos)]
+
+
+def stop_workers(workers: list[WorkerHandle], timeout_s: float = 10.0) -> None:
+    """Close each worker (stops its KV receiver and step loop), then kill its actor."""
+    refs = [w.actor.close.remote() for w in workers]
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    except Exception:
+        pass
+    for w in workers:
+        try:
+            ray.kill(w.actor)
+        except Exception:
+            pass

@@ -1,0 +1,82 @@
+"""The prefill worker: computes each prompt's KV and first token, then hands the KV off."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+from runtime.engine import Engine, SamplingParams
+from runtime.kv_transfer import KVSender, KVTransferError
+from runtime.workers.base import Worker
+from runtime.workers.config import WorkerConfig
+from runtime.workers.events import HandoffEvent, TokenEvent
+
+
+def _is_terminal(event) -> bool:
+    return isinstance(event, HandoffEvent) or (event.finished and event.finish_reason == "abort")
+
+
+class PrefillWorker(Worker):
+    """A prefill-role engine driven through a `KVSender`: layer-wise KV streaming overlaps
+    the prompt's forward; the blocks stay held until the decode worker acknowledges."""
+
+    role = "prefill"
+
+    def __init__(self, config: WorkerConfig, engine: Engine | None = None):
+        super().__init__(config, engine)
+        self.sender = KVSender(self.engine, self.loop, config.kv)
+
+    def prefill(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                target: str) -> Iterator[list]:
+        """Prefill one request and hand its KV to the decode worker's receiver at `target`.
+
+        Streams a `TokenEvent` with the first token (and the worker's queue and prefill
+        times), then ends with a `HandoffEvent` saying how the handoff went. Raises
+        ValueError, before any event, when the engine refuses the prompt.
+        """
+        self.streams.open(request_id)
+
+        def start() -> None:
+            self.engine.add_request(params=params, prompt_token_ids=list(prompt_token_ids),
+                                    request_id=request_id)
+            try:
+                future = self.sender.route(request_id, target)
+            except BaseException:
+                self.engine.abort(request_id)
+                raise
+            future.add_done_callback(lambda f: self._handoff_done(request_id, f))
+            self._update_load()
+
+        try:
+            self.loop.call(start)
+        except BaseException:
+            self.streams.discard(request_id)
+            raise
+        yield from self.streams.drain(request_id, _is_terminal)
+
+    def close(self) -> None:
+        self.sender.close()
+        super().close()
+
+    def _step(self) -> list:
+        return self.sender.step()
+
+    def _abort(self, request_id: str) -> None:
+        # A routed request's cancel goes through the sender: it cancels the call in flight,
+        # aborts the request on this engine and fails the handoff future (CANCELLED).
+        self.sender.cancel(request_id)
+        super()._abort(request_id)
+
+    def _handoff_done(self, request_id: str, future: Future) -> None:
+        error = future.exception()
+        if error is None:
+            r = future.result()
+            event = HandoffEvent(request_id, True, r.seconds, r.num_bytes, r.finished_on_prefill)
+        elif isinstance(error, KVTransferError):
+            event = HandoffEvent(request_id, False, code=error.code.name, message=error.message)
+        else:
+            event = HandoffEvent(request_id, False, code="INTERNAL", message=str(error))
+        self.streams.put(request_id, event)
+        self.loop.submit(self._update_load)
+
+
+__all__ = ["PrefillWorker", "TokenEvent"]
