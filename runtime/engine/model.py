@@ -85,16 +85,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def rope_cos_sin(weights: ModelWeights, positions: torch.Tensor, dtype: torch.dtype):
+    """cos and a sign-folded sin, [T, 1, head_dim], so that
+    rope(x) = x * cos + roll(x, half) * sin_signed equals transformers'
+    x * cos + rotate_half(x) * sin bit for bit ((-a) * b == a * (-b) in IEEE arithmetic)."""
     freqs = positions[:, None].to(torch.float32) * weights.inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     cos = (emb.cos() * weights.rope_scaling).to(dtype)[:, None, :]
     sin = (emb.sin() * weights.rope_scaling).to(dtype)[:, None, :]
+    half = sin.shape[-1] // 2
+    sin[..., :half] = -sin[..., :half]
     return cos, sin
 
 
@@ -144,7 +144,7 @@ def forward(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, input_ids
             qk = torch.cat([rms_norm(qk[:, :h_], lw.q_norm, g.rms_norm_eps),
                             rms_norm(qk[:, h_:], lw.k_norm, g.rms_norm_eps)], dim=1)
         # q and k sit side by side in the projection: rotate both heads' groups at once.
-        qk = qk * cos + rotate_half(qk) * sin
+        qk = qk * cos + torch.roll(qk, d // 2, dims=-1) * sin
         q, k = qk[:, :h_], qk[:, h_:]
         attention(q, k, v, kv_cache[i], meta, scale, attn_out)
         if layer_done is not None:
