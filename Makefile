@@ -25,8 +25,7 @@ model: install
 
 # Regenerates the checked-in gRPC stubs from proto/*.proto (tests fail when they are stale).
 proto: install
-	$(PY) -m runtime.kv_transfer.codegen
-	$(PY) -m runtime.api.codegen
+	$(PY) -m runtime.codegen
 
 # A local cluster (1 prefill + 1 decode worker on CPU, embedded Ray): one real request through
 # the SDK with its timing breakdown, then it keeps serving until Ctrl-C.
