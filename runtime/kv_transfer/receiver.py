@@ -16,7 +16,7 @@ from runtime.kv_transfer.engine_thread import EngineThread
 from runtime.kv_transfer.errors import KVTransferError
 from runtime.kv_transfer.fingerprint import model_fingerprint
 from runtime.kv_transfer.prefetch import prefetch
-from runtime.kv_transfer.wire import CONTRACT_VERSION, spec_from_header
+from runtime.kv_transfer.wire import CONTRACT_VERSION, parse_message, spec_from_header
 
 _ABORTED = object()
 _NO_DEADLINE_S = 365 * 86400   # gRPC reports a call without a deadline as ~infinitely far off
@@ -71,7 +71,13 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                                thread_name_prefix="kv-recv"),
             interceptors=[SecretCheck(self.config.secret)], options=server_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_handoffs)
-        pb_grpc.add_KVTransferServicer_to_server(self, self._server)
+        # Requests arrive as the serialized bytes: `parse_message` views the chunks' payloads
+        # in place, where protobuf's parser would copy them.
+        service = pb.DESCRIPTOR.services_by_name["KVTransfer"].full_name
+        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            service, {"Handoff": grpc.stream_unary_rpc_method_handler(
+                self.Handoff, request_deserializer=None,
+                response_serializer=pb.HandoffAck.SerializeToString)})])
         if self.config.tls is not None:
             port = self._server.add_secure_port(address, server_credentials(self.config.tls))
         else:
@@ -98,20 +104,21 @@ class KVReceiver(pb_grpc.KVTransferServicer):
             if remaining is None or remaining > _NO_DEADLINE_S:
                 raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
                                       "KV handoff calls must carry a deadline")
-            for msg in prefetch(request_iterator, name="kv-recv"):
-                if msg.HasField("header"):
+            messages = (parse_message(m) for m in request_iterator)
+            for header, chunks, trailer in prefetch(messages, name="kv-recv"):
+                if header is not None:
                     if assembly is not None:
                         raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
                                               "a second header in one handoff",
                                               assembly.request_id)
-                    assembly = self._open(msg.header)
+                    assembly = self._open(header)
                 elif assembly is None:
                     raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
                                           "the first message of a handoff carries no header")
-                for chunk in msg.chunks:
+                for chunk in chunks:
                     assembly.add(chunk)
-                if msg.HasField("trailer"):
-                    self._admit(assembly, assembly.finish(msg.trailer), context)
+                if trailer is not None:
+                    self._admit(assembly, assembly.finish(trailer), context)
                     return pb.HandoffAck(request_id=assembly.request_id,
                                          num_chunks=assembly.num_chunks,
                                          num_bytes=assembly.num_bytes)

@@ -21,7 +21,36 @@ from runtime.kv_transfer.handles import state_to_proto
 from runtime.kv_transfer.outbox import ByteBudget, Outbox
 from runtime.kv_transfer.prefetch import prefetch
 from runtime.kv_transfer.wire import (HANDOFF_METHOD, WireSpec, chunk_message, make_header,
-                                      token_splits)
+                                      packed_chunk_message, token_splits)
+
+
+def pack_into(out: torch.Tensor, layer_cache: torch.Tensor, table: torch.Tensor, start: int,
+              end: int) -> None:
+    """`pack_kv(layer_cache, table, start, end)` (NHD) written into `out` [2, end - start, H, D]
+    (contiguous) instead of a new tensor: whole blocks gather as words, straight into place."""
+    bs, nb = layer_cache.shape[2], layer_cache.shape[1]
+    total = end - start
+    head = min(-start % bs, total)
+    full = (total - head) // bs
+    span = slice(head, head + full * bs)
+    row = out.element_size() * out.shape[2] * out.shape[3] * bs
+    word = (full and row % 8 == 0 and layer_cache.is_contiguous() and out.is_contiguous()
+            and all(out[i, span].data_ptr() % 8 == 0 for i in range(2))
+            and layer_cache.data_ptr() % 8 == 0 and layer_cache[0, 0].nbytes % 8 == 0)
+    if word:
+        ids = table[(start + head) // bs:(start + head) // bs + full].to(torch.int64)
+        if int(ids.min()) < 0 or int(ids.max()) >= nb:
+            raise ValueError(f"block ids outside the cache's {nb} blocks")
+        for i in range(2):
+            torch.index_select(layer_cache[i].reshape(nb, -1).view(torch.int64), 0, ids,
+                               out=out[i, span].view(full, -1).view(torch.int64))
+        if head:
+            out[:, :head].copy_(pack_kv(layer_cache, table, start, start + head))
+        if head + full * bs < total:
+            out[:, head + full * bs:].copy_(pack_kv(layer_cache, table, start + head + full * bs,
+                                                    end))
+        return
+    out.copy_(pack_kv(layer_cache, table, start, end))
 
 
 @dataclass(frozen=True)
@@ -217,6 +246,15 @@ class KVSender:
         h.num_bytes += nbytes
         return message
 
+    def _encode_packed(self, h: _Handoff, l0: int, l1: int, a: int, b: int, cache, table) -> bytes:
+        """A raw chunk of layers [l0, l1) x tokens [a, b), gathered from the cache into it."""
+        message, nbytes = packed_chunk_message(
+            h.num_chunks, l0, l1, a, b, h.spec,
+            lambda layer, out: pack_into(out, cache[layer], table, a, b))
+        h.num_chunks += 1
+        h.num_bytes += nbytes
+        return message
+
     def _trailer(self, h: _Handoff, handle: KVHandle) -> bytes:
         trailer = pb.Trailer(num_chunks=h.num_chunks, num_bytes=h.num_bytes,
                              request=state_to_proto(handle))
@@ -246,6 +284,10 @@ class KVSender:
         def chunks():
             for l0 in range(0, spec.num_layers, group):
                 l1 = min(l0 + group, spec.num_layers)
+                if spec.encoding == "raw":   # gathered straight into the message's bytes
+                    for a, b in token_splits(spec, l1 - l0, 0, total, self.config.chunk_bytes):
+                        yield self._encode_packed(h, l0, l1, a, b, cache, table)
+                    continue
                 packed = [pack_kv(cache[i], table, 0, total) for i in range(l0, l1)]
                 kv = torch.stack(packed) if len(packed) > 1 else packed[0][None]
                 for a, b in token_splits(spec, l1 - l0, 0, total, self.config.chunk_bytes):

@@ -6,6 +6,8 @@ layer), encoded by `kernels.kv_quant` and checksummed with CRC-32C.
 """
 from __future__ import annotations
 
+import ctypes
+import warnings
 from dataclasses import dataclass
 
 import crc32c
@@ -89,13 +91,42 @@ def _payload(t: torch.Tensor) -> memoryview:
     return memoryview(t.contiguous().view(torch.uint8).numpy().reshape(-1))
 
 
-def _from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    # bytearray: torch only wraps writable buffers without a warning; the copy is 1 memcpy.
-    return torch.frombuffer(bytearray(data), dtype=dtype).view(shape)
+# Received payloads are wrapped read-only (no copy) and only ever read; torch warns (once)
+# that it cannot mark such a tensor read-only.
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+
+
+def _from_bytes(data, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A read-only view of received bytes (bytes or memoryview) as a tensor: no copy."""
+    if len(data) == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer(data, dtype=torch.uint8)
+    if raw.data_ptr() % 8:   # not where chunk_message puts it: copy to an aligned buffer
+        raw = raw.clone()
+    return raw.view(dtype).view(shape)
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype, _new_bytes.argtypes = ctypes.py_object, [ctypes.c_char_p, ctypes.c_ssize_t]
+_bytes_ptr = ctypes.pythonapi.PyBytes_AsString
+_bytes_ptr.restype, _bytes_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object]
+
+
+def _fresh_bytes(n: int) -> tuple[bytes, torch.Tensor]:
+    """A new, not yet shared `bytes` of n bytes and a writable uint8 tensor over its contents.
+
+    gRPC only sends `bytes`; filling a fresh one in place (the C API's
+    PyBytes_FromStringAndSize(NULL, n) contract) saves building the message in a buffer and
+    copying it. Only write through the tensor before the bytes object is handed on.
+    """
+    b = _new_bytes(None, n)
+    return b, torch.frombuffer((ctypes.c_char * n).from_address(_bytes_ptr(b)), dtype=torch.uint8)
 
 
 def checksum(data, scales) -> int:
-    return crc32c.crc32c(scales, crc32c.crc32c(data))
+    """CRC-32C of data then scales (bytes or memoryviews, read in place)."""
+    crc = crc32c.crc32c(data)
+    return crc32c.crc32c(scales, crc) if len(scales) else crc
 
 
 def _quantize(kv: torch.Tensor, spec: WireSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,25 +178,103 @@ def _field(message_type, name: str, size: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(size)
 
 
+def _padded_varint(n: int, extra: int) -> bytes:
+    """n as a varint `extra` bytes longer than needed (overlong varints parse as n)."""
+    out = bytearray(_varint(n))
+    for _ in range(extra):
+        out[-1] |= 0x80
+        out.append(0)
+    return bytes(out)
+
+
+def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int,
+                 num_tokens: int, data_nbytes: int, scales_nbytes: int, fill) -> bytes:
+    """A serialized HandoffMessage with one chunk, its payload written in place by
+    `fill(data, scales)` (uint8 tensors over the message's own bytes).
+
+    The data starts 8-byte aligned in the message (the chunk's `index` varint is padded to
+    get there: overlong varints parse as the same value), so it can be viewed in any dtype
+    and as words. The CRC-32C field follows the payload (fields may come in any order).
+    """
+    rest = pb.Chunk(layer_start=layer_start, layer_end=layer_start + num_layers,
+                    token_start=token_start, token_end=token_start + num_tokens
+                    ).SerializeToString()
+    index_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["index"].number << 3 | 0)
+    data_field = _field(pb.Chunk, "data", data_nbytes) if data_nbytes else b""
+    scales_field = _field(pb.Chunk, "scales", scales_nbytes) if scales_nbytes else b""
+    crc_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["crc32c"].number << 3 | 5)
+    pad = 0
+    for _ in range(3):   # the padding can lengthen the outer length varint: settle it
+        meta = index_key + _padded_varint(index, pad) + rest
+        size = (len(meta) + len(data_field) + data_nbytes + len(scales_field) + scales_nbytes
+                + len(crc_key) + 4)
+        outer = _field(pb.HandoffMessage, "chunks", size)
+        misalign = (len(outer) + len(meta) + len(data_field)) % 8
+        if not misalign:
+            break
+        pad += 8 - misalign
+    assert len(meta) - len(index_key) - len(rest) <= 10, "chunk index too large to pad"
+    message, buf = _fresh_bytes(len(outer) + size)
+    pos = 0
+
+    def put(part: bytes) -> None:
+        nonlocal pos
+        if part:
+            buf[pos:pos + len(part)] = torch.frombuffer(bytearray(part), dtype=torch.uint8)
+            pos += len(part)
+    put(outer)
+    put(meta)
+    put(data_field)
+    data = buf[pos:pos + data_nbytes]
+    pos += data_nbytes
+    put(scales_field)
+    scales = buf[pos:pos + scales_nbytes]
+    pos += scales_nbytes
+    fill(data, scales)
+    put(crc_key + checksum(memoryview(data.numpy()), memoryview(scales.numpy())
+                           ).to_bytes(4, "little"))
+    assert pos == buf.numel()
+    return message
+
+
 def chunk_message(index: int, layer_start: int, token_start: int, kv: torch.Tensor,
                   spec: WireSpec) -> tuple[bytes, int]:
     """A serialized HandoffMessage carrying one chunk of `kv`, and the chunk's payload bytes.
 
-    It parses as `HandoffMessage(chunks=[encode_chunk(...)])`, but the payload is copied once
-    (into the result) instead of through protobuf's builder and serializer: protobuf's wire
-    format lets the payload fields follow the chunk's other fields. Serialized messages of one
-    type also concatenate into their merge, so header, chunk and trailer messages joined form
-    a single message.
+    It parses as `HandoffMessage(chunks=[encode_chunk(...)])`, but the payload is written
+    once, straight into the message's bytes (which gRPC then sends as they are), instead of
+    through protobuf's builder and serializer. Serialized messages of one type also
+    concatenate into their merge, so header, chunk and trailer messages joined form a single
+    message.
     """
-    data, scales = _encode_values(kv, spec)
-    meta = _chunk_meta(index, layer_start, token_start, kv,
-                       checksum(data, scales)).SerializeToString()
-    parts = [meta]
-    for name, payload in (("data", data), ("scales", scales)):
-        if payload.nbytes:
-            parts += [_field(pb.Chunk, name, payload.nbytes), payload]
-    size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
-    return b"".join([_field(pb.HandoffMessage, "chunks", size), *parts]), data.nbytes + scales.nbytes
+    n_data, n_scales = spec.chunk_nbytes(kv.shape[0], kv.shape[2])
+    if spec.encoding == "raw":
+        def fill(data, scales):
+            data.view(kv.dtype).view(kv.shape).copy_(kv)
+    else:
+        q, s = _quantize(kv, spec)
+
+        def fill(data, scales):
+            data.view(q.dtype).view(q.shape).copy_(q)
+            scales.copy_(s.contiguous().view(torch.uint8).view(-1))   # any alignment
+    message = _chunk_bytes(index, layer_start, token_start, kv.shape[0], kv.shape[2], n_data,
+                           n_scales, fill)
+    return message, n_data + n_scales
+
+
+def packed_chunk_message(index: int, layer_start: int, layer_end: int, token_start: int,
+                         token_end: int, spec: WireSpec, pack_into) -> tuple[bytes, int]:
+    """A raw chunk's serialized HandoffMessage whose values `pack_into(layer, out)` gathers
+    straight into the message: out is the [2, tokens, kv_heads, head_dim] slot of `layer`."""
+    assert spec.encoding == "raw"
+    n_l, n_t = layer_end - layer_start, token_end - token_start
+    n_data, _ = spec.chunk_nbytes(n_l, n_t)
+
+    def fill(data, scales):
+        values = data.view(spec.dtype).view(n_l, 2, n_t, spec.num_kv_heads, spec.head_dim)
+        for i in range(n_l):
+            pack_into(layer_start + i, values[i])
+    return _chunk_bytes(index, layer_start, token_start, n_l, n_t, n_data, 0, fill), n_data
 
 
 def decode_chunk(chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype,
@@ -217,3 +326,104 @@ def token_splits(spec: WireSpec, num_layers: int, start: int, end: int,
     if step >= spec.group_tokens:
         step -= step % spec.group_tokens
     return [(a, min(a + step, end)) for a in range(start, end, step)]
+
+
+# -- parsing received messages without copying their payloads ------------------------------
+class ChunkView:
+    """A received Chunk whose `data` and `scales` are memoryviews into the message's bytes
+    (protobuf's parser would copy each payload, and again on every access)."""
+
+    __slots__ = ("index", "layer_start", "layer_end", "token_start", "token_end", "data",
+                 "scales", "crc32c")
+
+    def __init__(self):
+        self.index = self.layer_start = self.layer_end = self.token_start = 0
+        self.token_end = self.crc32c = 0
+        self.data = self.scales = memoryview(b"")
+
+
+def _malformed(what: str) -> KVTransferError:
+    return KVTransferError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed handoff message: {what}")
+
+
+def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _malformed("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview, pos: int, end: int):
+    """(field number, wire type, value) of each field in buf[pos:end]: an int for varint and
+    fixed fields, a memoryview for length-delimited ones."""
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(buf, pos, end)
+        elif wire_type == 2:
+            n, pos = _read_varint(buf, pos, end)
+            if pos + n > end:
+                raise _malformed("a field runs past the message's end")
+            value, pos = buf[pos:pos + n], pos + n
+        elif wire_type in (1, 5):
+            n = 8 if wire_type == 1 else 4
+            if pos + n > end:
+                raise _malformed("a field runs past the message's end")
+            value, pos = int.from_bytes(buf[pos:pos + n], "little"), pos + n
+        else:
+            raise _malformed(f"unsupported wire type {wire_type}")
+        if number == 0:
+            raise _malformed("field number 0")
+        yield number, wire_type, value
+
+
+_CHUNK_INTS = {1: "index", 2: "layer_start", 3: "layer_end", 4: "token_start", 5: "token_end"}
+
+
+def _parse_chunk(buf: memoryview) -> ChunkView:
+    chunk = ChunkView()
+    for number, wire_type, value in _fields(buf, 0, len(buf)):
+        if number in _CHUNK_INTS and wire_type == 0:
+            setattr(chunk, _CHUNK_INTS[number], value & 0xFFFFFFFF)   # uint32, as protobuf
+        elif number == 6 and wire_type == 2:
+            chunk.data = value
+        elif number == 7 and wire_type == 2:
+            chunk.scales = value
+        elif number == 8 and wire_type == 5:
+            chunk.crc32c = value
+        elif number <= 8:
+            raise _malformed(f"chunk field {number} has wire type {wire_type}")
+    return chunk
+
+
+def parse_message(message) -> tuple[pb.Header | None, list[ChunkView], pb.Trailer | None]:
+    """A serialized HandoffMessage's header, chunks and trailer (None where absent), the
+    chunks' payloads as views of `message`, not copies. Parses as protobuf would: repeated
+    occurrences of the header or trailer merge; INVALID_ARGUMENT if malformed."""
+    if not isinstance(message, (bytes, bytearray, memoryview)):   # a protobuf message
+        return (message.header if message.HasField("header") else None, list(message.chunks),
+                message.trailer if message.HasField("trailer") else None)
+    buf = memoryview(message).cast("B")
+    headers, chunks, trailers = [], [], []
+    for number, wire_type, value in _fields(buf, 0, len(buf)):
+        if number in (1, 2, 3) and wire_type != 2:
+            raise _malformed(f"field {number} has wire type {wire_type}")
+        if number == 1:
+            headers.append(bytes(value))
+        elif number == 2:
+            chunks.append(_parse_chunk(value))
+        elif number == 3:
+            trailers.append(bytes(value))
+    try:
+        header = pb.Header.FromString(b"".join(headers)) if headers else None
+        trailer = pb.Trailer.FromString(b"".join(trailers)) if trailers else None
+    except Exception as e:   # protobuf's DecodeError
+        raise _malformed(str(e)) from None
+    return header, chunks, trailer

@@ -192,3 +192,66 @@ def test_preserialized_chunk_message_parses_as_protobufs_own(encoding):
     header = pb.HandoffMessage(header=make_header("r", "fp", spec, 16)).SerializeToString()
     merged = pb.HandoffMessage.FromString(header + message)
     assert merged.header.request_id == "r" and merged.chunks[0] == want.chunks[0]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "int8", "fp8"])
+def test_parse_message_views_payloads_like_protobuf(encoding):
+    from runtime.kv_transfer.wire import chunk_message, parse_message
+
+    spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 300, encoding, 16)
+    kv = torch.randn(2, 2, 300, HEADS, DIM).to(torch.bfloat16)[:, :, 5:205]
+    header = pb.HandoffMessage(header=make_header("r", "fp", spec, 16)).SerializeToString()
+    trailer = pb.HandoffMessage(trailer=pb.Trailer(num_chunks=2)).SerializeToString()
+    for index in (0, 1, 300, 70000):
+        message, _ = chunk_message(index, 1, 5, kv, spec)
+        got_header, chunks, got_trailer = parse_message(header + message + trailer)
+        want = pb.HandoffMessage.FromString(message).chunks[0]
+        assert got_header.request_id == "r" and got_trailer.num_chunks == 2
+        (chunk,) = chunks
+        for name in ("index", "layer_start", "layer_end", "token_start", "token_end", "crc32c"):
+            assert getattr(chunk, name) == getattr(want, name)
+        assert bytes(chunk.data) == want.data and bytes(chunk.scales) == want.scales
+        assert isinstance(chunk.data, memoryview)   # a view, not a copy
+        assert torch.equal(decode_chunk(chunk, spec, torch.bfloat16),
+                           decode_chunk(want, spec, torch.bfloat16))
+        # The data payload sits 8-byte aligned in the chunk's own message.
+        _, (alone,), _ = parse_message(message)
+        assert torch.frombuffer(alone.data, dtype=torch.uint8).data_ptr() % 8 == 0
+
+
+def test_parse_message_refuses_malformed_input():
+    from runtime.kv_transfer.errors import KVTransferError
+    from runtime.kv_transfer.wire import parse_message
+
+    spec = WireSpec(torch.float32, LAYERS, HEADS, DIM, 8)
+    good = pb.HandoffMessage(chunks=[encode_chunk(0, 0, 0, torch.randn(1, 2, 8, HEADS, DIM),
+                                                  spec)]).SerializeToString()
+    for bad in (good[:-3], b"\x12", b"\x12\xff\xff\xff\xff\x0f", b"\x0b", b"\x10\x01"):
+        with pytest.raises(KVTransferError) as e:
+            parse_message(bad)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    header, chunks, trailer = parse_message(b"")
+    assert header is None and chunks == [] and trailer is None
+
+
+@pytest.mark.parametrize("start,end", [(0, 320), (5, 300), (16, 17), (3, 9), (0, 0), (32, 64)])
+def test_pack_into_matches_pack_kv(start, end):
+    from runtime.kv_transfer.sender import pack_into
+
+    cache, table = paged_cache(320, 16, "NHD", torch.bfloat16, seed=start)
+    out = torch.empty(2, end - start, HEADS, DIM, dtype=torch.bfloat16)
+    pack_into(out, cache[1], table, start, end)
+    assert torch.equal(out, pack_kv(cache[1], table, start, end))
+
+
+def test_packed_chunk_message_equals_chunk_message():
+    from runtime.kv_transfer.sender import pack_into
+    from runtime.kv_transfer.wire import chunk_message, packed_chunk_message
+
+    cache, table = paged_cache(100, 16, "NHD", torch.bfloat16, seed=3)
+    spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 100)
+    kv = torch.stack([pack_kv(cache[i], table, 0, 100) for i in range(LAYERS)])
+    want, n = chunk_message(4, 1, 3, kv[1:3, :, 3:90], spec)
+    got, m = packed_chunk_message(4, 1, 3, 3, 90, spec,
+                                  lambda layer, out: pack_into(out, cache[layer], table, 3, 90))
+    assert got == want and n == m
