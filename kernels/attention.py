@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from kernels.backend import use_triton
 
 
 def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
@@ -30,6 +33,14 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     """Causal attention of T queries that are the last T positions of S >= T keys.
 
     q: [T, heads, dim]; k, v: [S, kv_heads, dim]; returns [T, heads, dim].
+
+    This is the prefill attention on every device; there is deliberately no Triton prefill
+    kernel. Prefill is compute-bound, and SDPA already runs FlashAttention-2 on CUDA (fp16/bf16,
+    native GQA, causal or bottom-right causal without a materialized mask) and its flash kernel
+    on CPU. The paged cache enters only for a chunk that continues a prompt (S > T): the caller
+    gathers the span's blocks into contiguous K/V first (`gather_kv`), one pass over S tokens of
+    K/V, while the attention itself does ~4*T*S*heads*dim FLOPs; for chunks of >= 64 queries
+    that copy is a few percent of the step, the whole gain a paged Triton kernel could make.
     """
     t, s = q.shape[0], k.shape[0]
     # 4-D inputs: SDPA's CPU flash kernel only takes batched inputs; 3-D falls back to the
@@ -39,10 +50,14 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         # A single query at the last position sees every key: causal needs no mask then.
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=t > 1, scale=scale,
                                              enable_gqa=True)
+    elif q.is_cuda:
+        # Bottom-right causal as a bias object: SDPA keeps its flash kernel, with no mask.
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(t, s),
+                                             scale=scale, enable_gqa=True)
     else:
         # Query i sits at absolute position s - t + i and may see keys 0..s - t + i.
-        rows = torch.arange(t).unsqueeze(1) + (s - t)
-        mask = torch.arange(s).unsqueeze(0) <= rows
+        rows = torch.arange(t, device=q.device).unsqueeze(1) + (s - t)
+        mask = torch.arange(s, device=q.device).unsqueeze(0) <= rows
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale,
                                              enable_gqa=True)
     return out.squeeze(0).transpose(0, 1)
@@ -63,8 +78,10 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         mask = None  # equal lengths filling whole blocks: no padding to hide
     else:
         # An additive mask takes SDPA's faster CPU path than a boolean one.
-        hide = torch.arange(k.shape[2]).unsqueeze(0) >= context_lens.unsqueeze(1)
-        mask = torch.zeros(hide.shape, dtype=q.dtype).masked_fill_(hide, float("-inf"))
+        positions = torch.arange(k.shape[2], device=q.device).unsqueeze(0)
+        hide = positions >= context_lens.unsqueeze(1)
+        mask = torch.zeros(hide.shape, dtype=q.dtype, device=q.device)
+        mask.masked_fill_(hide, float("-inf"))
         mask = mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask, scale=scale,
                                          enable_gqa=True)
@@ -73,13 +90,19 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor,
-                           scale: float) -> torch.Tensor:
+                           scale: float, backend: str | None = None) -> torch.Tensor:
     """One query token per sequence attending to its whole cached context.
 
-    q: [batch, heads, dim]; block_tables: [batch, max_blocks] (int64; rows padded with any
-    valid block id); context_lens: [batch] tokens of context including the query's own KV,
-    which must already be in the cache. Returns [batch, heads, dim] in q's dtype.
+    q: [batch, heads, dim]; block_tables: [batch, max_blocks] (int64, or int32 on the Triton
+    path; rows padded with any valid block id); context_lens: [batch] tokens of context,
+    each >= 1, including the query's own KV, which must already be in the cache. float16,
+    bfloat16 or float32, accumulated in float32. Returns [batch, heads, dim] in q's dtype.
+    `backend`: see `kernels.backend` (CUDA tensors take Triton, the rest the reference).
     """
     if q.dim() != 3 or block_tables.dim() != 2 or block_tables.shape[0] != q.shape[0]:
         raise ValueError(f"bad shapes: q {tuple(q.shape)}, block_tables {tuple(block_tables.shape)}")
+    if use_triton(q, backend):
+        from kernels.triton.attention import paged_decode_attention_triton
+        return paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens,
+                                             scale)
     return paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from kernels.attention import gather_blocks
+from kernels.backend import use_triton
 
 LAYOUTS = ("NHD", "HND")
 
@@ -110,7 +111,7 @@ def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int
 
 
 def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int,
-            layout: str = "NHD") -> torch.Tensor:
+            layout: str = "NHD", backend: str | None = None) -> torch.Tensor:
     """Gather tokens [start, end) of one layer from a sequence's blocks, token-major.
 
     layer_cache: [2, num_blocks, block_size, kv_heads, head_dim] ("NHD") or [2, num_blocks,
@@ -119,9 +120,13 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
     offset p % block_size. Requires 0 <= start <= end <= len(block_table) * block_size.
     Returns a new contiguous [2, end - start, kv_heads, head_dim] tensor in the cache's dtype,
     bit-identical to the cached values. Raises ValueError on bad shapes, dtypes or ranges.
+    `backend`: see `kernels.backend` (CUDA caches take Triton, the rest the reference).
     """
     _check_cache(layer_cache, block_table, layout)
     _check_range(layer_cache, block_table, layout, start, end)
+    if use_triton(layer_cache, backend):
+        from kernels.triton.kv_pack import pack_kv_triton
+        return pack_kv_triton(layer_cache, block_table, start, end, layout)
     return pack_kv_ref(layer_cache, block_table, start, end, layout)
 
 
@@ -154,7 +159,7 @@ def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: to
 
 
 def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.Tensor,
-              start: int, layout: str = "NHD") -> None:
+              start: int, layout: str = "NHD", backend: str | None = None) -> None:
     """Scatter token-major KV into tokens [start, start + T) of a sequence's blocks, in place.
 
     layer_cache and block_table as for `pack_kv` (the receiver's own block size and layout).
@@ -171,4 +176,8 @@ def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.
     if not data.is_floating_point():
         raise ValueError(f"data must be floating point, got {data.dtype}")
     _check_range(layer_cache, block_table, layout, start, start + data.shape[1])
+    if use_triton(layer_cache, backend):
+        from kernels.triton.kv_pack import unpack_kv_triton
+        unpack_kv_triton(layer_cache, block_table, data, start, layout)
+        return
     unpack_kv_ref(layer_cache, block_table, data, start, layout)

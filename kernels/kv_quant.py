@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.backend import use_triton
+
 ENCODINGS = ("raw", "int8", "fp8")
 _QDTYPE = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 _QMAX = {"int8": 127.0, "fp8": 448.0}  # 448 is the largest finite float8_e4m3fn
@@ -41,7 +43,10 @@ def quantize_kv_ref(x: torch.Tensor, encoding: str,
     pad = _num_groups(t, group_tokens) * group_tokens - t
     # Zero padding never raises a group's absmax, so the short last group needs no special case.
     absmax = torch.nn.functional.pad(absmax, (0, 0, 0, pad))
-    scales = absmax.view(-1, group_tokens, heads).amax(dim=1) / _QMAX[encoding]
+    # Divide by a tensor on x's device, not a Python number: CUDA turns division by a host
+    # scalar into a multiply by its reciprocal (off by an ulp), CPU divides; this is IEEE on both.
+    qmax_t = torch.tensor(_QMAX[encoding], device=x.device)
+    scales = absmax.view(-1, group_tokens, heads).amax(dim=1) / qmax_t
     # An all-zero group keeps scale 0 (it dequantizes to exact zeros); divide by 1 there
     # instead of 0 so no NaN appears.
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
@@ -56,8 +61,8 @@ def quantize_kv_ref(x: torch.Tensor, encoding: str,
     return q, scales
 
 
-def quantize_kv(x: torch.Tensor, encoding: str,
-                group_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize one tensor of KV for the wire.
 
     x: [T, kv_heads, head_dim], float32, bfloat16 or float16, finite. encoding: "int8"
@@ -68,13 +73,17 @@ def quantize_kv(x: torch.Tensor, encoding: str,
     For "raw", q is x itself and scales is empty ([0, kv_heads]). Quantize k and v separately.
     Error bound per element, after `dequantize_kv` to float32: int8 |err| <= scale / 2;
     fp8 |err| <= 2^-4 |x| + 2^-10 scale (3 mantissa bits; subnormal step 2^-9), up to float32
-    rounding. Raises ValueError on bad shapes, dtypes, encodings or group sizes.
+    rounding. Raises ValueError on bad shapes, dtypes, encodings or group sizes. `backend`:
+    see `kernels.backend`; both backends give bit-identical q and scales.
     """
     _check_common(encoding, group_tokens)
     if x.dim() != 3:
         raise ValueError(f"x must be [num_tokens, kv_heads, head_dim], got {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    if encoding != "raw" and use_triton(x, backend):
+        from kernels.triton.kv_quant import quantize_kv_triton
+        return quantize_kv_triton(x, encoding, group_tokens)
     return quantize_kv_ref(x, encoding, group_tokens)
 
 
@@ -87,13 +96,14 @@ def dequantize_kv_ref(q: torch.Tensor, scales: torch.Tensor, encoding: str, grou
 
 
 def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_tokens: int,
-                  dtype: torch.dtype) -> torch.Tensor:
+                  dtype: torch.dtype, backend: str | None = None) -> torch.Tensor:
     """Invert `quantize_kv`: [T, kv_heads, head_dim] in `dtype` (a floating dtype).
 
     q and scales as `quantize_kv` returned them for the same encoding and group_tokens: q
     int8 ("int8"), float8_e4m3fn ("fp8") or floating ("raw"); scales float32
     [ceil(T / group_tokens), kv_heads], or empty for "raw". Returns q * scale per (group, head),
-    computed in float32 then cast. Raises ValueError on any mismatch.
+    computed in float32 then cast. Raises ValueError on any mismatch. `backend`: see
+    `kernels.backend`; both backends give bit-identical results.
     """
     _check_common(encoding, group_tokens)
     if q.dim() != 3:
@@ -111,6 +121,9 @@ def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_to
     if tuple(scales.shape) != expect or scales.dtype != torch.float32:
         raise ValueError(f"scales must be float32 {expect} for {q.shape[0]} tokens in groups of "
                          f"{group_tokens}, got {scales.dtype} {tuple(scales.shape)}")
+    if use_triton(q, backend):
+        from kernels.triton.kv_quant import dequantize_kv_triton
+        return dequantize_kv_triton(q, scales, encoding, group_tokens, dtype)
     return dequantize_kv_ref(q, scales, encoding, group_tokens, dtype)
 
 

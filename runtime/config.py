@@ -13,15 +13,21 @@ class ModelConfig:
 
     `path` is a local Hugging Face directory (config.json + safetensors + tokenizer).
     `max_model_len` caps prompt + output tokens; None takes the model's own limit.
+    `device`: "cpu", or "cuda"/"cuda:N" for the GPU runner (Triton kernels, CUDA graphs for
+    decode steps unless `enforce_eager`).
     """
 
     path: str
     dtype: str = "float32"
     max_model_len: int | None = None
+    device: str = "cpu"
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
 

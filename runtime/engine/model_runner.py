@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from kernels.kv_pack import unpack_kv
 from runtime.config import CacheConfig, ModelConfig
 from runtime.engine.batch_scheduler import ScheduledBatch
 from runtime.engine.model import AttentionMetadata, PrefillSpan, forward
@@ -38,6 +39,14 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, layer_done=None) -> tuple[list[Sequence], torch.Tensor]:
         """Compute the batch's tokens; returns the sequences that reached their end this step
         (in batch order) and their next-token logits [n, vocab] in float32."""
+        sampled, (input_ids, positions, meta, logits_idx) = self.prepare(batch)
+        logits = forward(self.weights, self.geometry, self.kv_cache, input_ids, positions, meta,
+                         logits_idx, layer_done)
+        return sampled, logits
+
+    def prepare(self, batch: ScheduledBatch):
+        """The batch as the forward's inputs, CPU tensors: (the sequences that reached their
+        end, in batch order; (input_ids, positions, AttentionMetadata, logits_indices))."""
         bs = self.block_size
         order = sorted(range(len(batch.seqs)), key=lambda i: batch.num_new_tokens[i] != 1)
         input_ids: list[int] = []
@@ -70,10 +79,9 @@ class ModelRunner:
             meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long)
         sampled = [i for i in range(len(batch.seqs)) if i in last_token_row]
         logits_idx = torch.tensor([last_token_row[i] for i in sampled], dtype=torch.long)
-        logits = forward(self.weights, self.geometry, self.kv_cache,
-                         torch.tensor(input_ids, dtype=torch.long),
-                         torch.tensor(positions, dtype=torch.long), meta, logits_idx, layer_done)
-        return [batch.seqs[i] for i in sampled], logits
+        return [batch.seqs[i] for i in sampled], (torch.tensor(input_ids, dtype=torch.long),
+                                                  torch.tensor(positions, dtype=torch.long),
+                                                  meta, logits_idx)
 
     def _token_slots(self, block_table: list[int], start: int, num_tokens: int) -> torch.Tensor:
         bs = self.block_size
@@ -99,7 +107,28 @@ class ModelRunner:
                              f"and {tuple(v.shape)}")
         if not 0 <= layer < g.num_layers:
             raise ValueError(f"layer {layer} out of range [0, {g.num_layers})")
-        slots = self._token_slots(block_table, start, k.shape[0])
-        layer_cache = self.kv_cache[layer]
-        layer_cache[0].view(-1, *layer_cache.shape[3:]).index_copy_(0, slots, k.to(self.dtype))
-        layer_cache[1].view(-1, *layer_cache.shape[3:]).index_copy_(0, slots, v.to(self.dtype))
+        if self.kv_cache.is_cuda:   # index_copy_ stays on the stream; unpack_kv checks on the host
+            slots = self._token_slots(block_table, start, k.shape[0]).to(self.kv_cache.device)
+            layer_cache = self.kv_cache[layer]
+            for i, x in enumerate((k, v)):
+                layer_cache[i].view(-1, *layer_cache.shape[3:]).index_copy_(
+                    0, slots, x.to(self.kv_cache.device, self.dtype))
+            return
+        if k.shape[0] == 0:
+            return
+        if start < 0 or start + k.shape[0] > len(block_table) * self.block_size:
+            raise IndexError(f"KV tokens [{start}, {start + k.shape[0]}) outside the "
+                             f"{len(block_table)} blocks of the sequence")
+        # unpack_kv scatters whole blocks as words (~2x index_copy_ per token slot). It takes
+        # K and V as one [2, T, H, D] tensor: a view when v follows k in memory (a received
+        # chunk's layout), else one stacking copy.
+        if (k.dtype == v.dtype and k.is_contiguous() and v.is_contiguous()
+                and k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+                and v.storage_offset() == k.storage_offset() + k.numel()):
+            data = k.as_strided((2, *k.shape), (k.numel(), *k.stride()), k.storage_offset())
+        else:
+            data = torch.stack([k, v])
+        cache = self.kv_cache[layer]
+        data = data.to(cache.device, self.dtype if not data.is_floating_point() else data.dtype)
+        unpack_kv(cache, torch.tensor(block_table, dtype=torch.long, device=cache.device), data,
+                  start)

@@ -1,0 +1,76 @@
+"""Which implementation a dispatch function runs: the Triton kernel or the torch reference.
+
+"auto" (the default): Triton for CUDA tensors when triton is installed, the torch reference for
+everything else. "torch": always the reference. "triton": always Triton; on CPU tensors that
+needs Triton's interpreter (`TRITON_INTERPRET=1` in the environment before triton is imported),
+which is how the kernel tests drive the Triton code on machines without a GPU.
+
+The process-wide default comes from `TANDEM_KERNEL_BACKEND`; every dispatch function also takes
+`backend=` for one call, and `use_backend` overrides the default inside a `with` block.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+_default = os.environ.get("TANDEM_KERNEL_BACKEND", "auto")
+_has_triton: bool | None = None
+
+
+def triton_available() -> bool:
+    """Whether triton can be imported (looked up once, without importing it)."""
+    global _has_triton
+    if _has_triton is None:
+        _has_triton = importlib.util.find_spec("triton") is not None
+    return _has_triton
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in the interpreter (on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def default_backend() -> str:
+    return _check(_default)
+
+
+def set_default_backend(name: str) -> None:
+    global _default
+    _default = _check(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed dispatch calls (those without their own `backend=`) on `name`."""
+    global _default
+    previous, _default = _default, _check(name)
+    try:
+        yield
+    finally:
+        _default = previous
+
+
+def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
+    """True when a dispatch call on tensor `x` should launch its Triton kernel."""
+    name = _check(backend or _default)
+    if name == "torch":
+        return False
+    if name == "auto":
+        return x.is_cuda and triton_available()
+    if not triton_available():
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+    if not x.is_cuda and not interpreting():
+        raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1, set "
+                           "before triton is first imported")
+    return True
