@@ -112,11 +112,9 @@ class Dispatcher:
         done = False
         try:
             gen = worker.actor.generate.remote(req.request_id, req.prompt_token_ids, req.params)
-            async for ref in gen:
-                for ev in await _get(ref):
-                    chunk = a.chunk(ev)
-                    done = ev.finished
-                    yield chunk
+            async for ev in _events(gen):
+                done = ev.finished
+                yield a.chunk(ev)
         finally:
             if not done:
                 worker.actor.abort.remote(req.request_id)
@@ -169,14 +167,12 @@ class Dispatcher:
             prefill_gen = prefill.actor.prefill.remote(rid, sub.prompt_token_ids, sub.params,
                                                        decode.kv_address)
             handoff = None
-            async for ref in prefill_gen:
-                for ev in await _get(ref):
-                    if isinstance(ev, HandoffEvent):
-                        handoff = ev
-                    else:
-                        chunk = a.chunk(ev)
-                        done = ev.finished
-                        yield chunk
+            async for ev in _events(prefill_gen):
+                if isinstance(ev, HandoffEvent):
+                    handoff = ev
+                else:
+                    done = ev.finished
+                    yield a.chunk(ev)
             if done:
                 return
             if handoff is None or not handoff.ok:
@@ -191,11 +187,9 @@ class Dispatcher:
                 decode.actor.abort.remote(rid)
                 done = True
                 return
-            async for ref in decode_gen:
-                for ev in await _get(ref):
-                    chunk = a.chunk(ev)
-                    done = ev.finished
-                    yield chunk
+            async for ev in _events(decode_gen):
+                done = ev.finished
+                yield a.chunk(ev)
         finally:
             if not done:
                 prefill.actor.abort.remote(rid)
@@ -227,6 +221,13 @@ async def _get(ref):
         raise ServingError("INTERNAL", f"{type(cause).__name__}: {cause}") from None
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
+
+
+async def _events(gen):
+    """A worker's stream of event batches (a Ray streaming generator), one event at a time."""
+    async for ref in gen:
+        for ev in await _get(ref):
+            yield ev
 
 
 __all__ = ["Dispatcher", "ray"]
