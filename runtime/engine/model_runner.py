@@ -8,7 +8,7 @@ import torch
 from kernels.kv_pack import unpack_kv
 from runtime.config import CacheConfig, ModelConfig
 from runtime.engine.batch_scheduler import ScheduledBatch
-from runtime.engine.model import AttentionMetadata, PrefillSpan, forward
+from runtime.engine.model import AttentionMetadata, PrefillSpan, forward, pack_linear_weights
 from runtime.engine.sequence import Sequence
 from runtime.engine.weights import DTYPES, geometry_of, load_hf_config, load_weights
 
@@ -27,6 +27,8 @@ class ModelRunner:
         self.geometry = geometry_of(self.hf_config)
         self.dtype = DTYPES[model.dtype]
         self.weights = load_weights(model.path, self.hf_config, model.dtype)
+        if model.device == "cpu":
+            self.weights = pack_linear_weights(self.weights)
         self.block_size = cache.block_size
         g = self.geometry
         elem = torch.tensor([], dtype=self.dtype).element_size()

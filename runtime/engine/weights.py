@@ -113,20 +113,6 @@ def load_weights(path: str | Path, config, dtype: str) -> ModelWeights:
                         lm_head=lm_head, inv_freq=inv_freq, rope_scaling=scaling)
 
 
-def weight_bytes(w: ModelWeights) -> int:
-    """Bytes read per forward token: every parameter once (a tied head counted once)."""
-    seen: set[int] = set()
-    total = 0
-    tensors = [w.embed, w.norm, w.lm_head]
-    for lw in w.layers:
-        tensors += [x for x in vars(lw).values() if isinstance(x, torch.Tensor)]
-    for x in tensors:
-        if x.data_ptr() not in seen:
-            seen.add(x.data_ptr())
-            total += x.numel() * x.element_size()
-    return total
-
-
 def read_generation_eos(path: str | Path, config) -> set[int]:
     """EOS token ids from generation_config.json, falling back to the model config."""
     ids: set[int] = set()
