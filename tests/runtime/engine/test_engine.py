@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
-from runtime.engine import Engine, SamplingParams
+from runtime.engine import SamplingParams
+from tiny_model import make_engine
 
 PROMPTS = [
     [5, 17, 42, 99, 3, 8, 250, 11, 64, 7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
@@ -16,15 +16,8 @@ PROMPTS = [
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
-def engine(path, budget=2048, num_blocks=None, block_size=4, max_seqs=64, role="colocated",
-           chunked=True, prefix=True):
-    return Engine(EngineConfig(
-        model=ModelConfig(path=str(path), dtype="float32"),
-        cache=CacheConfig(block_size=block_size, num_blocks=num_blocks or 256,
-                          enable_prefix_caching=prefix),
-        scheduler=SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
-                                  enable_chunked_prefill=chunked),
-        role=role))
+def engine(path, num_blocks=256, **kw):
+    return make_engine(path, num_blocks=num_blocks, max_seqs=64, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,16 @@ import dataclasses
 import pytest
 import torch
 
-from runtime.config import CacheConfig, EngineConfig, ModelConfig
-from runtime.engine import Engine, SamplingParams
+from runtime.engine import SamplingParams
 from runtime.engine.model import _can_prepack, pack_linear_weights
+from tiny_model import make_engine
 
 pytestmark = pytest.mark.skipif(not _can_prepack(torch.bfloat16),
                                 reason="oneDNN cannot prepack bf16 weights on this CPU")
 
 
 def engine(path, dtype):
-    return Engine(EngineConfig(model=ModelConfig(path=str(path), dtype=dtype),
-                               cache=CacheConfig(block_size=4, num_blocks=128)))
+    return make_engine(path, dtype=dtype, num_blocks=128)
 
 
 def test_bf16_engine_packs_and_matches_plain_weights(tiny_model_dir):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+import tiny_model
 from runtime.engine import Engine, SamplingParams
 from runtime.kv_transfer import EngineThread, KVReceiver, KVSender, KVTransferConfig
 
@@ -20,13 +20,8 @@ PROMPTS = [
 ]
 
 
-def make_engine(path, role="colocated", block_size=4, num_blocks=256, budget=2048,
-                dtype="float32", prefix=True) -> Engine:
-    return Engine(EngineConfig(
-        model=ModelConfig(path=str(path), dtype=dtype),
-        cache=CacheConfig(block_size=block_size, num_blocks=num_blocks,
-                          enable_prefix_caching=prefix),
-        scheduler=SchedulerConfig(max_num_batched_tokens=budget), role=role, num_threads=1))
+def make_engine(path, role="colocated", **kw) -> Engine:
+    return tiny_model.make_engine(path, role=role, num_threads=1, **kw)
 
 
 def config(**kw) -> KVTransferConfig:
