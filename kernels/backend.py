@@ -1,9 +1,13 @@
-"""Which implementation a dispatch function runs: the Triton kernel or the torch reference.
+"""Which implementation a dispatch function runs: Triton, the C++ CPU kernel or the reference.
 
-"auto" (the default): Triton for CUDA tensors when triton is installed, the torch reference for
-everything else. "torch": always the reference. "triton": always Triton; on CPU tensors that
-needs Triton's interpreter (`TRITON_INTERPRET=1` in the environment before triton is imported),
-which is how the kernel tests drive the Triton code on machines without a GPU.
+"auto" (the default): Triton for CUDA tensors when triton is installed; the C++ CPU kernel
+(kernels.cpu) for bfloat16/float16 CPU tensors of the ops that have one, when it builds on this
+machine; the torch reference for everything else. float32 stays on the reference under "auto"
+because its op order is what keeps greedy tokens bit-exact with transformers. "torch": always
+the reference. "cpu": the C++ kernel for CPU tensors of any dtype (an error if it cannot be
+built). "triton": always Triton; on CPU tensors that needs Triton's interpreter
+(`TRITON_INTERPRET=1` in the environment before triton is imported), which is how the kernel
+tests drive the Triton code on machines without a GPU.
 
 The process-wide default comes from `TANDEM_KERNEL_BACKEND`; every dispatch function also takes
 `backend=` for one call, and `use_backend` overrides the default inside a `with` block.
@@ -17,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 _default = os.environ.get("TANDEM_KERNEL_BACKEND", "auto")
 _has_triton: bool | None = None
 
@@ -64,7 +68,7 @@ def use_backend(name: str) -> Iterator[None]:
 def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
     """True when a dispatch call on tensor `x` should launch its Triton kernel."""
     name = _check(backend or _default)
-    if name == "torch":
+    if name in ("torch", "cpu"):
         return False
     if name == "auto":
         return x.is_cuda and triton_available()
@@ -73,4 +77,26 @@ def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
     if not x.is_cuda and not interpreting():
         raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1, set "
                            "before triton is first imported")
+    return True
+
+
+def cpu_kernels():
+    """`torch.ops.tandem_cpu` when the C++ CPU kernels are built and loaded, else None."""
+    from kernels import cpu
+    return cpu.ops()
+
+
+def use_cpu_kernel(x: torch.Tensor, backend: str | None = None) -> bool:
+    """True when a dispatch call on tensor `x` should run its C++ CPU kernel."""
+    name = _check(backend or _default)
+    if name == "auto":
+        return (not x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+                and cpu_kernels() is not None)
+    if name != "cpu":
+        return False
+    if x.is_cuda:
+        raise RuntimeError("backend='cpu' needs CPU tensors")
+    if cpu_kernels() is None:
+        from kernels import cpu
+        raise RuntimeError(f"backend='cpu': the C++ CPU kernels are unavailable ({cpu.load_error()})")
     return True

@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton.common import check_same_device, pow2, sm_count
+from kernels.attention import check_decode_inputs
+from kernels.triton.common import pow2, sm_count
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MIN_SPLIT_TOKENS = 256   # below this a split's fixed cost (q load, partial write) dominates
 
 
@@ -100,33 +100,6 @@ def _merge_kernel(part_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_heads,
              mask=d < HEAD_DIM)
 
 
-def _check(q, k_cache, v_cache, block_tables, context_lens, out) -> None:
-    check_same_device(q, k_cache, v_cache, block_tables, context_lens)
-    if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"q, k_cache, v_cache must share one of {_DTYPES}, got {q.dtype}, "
-                         f"{k_cache.dtype}, {v_cache.dtype}")
-    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride():
-        raise ValueError("k_cache and v_cache must be [num_blocks, block_size, kv_heads, "
-                         f"head_dim] with equal strides, got {tuple(k_cache.shape)}, "
-                         f"{tuple(v_cache.shape)}")
-    b, h, d = q.shape
-    kvh = k_cache.shape[2]
-    if k_cache.shape[3] != d or h % kvh:
-        raise ValueError(f"q {tuple(q.shape)} does not fit a cache of {kvh} kv heads of dim "
-                         f"{k_cache.shape[3]} (heads must be a multiple of kv heads)")
-    if q.stride(-1) != 1 or k_cache.stride(-1) != 1:
-        raise ValueError("q and the caches need a contiguous last (head_dim) dimension")
-    if block_tables.dtype not in (torch.int32, torch.int64) or \
-            context_lens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"block_tables and context_lens must be int32 or int64, got "
-                         f"{block_tables.dtype}, {context_lens.dtype}")
-    if context_lens.shape != (b,):
-        raise ValueError(f"context_lens must be [{b}], got {tuple(context_lens.shape)}")
-    if out is not None and (out.shape != q.shape or out.dtype != q.dtype
-                            or out.device != q.device or out.stride(-1) != 1):
-        raise ValueError("out must match q's shape, dtype and device, last dim contiguous")
-
-
 def choose_num_splits(q: torch.Tensor, num_kv_heads: int, max_context: int) -> int:
     """Splits per sequence so that about 4 programs per SM run, each over >= 256 tokens."""
     programs = q.shape[0] * num_kv_heads
@@ -140,7 +113,7 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
                                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Triton `paged_decode_attention` (same contract); `out` [batch, heads, dim] is written
     in place when given. Never syncs with the host, so it can be captured in a CUDA graph."""
-    _check(q, k_cache, v_cache, block_tables, context_lens, out)
+    check_decode_inputs(q, k_cache, v_cache, block_tables, context_lens, out)
     b, h, d = q.shape
     _, block_size, kvh, _ = k_cache.shape
     out = torch.empty_like(q) if out is None else out

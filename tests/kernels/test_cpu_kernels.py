@@ -1,0 +1,134 @@
+"""The C++ CPU kernels (kernels/cpu): built on this machine, checked against float64 math."""
+import shutil
+
+import pytest
+import torch
+
+from kernels import cpu
+from kernels.attention import paged_decode_attention
+from kernels.backend import use_backend, use_cpu_kernel
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+
+
+def attention_f64(q, k_cache, v_cache, tables, lens, scale):
+    """Per sequence, per head, in float64: softmax(q k^T * scale) v over the live context."""
+    b, h, d = q.shape
+    kvh = k_cache.shape[2]
+    out = torch.empty(b, h, d, dtype=torch.float64)
+    for i in range(b):
+        n = int(lens[i])
+        k = k_cache[tables[i]].reshape(-1, kvh, d)[:n].double()
+        v = v_cache[tables[i]].reshape(-1, kvh, d)[:n].double()
+        k, v = (x.repeat_interleave(h // kvh, dim=1) for x in (k, v))
+        p = (torch.einsum("hd,thd->ht", q[i].double(), k) * scale).softmax(-1)
+        out[i] = torch.einsum("ht,thd->hd", p, v)
+    return out
+
+
+def random_case(gen, batch, heads, kv_heads, dim, block_size, dtype, num_blocks=48):
+    # The caches are slices of one [layers, 2, blocks, ...] tensor, as in the engine.
+    cache = torch.randn(2, 2, num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
+    k_cache, v_cache = cache[1, 0], cache[1, 1]
+    q = torch.randn(batch, heads + 3, dim, generator=gen).to(dtype)[:, 1:heads + 1]  # strided
+    max_ctx = num_blocks * block_size // batch
+    lens = torch.randint(1, max_ctx + 1, (batch,), generator=gen)
+    lens[0] = 1                                    # the query's own KV only
+    if batch > 1:
+        lens[1] = block_size * (max_ctx // block_size)   # whole blocks exactly
+    width = (max_ctx + block_size - 1) // block_size
+    tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:width]
+                          for _ in range(batch)])
+    return q, k_cache, v_cache, tables, lens
+
+
+# (batch, heads, kv_heads, dim, block_size): SmolLM2 and Llama-3 shapes take the AVX-512 path,
+# the others (group > 8, dim not a multiple of 16) the portable one.
+SHAPES = [(6, 9, 3, 64, 16), (3, 32, 8, 128, 16), (4, 8, 8, 32, 1), (2, 16, 1, 16, 4),
+          (3, 20, 2, 64, 16), (3, 6, 2, 40, 8), (1, 12, 2, 96, 16)]
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@needs_compiler
+def test_the_library_builds_and_loads_here():
+    assert cpu.ops() is not None, cpu.load_error()
+    assert cpu.load_error() is None
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_paged_decode_attention_matches_float64(shape, dtype):
+    gen = torch.Generator().manual_seed(hash((shape, str(dtype))) % 2**31)
+    q, k_cache, v_cache, tables, lens = random_case(gen, *shape, dtype)
+    scale = shape[3] ** -0.5
+    out = torch.full_like(q.contiguous(), float("nan"))   # poisoned: every element is written
+    cpu.ops().paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, out)
+    want = attention_f64(q, k_cache, v_cache, tables, lens, scale)
+    assert not out.isnan().any()
+    err = ((out.double() - want).norm() / want.norm()).item()
+    assert err < TOLERANCE[dtype]
+    # The dispatch function takes the same kernel, also for int32 tables.
+    got = paged_decode_attention(q, k_cache, v_cache, tables.int(), lens.int(), scale,
+                                 backend="cpu")
+    assert torch.equal(got, out)
+
+
+@needs_compiler
+def test_bad_tables_are_refused_before_any_read():
+    gen = torch.Generator().manual_seed(1)
+    q, k_cache, v_cache, tables, lens = random_case(gen, 2, 9, 3, 64, 16, torch.bfloat16)
+    out = torch.empty_like(q.contiguous())
+    bad = tables.clone()
+    bad[0, 0] = k_cache.shape[0]
+    with pytest.raises(RuntimeError, match="is not a block of the cache"):
+        cpu.ops().paged_decode_attention(q, k_cache, v_cache, bad, lens, 1.0, out)
+    long = lens.clone()
+    long[1] = tables.shape[1] * 16 + 1
+    with pytest.raises(RuntimeError, match=r"context_lens\[1\]"):
+        cpu.ops().paged_decode_attention(q, k_cache, v_cache, tables, long, 1.0, out)
+    with pytest.raises(ValueError, match="must share one of"):
+        paged_decode_attention(q.float(), k_cache, v_cache, tables, lens, 1.0, backend="cpu")
+
+
+@needs_compiler
+def test_auto_takes_the_cpu_kernel_for_half_precisions_only():
+    assert use_cpu_kernel(torch.zeros(1, dtype=torch.bfloat16))
+    assert use_cpu_kernel(torch.zeros(1, dtype=torch.float16))
+    assert not use_cpu_kernel(torch.zeros(1))                      # float32: the reference
+    assert use_cpu_kernel(torch.zeros(1), "cpu")
+    with use_backend("torch"):
+        assert not use_cpu_kernel(torch.zeros(1, dtype=torch.bfloat16))
+
+
+def test_the_build_is_keyed_by_this_cpu(monkeypatch):
+    key = cpu.build_key()
+    monkeypatch.setattr(cpu, "_cpu_signature", lambda: "model name: another CPU\nflags: sse2")
+    assert cpu.build_key() != key
+
+
+def test_disabled_kernels_fall_back_with_a_reason(monkeypatch):
+    monkeypatch.setattr(cpu, "_state", {})
+    monkeypatch.setenv("TANDEM_CPU_KERNELS", "0")
+    assert cpu.ops() is None
+    assert "TANDEM_CPU_KERNELS=0" in cpu.load_error()
+    assert not use_cpu_kernel(torch.zeros(1, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="unavailable"):
+        use_cpu_kernel(torch.zeros(1), "cpu")
+
+
+@needs_compiler
+def test_engine_on_the_cpu_kernel_gives_the_reference_paths_greedy_tokens(tiny_model_dir):
+    from runtime.engine import SamplingParams
+    from tiny_model import make_engine
+
+    prompts = [[5, 17, 42, 99, 3, 8, 250, 11, 64, 7, 1, 2, 3], [200, 201, 202], [9],
+               list(range(30, 80))]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    outputs = {}
+    for name in ("torch", "cpu"):
+        with use_backend(name):
+            eng = make_engine(tiny_model_dir)   # float32: token-exact is expected
+            outputs[name] = [o.token_ids for o in eng.generate(prompt_token_ids=prompts,
+                                                               params=params)]
+    assert outputs["cpu"] == outputs["torch"]
