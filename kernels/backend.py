@@ -82,8 +82,17 @@ def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
 
 def cpu_kernels():
     """`torch.ops.tandem_cpu` when the C++ CPU kernels are built and loaded, else None."""
-    from kernels import cpu
-    return cpu.ops()
+    # Hot: every dispatch call of a decode step asks, hundreds of times per token.
+    ops = _cpu_ops.get("ops", _cpu_ops)
+    if ops is _cpu_ops:
+        from kernels import cpu
+        ops = cpu.ops()
+        if ops is not None or cpu.load_error() is not None:   # settled: remember it
+            _cpu_ops["ops"] = ops
+    return ops
+
+
+_cpu_ops: dict = {}
 
 
 def use_cpu_kernel(x: torch.Tensor, backend: str | None = None) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.backend import use_triton
+from kernels.backend import cpu_kernels, use_cpu_kernel, use_triton
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -38,8 +38,8 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: t
     x: [..., hidden] float32, bfloat16 or float16; residual: same shape and dtype, or None
     (plain RMSNorm: new_residual is x itself); weight: [hidden], x's dtype. Statistics in
     float32. Returns new tensors; the inputs are not modified. `backend`: see
-    `kernels.backend`. Triton agrees with the reference to float32 rounding of the statistics
-    (new_residual bit-exact).
+    `kernels.backend`. Triton and the C++ CPU kernel agree with the reference to float32
+    rounding of the statistics (new_residual bit-exact).
     """
     if x.dtype not in DTYPES or weight.dtype != x.dtype or weight.shape != x.shape[-1:]:
         raise ValueError(f"x must be one of {DTYPES} with weight [{x.shape[-1]}] of its dtype, "
@@ -50,4 +50,22 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: t
     if use_triton(x, backend):
         from kernels.triton.norm import fused_add_rms_norm_triton
         return fused_add_rms_norm_triton(x, residual, weight, eps)
+    if use_cpu_kernel(x, backend):
+        return _fused_add_rms_norm_cpu(x, residual, weight, eps)
     return fused_add_rms_norm_ref(x, residual, weight, eps)
+
+
+def _fused_add_rms_norm_cpu(x, residual, weight, eps):
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    normed = torch.empty(x.shape, dtype=x.dtype)
+    if residual is None:
+        cpu_kernels().fused_add_rms_norm(rows, None, weight.contiguous(), eps,
+                                         normed.view(rows.shape), torch.empty(0, dtype=x.dtype))
+        return normed, x
+    new_residual = torch.empty(x.shape, dtype=x.dtype)
+    cpu_kernels().fused_add_rms_norm(rows, residual.reshape(rows.shape).contiguous(),
+                                     weight.contiguous(), eps, normed.view(rows.shape),
+                                     new_residual.view(rows.shape))
+    return normed, new_residual

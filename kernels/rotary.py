@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import use_triton
+from kernels.backend import cpu_kernels, use_cpu_kernel, use_triton
 
 
 def apply_rotary_ref_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,8 @@ def apply_rotary_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     qk may be a strided view (e.g. the q and k heads inside the fused qkv projection) with a
     contiguous last dimension; cos, sin: [T, 1, head_dim] in qk's dtype
     (float32, bfloat16 or float16). Every product and the sum round to qk's dtype as in the
-    reference, so both backends agree bit for bit. `backend`: see `kernels.backend`.
+    reference, so every backend (Triton, the C++ CPU kernel) agrees bit for bit.
+    `backend`: see `kernels.backend`.
     """
     t, d = qk.shape[0], qk.shape[-1]
     if qk.dim() != 3 or d % 2 or cos.shape != (t, 1, d) or sin.shape != (t, 1, d):
@@ -36,4 +37,7 @@ def apply_rotary_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     if use_triton(qk, backend):
         from kernels.triton.rotary import apply_rotary_triton_
         return apply_rotary_triton_(qk, cos, sin)
+    if use_cpu_kernel(qk, backend) and qk.stride(-1) == 1:
+        cpu_kernels().rotary_(qk, cos.contiguous(), sin.contiguous())
+        return qk
     return apply_rotary_ref_(qk, cos, sin)

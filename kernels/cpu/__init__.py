@@ -22,8 +22,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("attention.cpp"),)
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-DNDEBUG")
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("attention.cpp", "layer_ops.cpp", "gemv.cpp"))
+# No FMA contraction: the rotary kernel rounds each product like the torch reference does.
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-DNDEBUG")
 _lock = threading.Lock()
 _state: dict = {}
 

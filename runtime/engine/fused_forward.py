@@ -1,12 +1,14 @@
-"""The forward pass over the fused kernels: the GPU engine's model.
+"""The forward pass over the fused kernels: the GPU engine's model, and the CPU's in half precision.
 
 Same contract and arithmetic as `runtime.engine.model.forward`, restructured around the fused
 kernels: each residual add travels with the RMSNorm that follows it (`fused_add_rms_norm`),
 rope rotates q and k in place inside the qkv projection (`apply_rotary_`), and decode
 attention goes through `paged_decode_attention`. Each dispatches on the tensors' device
-(Triton on CUDA), so on CPU with the torch references this returns `forward`'s logits bit for
-bit. Allocates only on the inputs' device and never syncs with the host on decode-only
-batches with Triton attention, so a decode step can be captured in a CUDA graph.
+(Triton on CUDA, the C++ CPU kernels for bf16/fp16 CPU tensors), so on CPU with the torch
+references this returns `forward`'s logits bit for bit. Matmuls go through `model.linear`, which
+takes oneDNN-prepacked CPU weights too. Allocates only on the inputs' device and never syncs
+with the host on decode-only batches with Triton attention, so a decode step can be captured in
+a CUDA graph.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from kernels.norm import fused_add_rms_norm
 from kernels.rotary import apply_rotary_
 from runtime.engine.model import (AttentionMetadata, ModelGeometry, ModelWeights, attention,
-                                  rope_cos_sin)
+                                  linear, rope_cos_sin)
 
 
 def forward_fused(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor,
@@ -32,7 +34,7 @@ def forward_fused(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor,
     residual = None   # layer 0 normalizes the embedding itself
     for i, lw in enumerate(w.layers):
         x, residual = fused_add_rms_norm(hidden, residual, lw.input_norm, eps)
-        qkv = F.linear(x, lw.qkv, lw.qkv_bias)
+        qkv = linear(x, lw.qkv, lw.qkv_bias)
         qk, v = qkv.split([(h_ + kvh) * d, kvh * d], dim=-1)
         qk, v = qk.view(t, h_ + kvh, d), v.view(t, kvh, d)
         if lw.q_norm is not None:
@@ -42,10 +44,10 @@ def forward_fused(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor,
         attention(qk[:, :h_], qk[:, h_:], v, kv_cache[i], meta, scale, attn_out)
         if layer_done is not None:
             layer_done(i)
-        x, residual = fused_add_rms_norm(F.linear(attn_out.view(t, h_ * d), lw.o_proj),
+        x, residual = fused_add_rms_norm(linear(attn_out.view(t, h_ * d), lw.o_proj),
                                          residual, lw.post_norm, eps)
-        gate, up = F.linear(x, lw.gate_up).chunk(2, dim=-1)
-        hidden = F.linear(F.silu(gate) * up, lw.down)
+        gate, up = linear(x, lw.gate_up).chunk(2, dim=-1)
+        hidden = linear(F.silu(gate) * up, lw.down)
     last, _ = fused_add_rms_norm(hidden.index_select(0, logits_indices),
                                  residual.index_select(0, logits_indices), w.norm, eps)
-    return F.linear(last, w.lm_head).float()
+    return linear(last, w.lm_head).float()

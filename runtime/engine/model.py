@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from kernels.attention import causal_attention, gather_kv, paged_decode_attention
+from kernels.linear import MAX_ROWS, linear_small_batch, small_batch_kernel_available
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,19 @@ class AttentionMetadata:
     prefills: tuple[PrefillSpan, ...] = ()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or oneDNN's linear for a weight prepacked by `pack_linear_weights`."""
-    if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+class PackedLinear(NamedTuple):
+    """A matmul weight prepared once at load for CPU decode (`pack_linear_weights`)."""
+
+    packed: torch.Tensor            # oneDNN's blocked layout: batches above MAX_ROWS rows
+    dense: torch.Tensor | None      # the plain [N, K] tensor for `linear_small_batch`, or None
+
+
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, or the faster path for a `PackedLinear` weight from `pack_linear_weights`."""
+    if isinstance(weight, PackedLinear):
+        if weight.dense is not None and x.shape[0] <= MAX_ROWS:
+            return linear_small_batch(x, weight.dense, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, weight.packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
@@ -90,24 +101,35 @@ def _can_prepack(dtype: torch.dtype) -> bool:
     try:
         probe = torch.ones(8, 8, dtype=dtype)
         packed = torch.ops.mkldnn._reorder_linear_weight(probe, 32)
-        return bool(torch.equal(linear(probe, packed), F.linear(probe, probe)))
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+        return bool(torch.equal(got, F.linear(probe, probe)))
     except (RuntimeError, AttributeError):
         return False
 
 
-def pack_linear_weights(w: ModelWeights) -> ModelWeights:
-    """The same weights with every matmul weight reordered once into oneDNN's blocked layout.
+def pack_linear_weights(w: ModelWeights, max_dense_gib: float = 4.0) -> ModelWeights:
+    """The same weights with every matmul weight a `PackedLinear`.
 
-    For bf16/fp16 on CPU: F.linear reorders the weight on every call, which costs about as
-    much as the matmul itself at decode batch sizes (measured 2x at batch 1, 1.6x at batch 32,
-    bit-identical outputs). float32 keeps plain weights so greedy tokens stay bit-exact with
+    For bf16/fp16 on CPU: F.linear reorders the weight into oneDNN's blocked layout on every
+    call, which costs about as much as the matmul itself at decode batch sizes (measured 2x at
+    batch 1, 1.6x at batch 32, bit-identical outputs), so it is reordered once here. Decode at
+    1..MAX_ROWS sequences goes to the C++ small-batch kernel instead, which reads the plain
+    layout (oneDNN spends ~11 us per call before it reads a byte: ~1.4 ms of a SmolLM2 token):
+    where that kernel runs (bf16, AVX512-BF16) the plain tensors are kept beside the packed
+    ones, which doubles the matmul weights' memory, so only while they total at most
+    `max_dense_gib`. float32 keeps plain weights so greedy tokens stay bit-exact with
     transformers. Returns `w` unchanged when oneDNN cannot take the dtype.
     """
     if not _can_prepack(w.embed.dtype):
         return w
+    mats = [t for lw in w.layers for t in (lw.qkv, lw.o_proj, lw.gate_up, lw.down)]
+    dense_gib = sum(t.numel() * t.element_size() for t in mats) / 2**30
+    keep_dense = (w.embed.dtype is torch.bfloat16 and dense_gib <= max_dense_gib
+                  and small_batch_kernel_available())
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._reorder_linear_weight(t, 32)
+    def pack(t: torch.Tensor) -> PackedLinear:
+        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(t, 32),
+                            t.contiguous() if keep_dense else None)
 
     layers = [dataclasses.replace(lw, qkv=pack(lw.qkv), o_proj=pack(lw.o_proj),
                                   gate_up=pack(lw.gate_up), down=pack(lw.down))

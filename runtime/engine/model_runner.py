@@ -8,6 +8,7 @@ import torch
 from kernels.kv_pack import unpack_kv
 from runtime.config import CacheConfig, ModelConfig
 from runtime.engine.batch_scheduler import ScheduledBatch
+from runtime.engine.fused_forward import forward_fused
 from runtime.engine.model import AttentionMetadata, PrefillSpan, forward, pack_linear_weights
 from runtime.engine.sequence import Sequence
 from runtime.engine.weights import DTYPES, geometry_of, load_hf_config, load_weights
@@ -29,6 +30,9 @@ class ModelRunner:
         self.weights = load_weights(model.path, self.hf_config, model.dtype)
         if model.device == "cpu":
             self.weights = pack_linear_weights(self.weights)
+        # float32 keeps transformers' op order (bit-exact greedy tokens); half precisions take
+        # the fused ops, which dispatch to the C++ CPU kernels (kernels.cpu) where they build.
+        self._forward = forward if self.dtype is torch.float32 else forward_fused
         self.block_size = cache.block_size
         g = self.geometry
         elem = torch.tensor([], dtype=self.dtype).element_size()
@@ -42,8 +46,8 @@ class ModelRunner:
         """Compute the batch's tokens; returns the sequences that reached their end this step
         (in batch order) and their next-token logits [n, vocab] in float32."""
         sampled, (input_ids, positions, meta, logits_idx) = self.prepare(batch)
-        logits = forward(self.weights, self.geometry, self.kv_cache, input_ids, positions, meta,
-                         logits_idx, layer_done)
+        logits = self._forward(self.weights, self.geometry, self.kv_cache, input_ids, positions,
+                               meta, logits_idx, layer_done)
         return sampled, logits
 
     def prepare(self, batch: ScheduledBatch):

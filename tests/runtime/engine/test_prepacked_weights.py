@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from runtime.engine import SamplingParams
-from runtime.engine.model import _can_prepack, pack_linear_weights
+from runtime.engine.model import PackedLinear, _can_prepack, pack_linear_weights
 from tiny_model import make_engine
 
 pytestmark = pytest.mark.skipif(not _can_prepack(torch.bfloat16),
@@ -18,15 +18,20 @@ def engine(path, dtype):
 
 def test_bf16_engine_packs_and_matches_plain_weights(tiny_model_dir):
     packed = engine(tiny_model_dir, "bfloat16")
-    assert packed.runner.weights.layers[0].qkv.is_mkldnn
-    assert packed.runner.weights.lm_head.is_mkldnn
+    assert packed.runner.weights.layers[0].qkv.packed.is_mkldnn
+    assert packed.runner.weights.lm_head.packed.is_mkldnn
+    # Without the small-batch kernel's plain copies: every batch size takes oneDNN.
+    for lw in packed.runner.weights.layers:
+        for name in ("qkv", "o_proj", "gate_up", "down"):
+            setattr(lw, name, PackedLinear(getattr(lw, name).packed, None))
     plain = engine(tiny_model_dir, "bfloat16")
+    dense = lambda t: t.packed.to_dense()  # noqa: E731
     plain.runner.weights = dataclasses.replace(
         plain.runner.weights,
-        layers=[dataclasses.replace(lw, qkv=lw.qkv.to_dense(), o_proj=lw.o_proj.to_dense(),
-                                    gate_up=lw.gate_up.to_dense(), down=lw.down.to_dense())
+        layers=[dataclasses.replace(lw, qkv=dense(lw.qkv), o_proj=dense(lw.o_proj),
+                                    gate_up=dense(lw.gate_up), down=dense(lw.down))
                 for lw in plain.runner.weights.layers],
-        lm_head=plain.runner.weights.lm_head.to_dense())
+        lm_head=dense(plain.runner.weights.lm_head))
     prompts = [[5, 17, 42, 99, 3, 8, 250, 11], list(range(30, 70)), [9]]
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True,
                             logprobs=3)
@@ -38,6 +43,20 @@ def test_bf16_engine_packs_and_matches_plain_weights(tiny_model_dir):
 
 def test_float32_keeps_plain_weights(tiny_model_dir):
     eng = engine(tiny_model_dir, "float32")
-    assert not eng.runner.weights.layers[0].qkv.is_mkldnn
+    assert isinstance(eng.runner.weights.layers[0].qkv, torch.Tensor)
     w = eng.runner.weights
     assert pack_linear_weights(w) is w
+
+
+def test_small_batches_read_the_plain_copy_only_within_the_memory_limit(tiny_model_dir):
+    from kernels.linear import small_batch_kernel_available
+
+    w = engine(tiny_model_dir, "bfloat16").runner.weights
+    qkv = w.layers[0].qkv
+    assert (qkv.dense is not None) == small_batch_kernel_available()
+    if qkv.dense is not None:
+        assert torch.equal(qkv.dense, qkv.packed.to_dense())
+    plain = dataclasses.replace(w, layers=[dataclasses.replace(
+        lw, **{n: getattr(lw, n).packed.to_dense() for n in ("qkv", "o_proj", "gate_up", "down")})
+        for lw in w.layers], lm_head=w.lm_head.packed.to_dense())
+    assert pack_linear_weights(plain, max_dense_gib=0.0).layers[0].qkv.dense is None
