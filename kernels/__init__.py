@@ -1,5 +1,7 @@
 """Hot-path kernels for Tandem. Each op has a torch reference and one dispatch function.
 
-The dispatch functions are the only entry points the runtime calls; a Triton implementation
-registers behind them for CUDA tensors, and CPU tensors always take the torch reference.
+The dispatch functions are the only entry points the runtime calls. Behind them: Triton
+kernels for CUDA tensors (kernels/triton), C++ kernels for bfloat16/float16 CPU tensors
+(kernels/cpu: paged decode attention, fused add+RMSNorm, rotary, small-batch GEMV; compiled for
+the machine on first use), and the torch reference for everything else (see kernels.backend).
 """

@@ -37,6 +37,10 @@ class ModelGeometry:
 
 @dataclass
 class LayerWeights:
+    """One decoder layer's weights. The four matmul weights (qkv, o_proj, gate_up, down, and
+    ModelWeights.lm_head) become `PackedLinear`s on CPU in half precision (`pack_linear_weights`);
+    `linear` takes either form."""
+
     input_norm: torch.Tensor
     qkv: torch.Tensor                 # q, k, v projections stacked: [(H + 2*KVH) * D, hidden]
     qkv_bias: torch.Tensor | None     # Qwen2
