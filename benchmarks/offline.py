@@ -15,10 +15,13 @@ Absolute figures on shared machines are noise; the ratios, measured in one run, 
 "load" is the 1-minute load average as the engine finished: well above the thread count means
 other processes shared the cores (with 2 cores, one busy neighbour can halve a figure).
 
-Decode-roofline mode: the machine's memory bandwidth (median of large tensor copies, counting
-read + write bytes), then each engine's single-stream decode speed (batch 1, short prompt,
-per-token time of the decode phase only: TPOT = (T(n) - T(1)) / (n - 1)) against the roofline
-bandwidth / weight bytes: a batch-1 decode step reads every weight once.
+Decode-roofline mode: the machine's memory bandwidth (median of 1 GiB tensor copies, counting
+read + write bytes), sampled before every engine and once after the last, then each engine's
+single-stream decode speed (batch 1, short prompt, per-token time of the decode phase only:
+TPOT = (T(n) - T(1)) / (n - 1)) against the roofline bandwidth / weight bytes: a batch-1
+decode step reads every weight once. The shared hosts' bandwidth moves by 2x between minutes
+(neighbours' memory traffic), so the roofline takes the highest sample of the run: the
+fraction is against the most this machine delivered, never flattered by a slow moment.
 
 Each engine runs in its own subprocess (no shared memory or threads; vLLM's own processes);
 an engine that cannot be imported is reported as skipped, with the reason.
@@ -162,12 +165,14 @@ def throughput(args, results: dict) -> dict:
     return ratios(results, "output_tok_s")
 
 
-def decode_roofline(results: dict, weight_bytes: int) -> dict:
-    dram = copy_bandwidth(1 << 30)
+def decode_roofline(results: dict, weight_bytes: int, samples: list[float]) -> dict:
+    samples = samples + [copy_bandwidth(1 << 30)]
+    dram = max(samples)
     cached = copy_bandwidth(weight_bytes // 2)  # src + dst together as large as the weights
     roofline = dram * 1e9 / weight_bytes
-    print(f"memory bandwidth (1 GiB copy, read+write): {dram:.1f} GB/s; with a working set "
-          f"the size of the weights ({weight_bytes / 1e6:.0f} MB): {cached:.1f} GB/s")
+    print(f"memory bandwidth (1 GiB copy, read+write), {len(samples)} samples over the run: "
+          f"{' '.join(f'{b:.1f}' for b in samples)} GB/s, highest {dram:.1f}; with a working "
+          f"set the size of the weights ({weight_bytes / 1e6:.0f} MB): {cached:.1f} GB/s")
     print(f"roofline: {dram:.1f} GB/s / {weight_bytes / 1e6:.0f} MB = {roofline:.1f} tok/s\n")
     rows = []
     for name, r in results.items():
@@ -178,7 +183,8 @@ def decode_roofline(results: dict, weight_bytes: int) -> dict:
                          f"{r['load_avg_1m']:.1f}"])
     print_table(["engine", "T(1) ms", "TPOT ms", "decode tok/s", "of roofline", "load"], rows)
     report_status(results)
-    return {"bandwidth_gb_s": dram, "weight_set_bandwidth_gb_s": cached,
+    return {"bandwidth_gb_s": dram, "bandwidth_samples_gb_s": samples,
+            "weight_set_bandwidth_gb_s": cached,
             "weight_bytes": weight_bytes, "roofline_tok_s": roofline,
             "ratios": ratios(results, "decode_tok_s")}
 
@@ -212,15 +218,17 @@ def main(argv=None) -> None:
           + ("decode roofline" if args.decode_roofline else
              f"{args.num_prompts} prompts x {args.input_len_dist or args.input_len} in, "
              f"{args.output_len} out"))
-    results = {}
+    results, bandwidth = {}, []
     for name in engines:
+        if args.decode_roofline:
+            bandwidth.append(copy_bandwidth(1 << 30))
         print(f"running {name} ...", flush=True)
         results[name] = run_engine(name, spec, args.verbose)
         # Other processes on these shared hosts skew timings; the load average flags it.
         results[name]["load_avg_1m"] = os.getloadavg()[0]
     print()
     if args.decode_roofline:
-        summary = decode_roofline(results, weight_bytes)
+        summary = decode_roofline(results, weight_bytes, bandwidth)
         pairs = summary["ratios"]
     else:
         pairs = throughput(args, results)

@@ -22,7 +22,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(f) for f in ("attention.cpp", "layer_ops.cpp", "gemv.cpp"))
+_HERE = Path(__file__).parent
+SOURCES = tuple(_HERE / f for f in ("attention.cpp", "layer_ops.cpp", "gemv.cpp", "decoder.cpp"))
+HEADERS = tuple(sorted(_HERE.glob("*.h")))
 # No FMA contraction: the rotary kernel rounds each product like the torch reference does.
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-DNDEBUG")
 _lock = threading.Lock()
@@ -40,7 +42,7 @@ def _cpu_signature() -> str:
 
 def build_key() -> str:
     h = hashlib.sha256()
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
     h.update(" ".join(CFLAGS).encode())
     h.update(torch.__version__.encode())

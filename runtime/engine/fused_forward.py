@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.decoder import can_decode_layers, decode_layers
 from kernels.norm import fused_add_rms_norm
 from kernels.rotary import apply_rotary_
 from runtime.engine.model import (AttentionMetadata, ModelGeometry, ModelWeights, attention,
@@ -30,6 +31,25 @@ def forward_fused(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor,
     scale = d ** -0.5
     hidden = F.embedding(input_ids, w.embed)
     cos, sin = rope_cos_sin(w, positions, hidden.dtype)
+    if (w.decode_stack is not None and layer_done is None and not meta.prefills
+            and meta.num_decode == t and can_decode_layers(hidden, True)):
+        # A small decode-only batch: every layer in one C++ call, the same kernels in order.
+        hidden, residual = decode_layers(hidden, w.decode_stack, kv_cache, cos, sin,
+                                         meta.slot_mapping, meta.decode_block_tables,
+                                         meta.decode_context_lens, h_, kvh, eps, scale)
+    else:
+        hidden, residual = _layers(w, g, kv_cache, hidden, cos, sin, meta, layer_done)
+    last, _ = fused_add_rms_norm(hidden.index_select(0, logits_indices),
+                                 residual.index_select(0, logits_indices), w.norm, eps)
+    return linear(last, w.lm_head).float()
+
+
+def _layers(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, hidden: torch.Tensor,
+            cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata, layer_done):
+    """The decoder layers one op at a time: (hidden, residual) after the last layer."""
+    t = hidden.shape[0]
+    h_, kvh, d, eps = g.num_heads, g.num_kv_heads, g.head_dim, g.rms_norm_eps
+    scale = d ** -0.5
     attn_out = torch.empty(t, h_, d, dtype=hidden.dtype, device=hidden.device)
     residual = None   # layer 0 normalizes the embedding itself
     for i, lw in enumerate(w.layers):
@@ -48,6 +68,4 @@ def forward_fused(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor,
                                          residual, lw.post_norm, eps)
         gate, up = linear(x, lw.gate_up).chunk(2, dim=-1)
         hidden = linear(F.silu(gate) * up, lw.down)
-    last, _ = fused_add_rms_norm(hidden.index_select(0, logits_indices),
-                                 residual.index_select(0, logits_indices), w.norm, eps)
-    return linear(last, w.lm_head).float()
+    return hidden, residual

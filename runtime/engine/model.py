@@ -60,6 +60,9 @@ class ModelWeights:
     lm_head: torch.Tensor             # the embedding itself when tied
     inv_freq: torch.Tensor            # float32 [head_dim // 2]
     rope_scaling: float               # multiplies cos/sin (1.0 except e.g. yarn)
+    # Per-layer tensor lists for kernels.decoder.decode_layers (plain matmul weights), set by
+    # pack_linear_weights where that kernel can run; None elsewhere.
+    decode_stack: dict | None = None
 
 
 @dataclass
@@ -138,7 +141,26 @@ def pack_linear_weights(w: ModelWeights, max_dense_gib: float = 4.0) -> ModelWei
     layers = [dataclasses.replace(lw, qkv=pack(lw.qkv), o_proj=pack(lw.o_proj),
                                   gate_up=pack(lw.gate_up), down=pack(lw.down))
               for lw in w.layers]
-    return dataclasses.replace(w, layers=layers, lm_head=pack(w.lm_head))
+    return dataclasses.replace(w, layers=layers, lm_head=pack(w.lm_head),
+                               decode_stack=_decode_stack(layers) if keep_dense else None)
+
+
+def _decode_stack(layers: list[LayerWeights]) -> dict | None:
+    """The plain per-layer weights as kernels.decoder.decode_layers takes them, or None when
+    a matmul's inner size is not a multiple of 32 (the GEMV's unit)."""
+    if any(lw.qkv.dense.shape[1] % 32 or lw.o_proj.dense.shape[1] % 32
+           or lw.down.dense.shape[1] % 32 for lw in layers):
+        return None
+
+    def each(get) -> list[torch.Tensor]:
+        values = [get(lw) for lw in layers]
+        return [] if values[0] is None else [v.contiguous() for v in values]
+
+    return {"input_norm": each(lambda lw: lw.input_norm), "qkv": each(lambda lw: lw.qkv.dense),
+            "qkv_bias": each(lambda lw: lw.qkv_bias), "q_norm": each(lambda lw: lw.q_norm),
+            "k_norm": each(lambda lw: lw.k_norm), "o_proj": each(lambda lw: lw.o_proj.dense),
+            "post_norm": each(lambda lw: lw.post_norm),
+            "gate_up": each(lambda lw: lw.gate_up.dense), "down": each(lambda lw: lw.down.dense)}
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

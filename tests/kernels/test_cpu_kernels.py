@@ -1,4 +1,5 @@
 """The C++ CPU kernels (kernels/cpu): built on this machine, checked against float64 math."""
+import dataclasses
 import shutil
 
 import pytest
@@ -220,3 +221,73 @@ def test_linear_small_batch_matches_float64(rows, shape):
     # Five rows, float32 or a K that is not a multiple of 32 take the reference.
     x5 = torch.randn(5, k, generator=gen).bfloat16()
     assert torch.equal(linear_small_batch(x5, w, backend="cpu"), torch.nn.functional.linear(x5, w))
+
+
+def _decode_stack_engines(path, **kw):
+    from tiny_model import make_engine
+
+    fast = make_engine(path, dtype="bfloat16", **kw)
+    slow = make_engine(path, dtype="bfloat16", **kw)
+    slow.runner.weights = dataclasses.replace(slow.runner.weights, decode_stack=None)
+    return fast, slow
+
+
+@needs_compiler
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_decode_layers_equal_the_per_op_layer_loop(tmp_path, arch):
+    from kernels.linear import small_batch_kernel_available
+    from runtime.engine import SamplingParams
+    from tiny_model import make_tiny_model
+
+    if not small_batch_kernel_available():
+        pytest.skip("this CPU has no AVX512-BF16")
+    # hidden 128, 4 heads of 32 (2 KV heads), intermediate 256: the GEMV's multiples of 32.
+    path = make_tiny_model(tmp_path / arch, hidden_size=128, num_heads=4, num_kv_heads=2,
+                           intermediate_size=256, arch=arch, seed=11)
+    fast, slow = _decode_stack_engines(path)
+    assert fast.runner.weights.decode_stack is not None
+    assert (len(fast.runner.weights.decode_stack["qkv_bias"]) > 0) == (arch == "qwen2")
+    assert (len(fast.runner.weights.decode_stack["q_norm"]) > 0) == (arch == "qwen3")
+    calls = []
+    real = cpu.ops().decode_layers
+    from kernels import decoder
+    original = decoder.cpu_kernels
+    # Count the fast path's calls: 1..4 sequences decoding take it, prefill never does.
+    decoder.cpu_kernels = lambda: type("Ops", (), {"decode_layers": staticmethod(
+        lambda *a: calls.append(a[0].shape[0]) or real(*a))})
+    try:
+        prompts = [[5, 17, 42, 99, 3, 8, 25, 11, 64, 7], [20, 21, 22], [9, 4], list(range(30, 70))]
+        params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=2)
+        got = fast.generate(prompt_token_ids=prompts, params=params)
+    finally:
+        decoder.cpu_kernels = original
+    want = slow.generate(prompt_token_ids=prompts, params=params)
+    assert calls and set(calls) <= {1, 2, 3, 4}
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    for a, b in zip(got, want):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=0.05)
+    # The KV each path wrote is the same cache content.
+    assert torch.equal(fast.runner.kv_cache, slow.runner.kv_cache)
+
+
+@needs_compiler
+def test_decode_layers_refuse_a_slot_outside_the_cache():
+    from kernels.decoder import decode_layers
+    from kernels.linear import small_batch_kernel_available
+
+    if not small_batch_kernel_available():
+        pytest.skip("this CPU has no AVX512-BF16")
+    hd, h, kvh, d, inter = 64, 2, 1, 32, 64
+    w = lambda *s: torch.randn(*s).bfloat16()  # noqa: E731
+    stack = {"input_norm": [w(hd)], "qkv": [w((h + 2 * kvh) * d, hd)], "qkv_bias": [],
+             "q_norm": [], "k_norm": [], "o_proj": [w(hd, h * d)], "post_norm": [w(hd)],
+             "gate_up": [w(2 * inter, hd)], "down": [w(hd, inter)]}
+    cache = torch.zeros(1, 2, 4, 4, kvh, d, dtype=torch.bfloat16)
+    cos, sin = w(1, 1, d), w(1, 1, d)
+    args = (cache, cos, sin)
+    tail = (torch.tensor([[0, 1]]), torch.tensor([5]), h, kvh, 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="is not a slot of the cache"):
+        decode_layers(w(1, hd), stack, *args, torch.tensor([16]), *tail)
+    hidden, residual = decode_layers(w(1, hd), stack, *args, torch.tensor([4]), *tail)
+    assert hidden.shape == residual.shape == (1, hd) and not hidden.isnan().any()
+    assert cache[0, :, 1, 0].abs().sum() > 0 and cache[0, :, 0].abs().sum() == 0
