@@ -143,16 +143,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
     gemv_bf16(ap, m, h * d, ptr(o_proj[i]), hd, h * d, nullptr, op);
     add_rms_norm_rows<bf16>(op, rp, ptr(post_norm[i]), xp, rp, m, hd, hd, e);
     gemv_bf16(xp, m, hd, ptr(gate_up[i]), inter2, hd, nullptr, gp);
-    for (int64_t b = 0; b < m; ++b) {
-      const bf16* gate = gp + b * inter2;
-      const bf16* up = gate + inter;
-      bf16* out = actp + b * inter;
-      for (int64_t j = 0; j < inter; ++j) {   // rounded as F.silu(gate) * up rounds
-        const float gj = static_cast<float>(gate[j]);
-        const bf16 silu = static_cast<bf16>(gj / (1.f + std::exp(-gj)));
-        out[j] = static_cast<bf16>(static_cast<float>(silu) * static_cast<float>(up[j]));
-      }
-    }
+    silu_mul_rows<bf16>(gp, actp, m, inter, inter2);
     gemv_bf16(actp, m, inter, ptr(down[i]), hd, inter, nullptr, hp);
   }
   return {hidden, residual};

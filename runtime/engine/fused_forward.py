@@ -2,8 +2,9 @@
 
 Same contract and arithmetic as `runtime.engine.model.forward`, restructured around the fused
 kernels: each residual add travels with the RMSNorm that follows it (`fused_add_rms_norm`),
-rope rotates q and k in place inside the qkv projection (`apply_rotary_`), and decode
-attention goes through `paged_decode_attention`. Each dispatches on the tensors' device
+rope rotates q and k in place inside the qkv projection (`apply_rotary_`), SwiGLU's
+activation is one op (`silu_mul`), and decode attention goes through `paged_decode_attention`.
+Each dispatches on the tensors' device
 (Triton on CUDA, the C++ CPU kernels for bf16/fp16 CPU tensors), so on CPU with the torch
 references this returns `forward`'s logits bit for bit. Matmuls go through `model.linear`, which
 takes oneDNN-prepacked CPU weights too. Allocates only on the inputs' device and never syncs
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.activation import silu_mul
 from kernels.decoder import can_decode_layers, decode_layers
 from kernels.norm import fused_add_rms_norm
 from kernels.rotary import apply_rotary_
@@ -66,6 +68,5 @@ def _layers(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, hidden: t
             layer_done(i)
         x, residual = fused_add_rms_norm(linear(attn_out.view(t, h_ * d), lw.o_proj),
                                          residual, lw.post_norm, eps)
-        gate, up = linear(x, lw.gate_up).chunk(2, dim=-1)
-        hidden = linear(F.silu(gate) * up, lw.down)
+        hidden = linear(silu_mul(linear(x, lw.gate_up)), lw.down)
     return hidden, residual

@@ -145,28 +145,34 @@ def test_fused_add_rms_norm_matches_the_reference(dtype, with_residual):
     from kernels.norm import fused_add_rms_norm, fused_add_rms_norm_ref
 
     gen = torch.Generator().manual_seed(7 + with_residual)
-    x = (torch.randn(37, 576, generator=gen) * 3).to(dtype)
-    residual = torch.randn(37, 576, generator=gen).to(dtype) if with_residual else None
-    weight = torch.randn(576, generator=gen).to(dtype)
-    normed, new_residual = fused_add_rms_norm(x, residual, weight, 1e-5, backend="cpu")
-    want_normed, want_residual = fused_add_rms_norm_ref(x, residual, weight, 1e-5)
-    assert torch.equal(new_residual, want_residual)          # the add rounds like torch's
-    err = ((normed.double() - want_normed.double()).norm() / want_normed.double().norm()).item()
-    assert err < {torch.float32: 1e-6, torch.bfloat16: 4e-3, torch.float16: 1e-3}[dtype]
+    for width in (576, 40):   # the vector path (multiples of 16) and the scalar one
+        x = (torch.randn(37, width, generator=gen) * 3).to(dtype)
+        residual = torch.randn(37, width, generator=gen).to(dtype) if with_residual else None
+        weight = torch.randn(width, generator=gen).to(dtype)
+        normed, new_residual = fused_add_rms_norm(x, residual, weight, 1e-5, backend="cpu")
+        want_normed, want_residual = fused_add_rms_norm_ref(x, residual, weight, 1e-5)
+        assert torch.equal(new_residual, want_residual)          # the add rounds like torch's
+        err = (normed.double() - want_normed.double()).norm() / want_normed.double().norm()
+        assert err.item() < {torch.float32: 1e-6, torch.bfloat16: 4e-3, torch.float16: 1e-3}[dtype]
     # A strided view (Qwen3's per-head q norm over the fused projection) gives the same rows.
     qk = torch.randn(5, 12, 64, generator=gen).to(dtype)
-    got, _ = fused_add_rms_norm(qk[:, :9], None, weight[:64], 1e-6, backend="cpu")
-    want, _ = fused_add_rms_norm(qk[:, :9].contiguous(), None, weight[:64], 1e-6, backend="cpu")
+    head_weight = torch.randn(64, generator=gen).to(dtype)
+    got, _ = fused_add_rms_norm(qk[:, :9], None, head_weight, 1e-6, backend="cpu")
+    want, _ = fused_add_rms_norm(qk[:, :9].contiguous(), None, head_weight, 1e-6, backend="cpu")
     assert torch.equal(got, want)
 
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 def test_rotary_in_place_is_bit_identical_to_the_reference(dtype):
+    gen = torch.Generator().manual_seed(3)
+    for d in (64, 24):   # the vector path (half a multiple of 16) and the scalar one
+        _check_rotary(gen, dtype, 11, 9, 3, d)
+
+
+def _check_rotary(gen, dtype, t, heads, kv_heads, d):
     from kernels.rotary import apply_rotary_, apply_rotary_ref_
 
-    gen = torch.Generator().manual_seed(3)
-    t, heads, kv_heads, d = 11, 9, 3, 64
     qkv = torch.randn(t, (heads + 2 * kv_heads) * d, generator=gen).to(dtype)
     theta = torch.rand(t, 1, d, generator=gen) * 6
     cos, sin = theta.cos().to(dtype), theta.sin().to(dtype)
@@ -291,3 +297,22 @@ def test_decode_layers_refuse_a_slot_outside_the_cache():
     hidden, residual = decode_layers(w(1, hd), stack, *args, torch.tensor([4]), *tail)
     assert hidden.shape == residual.shape == (1, hd) and not hidden.isnan().any()
     assert cache[0, :, 1, 0].abs().sum() > 0 and cache[0, :, 0].abs().sum() == 0
+
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+def test_silu_mul_matches_the_reference(dtype):
+    from kernels.activation import silu_mul, silu_mul_ref
+
+    gen = torch.Generator().manual_seed(5)
+    for inter in (1536, 40):   # 16-lane body, and a scalar tail
+        gate_up = (torch.randn(6, 2 * inter, generator=gen) * 4).to(dtype)
+        got = silu_mul(gate_up, backend="cpu")
+        want = silu_mul_ref(gate_up)
+        assert got.shape == (6, inter) and got.dtype == dtype
+        ulp = {torch.float32: 1e-6, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}[dtype]
+        assert ((got.double() - want.double()).abs()
+                <= 2 * ulp * want.double().abs() + 1e-6).all()
+    with pytest.raises(ValueError, match="must be even"):
+        silu_mul(torch.zeros(2, 5, dtype=dtype), backend="cpu")
