@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from kernels.backend import cpu_kernels, use_cpu_kernel, use_triton
+from kernels.backend import cpu_bf16_dot_available, cpu_kernels, use_cpu_kernel, use_triton
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -31,7 +31,8 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -
     return gather_blocks(cache, block_table).view(-1, *cache.shape[2:])[:num_tokens]
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                     backend: str | None = None) -> torch.Tensor:
     """Causal attention of T queries that are the last T positions of S >= T keys.
 
     q: [T, heads, dim]; k, v: [S, kv_heads, dim]; returns [T, heads, dim].
@@ -43,8 +44,18 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     gathers the span's blocks into contiguous K/V first (`gather_kv`), one pass over S tokens of
     K/V, while the attention itself does ~4*T*S*heads*dim FLOPs; for chunks of >= 64 queries
     that copy is a few percent of the step, the whole gain a paged Triton kernel could make.
+
+    On CPU, bfloat16 with head_dim 64 or 128 takes the C++ kernel (kernels/cpu/
+    prefill_attention.cpp, AVX512-BF16 dot products) where it runs: torch's CPU flash kernel
+    reaches a tenth of the cores' bf16 matmul rate on prompt-sized tiles. `backend`: see
+    `kernels.backend`.
     """
     t, s = q.shape[0], k.shape[0]
+    if (q.dtype is torch.bfloat16 and q.shape[-1] in (64, 128) and use_cpu_kernel(q, backend)
+            and cpu_bf16_dot_available()):
+        out = torch.empty_like(q)
+        cpu_kernels().prefill_attention(q, k, v, scale, out)
+        return out
     # 4-D inputs: SDPA's CPU flash kernel only takes batched inputs; 3-D falls back to the
     # math path, several times slower.
     qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))

@@ -95,6 +95,15 @@ def cpu_kernels():
 _cpu_ops: dict = {}
 
 
+def cpu_bf16_dot_available() -> bool:
+    """Whether the C++ kernels built on AVX512-BF16 dot products (small-batch GEMV, the
+    decode stack, prefill attention) run here: the library loaded and this CPU has them."""
+    if "bf16_dot" not in _cpu_ops:
+        ops = cpu_kernels()
+        _cpu_ops["bf16_dot"] = ops is not None and bool(ops.has_avx512_bf16())
+    return _cpu_ops["bf16_dot"]
+
+
 def use_cpu_kernel(x: torch.Tensor, backend: str | None = None) -> bool:
     """True when a dispatch call on tensor `x` should run its C++ CPU kernel."""
     name = _check(backend or _default)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.backend import cpu_kernels, use_cpu_kernel
+from kernels.backend import cpu_bf16_dot_available, cpu_kernels, use_cpu_kernel
 
 MAX_ROWS = 4
 
@@ -23,13 +23,7 @@ def linear_small_batch_ref(x: torch.Tensor, w: torch.Tensor,
 
 def small_batch_kernel_available() -> bool:
     """Whether the C++ kernel is built here and this CPU has AVX512-BF16."""
-    if "ok" not in _available:
-        ops = cpu_kernels()
-        _available["ok"] = ops is not None and bool(ops.has_linear_small_batch())
-    return _available["ok"]
-
-
-_available: dict = {}
+    return cpu_bf16_dot_available()
 
 
 def _kernel_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -38,7 +38,7 @@ at::Tensor linear_small_batch(const at::Tensor& x, const at::Tensor& w,
 
 TORCH_LIBRARY_FRAGMENT(tandem_cpu, m) {
   m.def("linear_small_batch(Tensor x, Tensor w, Tensor? bias) -> Tensor");
-  m.def("has_linear_small_batch() -> bool", [] { return tandem_cpu::gemv_available(); });
+  m.def("has_avx512_bf16() -> bool", [] { return tandem_cpu::gemv_available(); });
 }
 
 TORCH_LIBRARY_IMPL(tandem_cpu, CPU, m) {

@@ -316,3 +316,39 @@ def test_silu_mul_matches_the_reference(dtype):
                 <= 2 * ulp * want.double().abs() + 1e-6).all()
     with pytest.raises(ValueError, match="must be even"):
         silu_mul(torch.zeros(2, 5, dtype=dtype), backend="cpu")
+
+
+def causal_f64(q, k, v, scale):
+    """Bottom-right causal attention in float64: query i of T sees keys 0..S - T + i."""
+    t, h, _ = q.shape
+    s, kvh, _ = k.shape
+    kk, vv = (x.double().repeat_interleave(h // kvh, dim=1) for x in (k, v))
+    scores = torch.einsum("thd,shd->hts", q.double(), kk) * scale
+    visible = torch.arange(s)[None, :] <= torch.arange(t)[:, None] + (s - t)
+    return torch.einsum("hts,shd->thd", scores.masked_fill(~visible, float("-inf")).softmax(-1),
+                        vv)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(256, 256, 9, 3, 64), (37, 100, 9, 3, 64), (1, 50, 8, 2, 128),
+                                   (17, 17, 32, 8, 128), (9, 300, 4, 4, 64), (2, 3, 6, 1, 64)],
+                         ids=str)
+def test_prefill_attention_matches_float64(shape):
+    from kernels.attention import causal_attention
+    from kernels.backend import cpu_bf16_dot_available
+
+    if not cpu_bf16_dot_available():
+        pytest.skip("this CPU has no AVX512-BF16")
+    t, s, h, kvh, d = shape
+    gen = torch.Generator().manual_seed(t * 1000 + s)
+    # Strided q (heads inside a fused projection) and k/v [S, kv, D] as gathered from a cache.
+    q = (torch.randn(t, h + 2, d, generator=gen) * 2).bfloat16()[:, 1:h + 1]
+    k = torch.randn(s, kvh, d, generator=gen).bfloat16()
+    v = torch.randn(s, kvh, d, generator=gen).bfloat16()
+    want = causal_f64(q, k, v, d ** -0.5)
+    got = causal_attention(q, k, v, d ** -0.5, backend="cpu")
+    sdpa = causal_attention(q, k, v, d ** -0.5, backend="torch")
+    err = ((got.double() - want).norm() / want.norm()).item()
+    sdpa_err = ((sdpa.double() - want).norm() / want.norm()).item()
+    assert got.shape == (t, h, d) and not got.isnan().any()
+    assert err < max(2 * sdpa_err, 3e-3)   # bf16 output rounding dominates both
