@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from runtime.engine import Engine, NoFreeBlocksError
+from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer._proto import kv_transfer_pb2_grpc as pb_grpc
 from runtime.kv_transfer.assembly import KVAssembly
@@ -58,6 +59,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         self.config = config
         self.fingerprint = fingerprint or model_fingerprint(engine.config.model.path)
         self.geometry = engine.runner.geometry
+        keep_message_buffers_on_heap()
         self._lock = threading.Lock()
         self._active: dict[str, tuple[int, int]] = {}   # request id -> (blocks, staging bytes)
         self._server: grpc.Server | None = None

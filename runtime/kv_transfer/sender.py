@@ -12,6 +12,7 @@ import torch
 from kernels.kv_pack import pack_kv
 from runtime.engine import Engine, KVHandle, RequestOutput
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
+from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer.auth import make_channel, secret_metadata
 from runtime.kv_transfer.config import KVTransferConfig
 from runtime.kv_transfer.engine_thread import EngineThread
@@ -116,6 +117,7 @@ class KVSender:
         self.engine_thread = engine_thread
         self.config = config
         self.fingerprint = fingerprint or model_fingerprint(engine.config.model.path)
+        keep_message_buffers_on_heap()
         self._channel_factory = channel_factory or (lambda t: make_channel(t, config))
         self._channels: dict[str, grpc.Channel] = {}
         self._budget = ByteBudget(config.max_inflight_bytes)
