@@ -9,8 +9,9 @@ of the Triton kernel over its torch reference on the same device. Then, on a GPU
 (SmolLM2, bfloat16, CUDA graphs) at `--batch` sequences: decode step time and tokens/s, and
 the same generation through transformers' `generate` on the same GPU.
 
-On a CPU-only host only the torch references run (their GB/s against the CPU's copy
-bandwidth); the Triton and engine figures need CUDA. Targets on an H100/H200: decode
+On a CPU-only host the fast column is the C++ CPU kernels (kernels/cpu, bfloat16) against the
+same torch references, for the ops that have one (decode and prefill attention, RMSNorm,
+rotary, SiLU*up, the small-batch GEMV); the Triton and engine figures need CUDA. Targets on an H100/H200: decode
 attention >= 70% of copy bandwidth at batch 64 with 2k-token contexts, pack/unpack >= 80%,
 engine decode >= 5x transformers' throughput at batch 64.
 """
@@ -27,7 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention import paged_decode_attention  # noqa: E402
+from kernels.activation import silu_mul  # noqa: E402
+from kernels.attention import causal_attention, paged_decode_attention  # noqa: E402
+from kernels.backend import cpu_kernels  # noqa: E402
+from kernels.linear import linear_small_batch  # noqa: E402
 from kernels.kv_pack import pack_kv, unpack_kv  # noqa: E402
 from kernels.kv_quant import dequantize_kv, quantize_kv  # noqa: E402
 from kernels.norm import fused_add_rms_norm  # noqa: E402
@@ -35,6 +39,9 @@ from kernels.rotary import apply_rotary_  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
+FAST = "triton" if CUDA else "cpu"   # the backend timed against the torch reference
+CPU_KERNELS = {"decode_attention", "prefill_attention", "fused_add_rms_norm", "rotary",
+               "silu_mul", "linear_small_batch"}
 
 
 def bench(fn, repeats: int = 20) -> float:
@@ -58,7 +65,7 @@ def peaks(quick: bool) -> dict:
     dst = torch.zeros_like(src)
     copy_gbs = 2 * n / bench(lambda: dst.copy_(src)) / 1e9
     m = 8192 if CUDA else 1024
-    dtype = torch.bfloat16 if CUDA else torch.float32
+    dtype = torch.bfloat16
     a, b = (torch.randn(m, m, device=DEV).to(dtype) for _ in range(2))
     tflops = 2 * m ** 3 / bench(lambda: a @ b, repeats=5) / 1e12
     del src, dst, a, b
@@ -67,7 +74,7 @@ def peaks(quick: bool) -> dict:
 
 def cases(quick: bool):
     """(kernel, size label, bytes moved, flops, fn(backend))."""
-    dt = torch.bfloat16 if CUDA else torch.float32
+    dt = torch.bfloat16
     r = lambda *s: torch.randn(*s, device=DEV).to(dt)   # noqa: E731
     shapes = [("smollm2", 9, 3, 64), ("llama8b", 32, 8, 128)]
     batches = [(1, 2048), (64, 2048), (64, 512)] if CUDA else [(8, 512)]
@@ -81,6 +88,12 @@ def cases(quick: bool):
             yield ("decode_attention", f"{name} b={b} ctx={ctx}", nbytes, 4 * b * h * ctx * d,
                    lambda be, a=(q, k, v, tables, lens, d ** -0.5): paged_decode_attention(
                        *a, backend=be))
+    for name, h, kvh, d in shapes[:1] if quick else shapes:
+        t = 1024 if CUDA else 256
+        q, k, v = r(t, h, d), r(t, kvh, d), r(t, kvh, d)
+        nbytes = (2 * q.numel() + 2 * k.numel()) * q.element_size()
+        yield ("prefill_attention", f"{name} {t} tok causal", nbytes, 2 * h * t * t * d,
+               lambda be, a=(q, k, v, d ** -0.5): causal_attention(*a, backend=be))
     tokens = 2048 if CUDA else 512
     for name, kvh, d in [("smollm2", 3, 64), ("llama8b", 8, 128)][:1 if quick else 2]:
         cache = r(2, tokens // 16 + 8, 16, kvh, d)
@@ -108,29 +121,39 @@ def cases(quick: bool):
         nbytes = (2 * qk.numel() + 2 * cos.numel()) * qk.element_size()
         yield "rotary", f"{t}x{heads}x{d}", nbytes, 0, \
             lambda be, a=(qk, cos, sin): apply_rotary_(*a, backend=be)
+    for rows, inter in [(32, 1536), (2048, 1536)][:1 if quick else 2]:
+        gate_up = r(rows, 2 * inter)
+        yield "silu_mul", f"{rows}x{inter}", 3 * rows * inter * 2, 0, \
+            lambda be, x=gate_up: silu_mul(x, backend=be)
+    for m, n, k in [(1, 3072, 576), (4, 49152, 576)][:1 if quick else 2]:
+        x, w = r(m, k), r(n, k)
+        yield "linear_small_batch", f"{m}x{k} @ {n}x{k}", w.numel() * 2, 2 * m * n * k, \
+            lambda be, a=(x, w): linear_small_batch(*a, backend=be)
 
 
 def kernel_table(peak: dict, quick: bool) -> list[dict]:
+    """Per case: the torch reference, and the fast backend where the op has one here."""
     rows = []
     for kernel, size, nbytes, flops, fn in cases(quick):
         ref = bench(lambda: fn("torch"))
         row = {"kernel": kernel, "size": size, "torch_us": ref * 1e6,
                "torch_GBps": nbytes / ref / 1e9}
-        if CUDA:
-            tri = bench(lambda: fn("triton"))
-            row.update(triton_us=tri * 1e6, triton_GBps=nbytes / tri / 1e9,
-                       peak_frac=nbytes / tri / 1e9 / peak["copy_GBps"], speedup=ref / tri)
+        cells = [f"{kernel:<20}", f"{size:<26}", f"{row['torch_us']:>10.1f}"]
+        if CUDA or (kernel in CPU_KERNELS and cpu_kernels() is not None):
+            fast = bench(lambda: fn(FAST))
+            row.update(fast_backend=FAST, fast_us=fast * 1e6, fast_GBps=nbytes / fast / 1e9,
+                       peak_frac=nbytes / fast / 1e9 / peak["copy_GBps"], speedup=ref / fast)
             if flops:
-                row["triton_TFLOPs"] = flops / tri / 1e12
+                row["fast_TFLOPs"] = flops / fast / 1e12
+            cells += [f"{row['fast_us']:>10.1f}", f"{row['fast_GBps']:>8.1f}",
+                      f"{row['peak_frac']:>6.0%}", f"{row['speedup']:>6.2f}x"]
+            if flops:
+                cells.append(f"{flops / fast / 1e12:>6.2f} TFLOP/s")
         else:
             row["peak_frac"] = row["torch_GBps"] / peak["copy_GBps"]
+            cells += [f"{'-':>10}", f"{row['torch_GBps']:>8.1f}", f"{row['peak_frac']:>6.0%}",
+                      f"{'-':>7}"]
         rows.append(row)
-        cells = [f"{kernel:<20}", f"{size:<26}", f"{row['torch_us']:>10.1f}"]
-        if CUDA:
-            cells += [f"{row['triton_us']:>10.1f}", f"{row['triton_GBps']:>8.0f}",
-                      f"{row['peak_frac']:>6.0%}", f"{row['speedup']:>6.2f}x"]
-        else:
-            cells += [f"{row['torch_GBps']:>8.1f}", f"{row['peak_frac']:>6.0%}"]
         print("  ".join(cells), flush=True)
     return rows
 
@@ -193,10 +216,10 @@ def main(argv=None) -> None:
     print(f"device: {device}\npeak: copy {peak['copy_GBps']:.0f} GB/s, matmul "
           f"{peak['matmul_TFLOPs']:.1f} TFLOP/s ({peak['matmul_dtype']})")
     if not CUDA:
-        print("no CUDA: torch references only; the Triton kernels and the engine need a GPU")
-    head = [f"{'kernel':<20}", f"{'size':<26}", f"{'torch us':>10}"]
-    head += ([f"{'triton us':>10}", f"{'GB/s':>8}", f"{'peak':>6}", f"{'speedup':>7}"] if CUDA
-             else [f"{'GB/s':>8}", f"{'peak':>6}"])
+        print("no CUDA: the C++ CPU kernels against the torch references; the Triton kernels "
+              "and the engine need a GPU")
+    head = [f"{'kernel':<20}", f"{'size':<26}", f"{'torch us':>10}", f"{FAST + ' us':>10}",
+            f"{'GB/s':>8}", f"{'peak':>6}", f"{'speedup':>7}"]
     print("  ".join(head))
     result = {"device": device, "peak": peak, "kernels": kernel_table(peak, args.quick)}
     if CUDA and not args.no_engine:
