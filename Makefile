@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TANDEM_HOME ?= $(HOME)/.cache/tandem
 
-.PHONY: install install-vllm model proto run test test-slow bench bench-decode bench-kv clean
+.PHONY: install install-vllm model proto run test test-slow bench bench-decode bench-kv bench-kernels clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ bench-decode: install model
 
 bench-kv: install model
 	$(PY) benchmarks/kv_transfer.py
+
+# Triton kernels on a GPU host, the C++ CPU kernels elsewhere, each against its torch reference.
+bench-kernels: install model
+	$(PY) benchmarks/kernels.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
