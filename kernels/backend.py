@@ -116,5 +116,6 @@ def use_cpu_kernel(x: torch.Tensor, backend: str | None = None) -> bool:
         raise RuntimeError("backend='cpu' needs CPU tensors")
     if cpu_kernels() is None:
         from kernels import cpu
-        raise RuntimeError(f"backend='cpu': the C++ CPU kernels are unavailable ({cpu.load_error()})")
+        raise RuntimeError(f"backend='cpu': the C++ CPU kernels are unavailable "
+                           f"({cpu.load_error()})")
     return True

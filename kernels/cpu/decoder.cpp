@@ -61,7 +61,8 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(
   const int64_t d = kv_cache.size(5), h = num_heads, kvh = num_kv_heads;
   TORCH_CHECK(kv_cache.size(4) == kvh && h % kvh == 0, "heads must be a multiple of kv heads");
   const int64_t qkv_w = (h + 2 * kvh) * d;
-  TORCH_CHECK(qkv.size() > 0, "no layers");
+  TORCH_CHECK(layers > 0 && static_cast<int64_t>(gate_up.size()) == layers &&
+                  gate_up[0].dim() == 2, "gate_up: one [2 * intermediate, hidden] per layer");
   const int64_t inter2 = gate_up[0].size(0), inter = inter2 / 2;
   TORCH_CHECK(hd % 32 == 0 && (h * d) % 32 == 0 && inter % 32 == 0,
               "hidden, heads * head_dim and intermediate sizes must be multiples of 32");
