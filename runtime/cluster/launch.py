@@ -75,6 +75,10 @@ async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
         # Start-up cannot be interrupted half way (actors are being placed); a signal during
         # it stops the cluster right after.
         cluster.connect()
+        # ray.init installs Abseil's failure signal handler over SIGTERM (it then dies in a
+        # segfault instead of stopping): take the signals back once Ray is up.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         workers = await loop.run_in_executor(None, cluster.start)
         if not stop.is_set():
             frontend = Frontend(config, workers)

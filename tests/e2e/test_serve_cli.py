@@ -1,4 +1,5 @@
-"""`tandem serve --demo` as a user runs it: healthy, answers the SDK CLI, stops on Ctrl-C."""
+"""`tandem serve --demo` as a user runs it: healthy, answers the SDK CLI, stops on Ctrl-C or on
+SIGTERM (what systemd, Kubernetes and `timeout` send)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_serve_demo_status_generate_and_ctrl_c(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_demo_status_generate_and_stop(tiny_model_dir, tmp_path, stop_signal):
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": {"path": str(tiny_model_dir), "max_model_len": 256},
@@ -47,6 +49,6 @@ def test_serve_demo_status_generate_and_ctrl_c(tiny_model_dir, tmp_path):
                              cwd=REPO, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "tandem: stopped" in rest
