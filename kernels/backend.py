@@ -104,11 +104,13 @@ def cpu_bf16_dot_available() -> bool:
     return _cpu_ops["bf16_dot"]
 
 
-def use_cpu_kernel(x: torch.Tensor, backend: str | None = None) -> bool:
-    """True when a dispatch call on tensor `x` should run its C++ CPU kernel."""
+def use_cpu_kernel(x: torch.Tensor, backend: str | None = None,
+                   dtype: torch.dtype | None = None) -> bool:
+    """True when a dispatch call on tensor `x` should run its C++ CPU kernel. `dtype`: the
+    precision "auto" decides on, when it is not x's (a dequantization's output dtype)."""
     name = _check(backend or _default)
     if name == "auto":
-        return (not x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+        return (not x.is_cuda and (dtype or x.dtype) in (torch.bfloat16, torch.float16)
                 and cpu_kernels() is not None)
     if name != "cpu":
         return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import use_triton
+from kernels.backend import cpu_kernels, use_cpu_kernel, use_triton
 
 ENCODINGS = ("raw", "int8", "fp8")
 _QDTYPE = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -74,7 +74,8 @@ def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
     Error bound per element, after `dequantize_kv` to float32: int8 |err| <= scale / 2;
     fp8 |err| <= 2^-4 |x| + 2^-10 scale (3 mantissa bits; subnormal step 2^-9), up to float32
     rounding. Raises ValueError on bad shapes, dtypes, encodings or group sizes. `backend`:
-    see `kernels.backend`; both backends give bit-identical q and scales.
+    see `kernels.backend`; every backend (Triton, the C++ CPU kernel) gives bit-identical q
+    and scales.
     """
     _check_common(encoding, group_tokens)
     if x.dim() != 3:
@@ -84,6 +85,13 @@ def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
     if encoding != "raw" and use_triton(x, backend):
         from kernels.triton.kv_quant import quantize_kv_triton
         return quantize_kv_triton(x, encoding, group_tokens)
+    if encoding != "raw" and use_cpu_kernel(x, backend):
+        x = x.contiguous()
+        q = torch.empty(x.shape, dtype=_QDTYPE[encoding])
+        scales = torch.empty(_num_groups(x.shape[0], group_tokens), x.shape[1],
+                             dtype=torch.float32)
+        cpu_kernels().quantize_kv(x, encoding == "fp8", group_tokens, q, scales)
+        return q, scales
     return quantize_kv_ref(x, encoding, group_tokens)
 
 
@@ -103,7 +111,8 @@ def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_to
     int8 ("int8"), float8_e4m3fn ("fp8") or floating ("raw"); scales float32
     [ceil(T / group_tokens), kv_heads], or empty for "raw". Returns q * scale per (group, head),
     computed in float32 then cast. Raises ValueError on any mismatch. `backend`: see
-    `kernels.backend`; both backends give bit-identical results.
+    `kernels.backend` (under "auto" the C++ CPU kernel takes bf16/fp16 outputs); every backend
+    gives bit-identical results.
     """
     _check_common(encoding, group_tokens)
     if q.dim() != 3:
@@ -124,6 +133,12 @@ def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_to
     if use_triton(q, backend):
         from kernels.triton.kv_quant import dequantize_kv_triton
         return dequantize_kv_triton(q, scales, encoding, group_tokens, dtype)
+    if use_cpu_kernel(q, backend, dtype=dtype) and dtype in (torch.float32, torch.bfloat16,
+                                                             torch.float16):
+        out = torch.empty(q.shape, dtype=dtype)
+        cpu_kernels().dequantize_kv(q.contiguous(), scales.contiguous(), encoding == "fp8",
+                                    group_tokens, out)
+        return out
     return dequantize_kv_ref(q, scales, encoding, group_tokens, dtype)
 
 
