@@ -63,7 +63,8 @@ void quantize(const T* x, int64_t t, int64_t h, int64_t d, int64_t group, bool f
       const int64_t g = task / h, head = task % h;
       const int64_t t0 = g * group, t1 = std::min(t, t0 + group);
       float m = 0.f;
-      for (int64_t tok = t0; tok < t1; ++tok) m = std::max(m, absmax_row(x + (tok * h + head) * d, d));
+      for (int64_t tok = t0; tok < t1; ++tok)
+        m = std::max(m, absmax_row(x + (tok * h + head) * d, d));
       const float scale = m / qmax;
       scales[g * h + head] = scale;
       const float safe = scale > 0.f ? scale : 1.f;
@@ -81,7 +82,8 @@ void quantize(const T* x, int64_t t, int64_t h, int64_t d, int64_t group, bool f
             packed = e4m3_16(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
           } else {
             y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            packed = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(y, lo), hi)));
+            y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+            packed = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(y));
           }
           _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), packed);
         }
@@ -105,7 +107,8 @@ const std::array<float, 256>& e4m3_table() {
   static const std::array<float, 256> table = [] {
     std::array<float, 256> t{};
     for (int i = 0; i < 256; ++i)
-      t[i] = static_cast<float>(c10::Float8_e4m3fn(static_cast<uint8_t>(i), c10::Float8_e4m3fn::from_bits()));
+      t[i] = static_cast<float>(
+          c10::Float8_e4m3fn(static_cast<uint8_t>(i), c10::Float8_e4m3fn::from_bits()));
     return t;
   }();
   return table;
@@ -139,7 +142,8 @@ void dequantize(const uint8_t* q, const float* scales, int64_t t, int64_t h, int
   });
 }
 
-void quantize_kv(const at::Tensor& x, bool fp8, int64_t group, at::Tensor& q, at::Tensor& scales) {
+void quantize_kv(const at::Tensor& x, bool fp8, int64_t group, at::Tensor& q,
+                 at::Tensor& scales) {
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && q.is_contiguous() && q.sizes() == x.sizes() &&
                   q.element_size() == 1 && scales.is_contiguous() &&
                   scales.scalar_type() == at::kFloat && group >= 1 &&
@@ -177,8 +181,10 @@ void dequantize_kv(const at::Tensor& q, const at::Tensor& scales, bool fp8, int6
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tandem_cpu, m) {
-  m.def("quantize_kv(Tensor x, bool fp8, int group_tokens, Tensor(a!) q, Tensor(b!) scales) -> ()");
-  m.def("dequantize_kv(Tensor q, Tensor scales, bool fp8, int group_tokens, Tensor(a!) out) -> ()");
+  m.def("quantize_kv(Tensor x, bool fp8, int group_tokens, Tensor(a!) q, Tensor(b!) scales) "
+        "-> ()");
+  m.def("dequantize_kv(Tensor q, Tensor scales, bool fp8, int group_tokens, Tensor(a!) out) "
+        "-> ()");
 }
 
 TORCH_LIBRARY_IMPL(tandem_cpu, CPU, m) {

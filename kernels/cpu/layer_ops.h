@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -43,7 +44,9 @@ inline void add_rms_norm_row16(const T* xr, const T* rr, const T* w, T* nr, T* o
 template <typename T>
 void add_rms_norm_rows(const T* x, const T* res, const T* w, T* normed, T* new_res,
                        int64_t rows, int64_t width, int64_t x_stride, float eps) {
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+  // Grains of ~32K elements: smaller calls run inline, a thread wake-up costs more than them.
+  const int64_t grain = std::max<int64_t>(1, (32 << 10) / width);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * x_stride;
       T* nr = normed + r * width;
@@ -81,7 +84,8 @@ template <typename T>
 void rotary_rows(T* qk, const T* cos, const T* sin, int64_t tokens, int64_t heads, int64_t dim,
                  int64_t s_tok, int64_t s_head) {
   const int64_t half = dim / 2;
-  at::parallel_for(0, tokens, 8, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, tokens, std::max<int64_t>(1, (32 << 10) / (heads * dim)),
+                   [&](int64_t t0, int64_t t1) {
     T tmp[1024];
     for (int64_t t = t0; t < t1; ++t) {
       const T* c = cos + t * dim;
@@ -115,7 +119,8 @@ void rotary_rows(T* qk, const T* cos, const T* sin, int64_t tokens, int64_t head
 // before the product as F.silu(gate) * up rounds (its exp may differ in the last float bit).
 template <typename T>
 void silu_mul_rows(const T* gate_up, T* out, int64_t rows, int64_t inter, int64_t in_stride) {
-  at::parallel_for(0, rows, 4, [&](int64_t r0, int64_t r1) {
+  const int64_t grain = std::max<int64_t>(1, (32 << 10) / inter);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* gate = gate_up + r * in_stride;
       const T* up = gate + inter;
