@@ -2,6 +2,7 @@
 
 The dispatch functions are the only entry points the runtime calls. Behind them: Triton
 kernels for CUDA tensors (kernels/triton), C++ kernels for bfloat16/float16 CPU tensors
-(kernels/cpu: paged decode attention, fused add+RMSNorm, rotary, small-batch GEMV; compiled for
-the machine on first use), and the torch reference for everything else (see kernels.backend).
+(kernels/cpu: decode and prefill attention, fused add+RMSNorm, rotary, SiLU*up, small-batch
+GEMV, the decode stack, int8/fp8 KV quantization; compiled for the machine on first use), and
+the torch reference for everything else (see kernels.backend).
 """

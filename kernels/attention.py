@@ -113,11 +113,11 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     `backend`: see `kernels.backend` (CUDA tensors take Triton, bfloat16/float16 CPU tensors
     the C++ kernel, the rest the reference).
     """
-    check_decode_inputs(q, k_cache, v_cache, block_tables, context_lens, None)
-    if use_triton(q, backend):
+    if use_triton(q, backend):   # checks its inputs itself
         from kernels.triton.attention import paged_decode_attention_triton
         return paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens,
                                              scale)
+    check_decode_inputs(q, k_cache, v_cache, block_tables, context_lens, None)
     if use_cpu_kernel(q, backend):
         out = torch.empty_like(q)
         cpu_kernels().paged_decode_attention(q, k_cache, v_cache, block_tables.long(),

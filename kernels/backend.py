@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
+from kernels import cpu
+
 BACKENDS = ("auto", "torch", "triton", "cpu")
 _default = os.environ.get("TANDEM_KERNEL_BACKEND", "auto")
 _has_triton: bool | None = None
@@ -82,26 +84,19 @@ def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
 
 def cpu_kernels():
     """`torch.ops.tandem_cpu` when the C++ CPU kernels are built and loaded, else None."""
-    # Hot: every dispatch call of a decode step asks, hundreds of times per token.
-    ops = _cpu_ops.get("ops", _cpu_ops)
-    if ops is _cpu_ops:
-        from kernels import cpu
-        ops = cpu.ops()
-        if ops is not None or cpu.load_error() is not None:   # settled: remember it
-            _cpu_ops["ops"] = ops
-    return ops
-
-
-_cpu_ops: dict = {}
+    return cpu.ops()
 
 
 def cpu_bf16_dot_available() -> bool:
     """Whether the C++ kernels built on AVX512-BF16 dot products (small-batch GEMV, the
     decode stack, prefill attention) run here: the library loaded and this CPU has them."""
-    if "bf16_dot" not in _cpu_ops:
+    if "bf16_dot" not in _bf16_dot:   # asked on every small-batch matmul: look it up once
         ops = cpu_kernels()
-        _cpu_ops["bf16_dot"] = ops is not None and bool(ops.has_avx512_bf16())
-    return _cpu_ops["bf16_dot"]
+        _bf16_dot["bf16_dot"] = ops is not None and bool(ops.has_avx512_bf16())
+    return _bf16_dot["bf16_dot"]
+
+
+_bf16_dot: dict = {}
 
 
 def use_cpu_kernel(x: torch.Tensor, backend: str | None = None,
@@ -117,7 +112,6 @@ def use_cpu_kernel(x: torch.Tensor, backend: str | None = None,
     if x.is_cuda:
         raise RuntimeError("backend='cpu' needs CPU tensors")
     if cpu_kernels() is None:
-        from kernels import cpu
         raise RuntimeError(f"backend='cpu': the C++ CPU kernels are unavailable "
                            f"({cpu.load_error()})")
     return True

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import cpu_kernels, use_cpu_kernel
-from kernels.linear import MAX_ROWS, small_batch_kernel_available
+from kernels.backend import cpu_bf16_dot_available, cpu_kernels, use_cpu_kernel
+from kernels.linear import MAX_ROWS
 
 
-def can_decode_layers(hidden: torch.Tensor, dims_ok: bool, backend: str | None = None) -> bool:
-    """Whether `decode_layers` runs for this batch's hidden states [T, hidden]; `dims_ok`:
-    the caller's weights have plain copies with hidden, heads * head_dim and intermediate
-    sizes multiples of 32."""
-    return (dims_ok and hidden.dtype is torch.bfloat16 and 1 <= hidden.shape[0] <= MAX_ROWS
-            and use_cpu_kernel(hidden, backend) and small_batch_kernel_available())
+def can_decode_layers(hidden: torch.Tensor, backend: str | None = None) -> bool:
+    """Whether `decode_layers` runs here for this batch's hidden states [T, hidden] (the
+    caller also needs the plain weights: `ModelWeights.decode_stack`, built only where the
+    matmul sizes fit the GEMV)."""
+    return (hidden.dtype is torch.bfloat16 and 1 <= hidden.shape[0] <= MAX_ROWS
+            and use_cpu_kernel(hidden, backend) and cpu_bf16_dot_available())
 
 
 def decode_layers(hidden, layers: dict[str, list[torch.Tensor]], kv_cache: torch.Tensor,

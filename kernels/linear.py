@@ -2,8 +2,9 @@
 
 `linear_small_batch` is the dispatch function: the C++ CPU kernel (kernels/cpu/gemv.cpp,
 AVX512-BF16) for bfloat16 CPU inputs of at most `MAX_ROWS` rows where this CPU has the
-instructions, else the torch reference (F.linear). `small_batch_kernel_available()` says
-whether the kernel would run here, so callers keep the plain weight copy it reads only then.
+instructions, else the torch reference (F.linear). `kernels.backend.cpu_bf16_dot_available()`
+says whether the kernel would run here, so callers keep the plain weight copy it reads only
+then.
 """
 from __future__ import annotations
 
@@ -19,11 +20,6 @@ def linear_small_batch_ref(x: torch.Tensor, w: torch.Tensor,
                            bias: torch.Tensor | None = None) -> torch.Tensor:
     """Torch reference of `linear_small_batch`."""
     return F.linear(x, w, bias)
-
-
-def small_batch_kernel_available() -> bool:
-    """Whether the C++ kernel is built here and this CPU has AVX512-BF16."""
-    return cpu_bf16_dot_available()
 
 
 def _kernel_fits(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -44,6 +40,6 @@ def linear_small_batch(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(f"x {tuple(x.shape)}, w {tuple(w.shape)} and bias "
                          f"{None if bias is None else tuple(bias.shape)} do not fit x @ w.T + b")
     if (use_cpu_kernel(x, backend) and _kernel_fits(x, w, bias)
-            and small_batch_kernel_available()):
+            and cpu_bf16_dot_available()):
         return cpu_kernels().linear_small_batch(x, w, bias)
     return linear_small_batch_ref(x, w, bias)

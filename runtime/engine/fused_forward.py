@@ -4,9 +4,8 @@ Same contract and arithmetic as `runtime.engine.model.forward`, restructured aro
 kernels: each residual add travels with the RMSNorm that follows it (`fused_add_rms_norm`),
 rope rotates q and k in place inside the qkv projection (`apply_rotary_`), SwiGLU's
 activation is one op (`silu_mul`), and decode attention goes through `paged_decode_attention`.
-Each dispatches on the tensors' device
-(Triton on CUDA, the C++ CPU kernels for bf16/fp16 CPU tensors), so on CPU with the torch
-references this returns `forward`'s logits bit for bit. Matmuls go through `model.linear`, which
+Each dispatches on the tensors' device (Triton on CUDA, the C++ CPU kernels for bf16/fp16 CPU
+tensors), so on CPU with the torch references this returns `forward`'s logits bit for bit. Matmuls go through `model.linear`, which
 takes oneDNN-prepacked CPU weights too. Allocates only on the inputs' device and never syncs
 with the host on decode-only batches with Triton attention, so a decode step can be captured in
 a CUDA graph.
@@ -34,7 +33,7 @@ def forward_fused(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor,
     hidden = F.embedding(input_ids, w.embed)
     cos, sin = rope_cos_sin(w, positions, hidden.dtype)
     if (w.decode_stack is not None and layer_done is None and not meta.prefills
-            and meta.num_decode == t and can_decode_layers(hidden, True)):
+            and meta.num_decode == t and can_decode_layers(hidden)):
         # A small decode-only batch: every layer in one C++ call, the same kernels in order.
         hidden, residual = decode_layers(hidden, w.decode_stack, kv_cache, cos, sin,
                                          meta.slot_mapping, meta.decode_block_tables,

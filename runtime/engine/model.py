@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels.attention import causal_attention, gather_kv, paged_decode_attention
-from kernels.linear import MAX_ROWS, linear_small_batch, small_batch_kernel_available
+from kernels.backend import cpu_bf16_dot_available
+from kernels.linear import MAX_ROWS, linear_small_batch
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def pack_linear_weights(w: ModelWeights, max_dense_gib: float = 4.0) -> ModelWei
     mats = [t for lw in w.layers for t in (lw.qkv, lw.o_proj, lw.gate_up, lw.down)]
     dense_gib = sum(t.numel() * t.element_size() for t in mats) / 2**30
     keep_dense = (w.embed.dtype is torch.bfloat16 and dense_gib <= max_dense_gib
-                  and small_batch_kernel_available())
+                  and cpu_bf16_dot_available())
 
     def pack(t: torch.Tensor) -> PackedLinear:
         return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(t, 32),

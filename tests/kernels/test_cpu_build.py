@@ -34,7 +34,7 @@ def test_disabled_kernels_fall_back_with_a_reason(monkeypatch):
     from kernels import backend
 
     monkeypatch.setattr(cpu, "_state", {})
-    monkeypatch.setattr(backend, "_cpu_ops", {})
+    monkeypatch.setattr(backend, "_bf16_dot", {})
     monkeypatch.setenv("TANDEM_CPU_KERNELS", "0")
     assert cpu.ops() is None
     assert "TANDEM_CPU_KERNELS=0" in cpu.load_error()

@@ -80,9 +80,10 @@ def test_silu_mul_matches_the_reference(dtype):
 @pytest.mark.parametrize("shape", [(960, 576), (49152 // 16 + 5, 576), (576, 1536), (7, 64)],
                          ids=str)
 def test_linear_small_batch_matches_float64(rows, shape):
-    from kernels.linear import linear_small_batch, small_batch_kernel_available
+    from kernels.backend import cpu_bf16_dot_available
+    from kernels.linear import linear_small_batch
 
-    if not small_batch_kernel_available():
+    if not cpu_bf16_dot_available():
         pytest.skip("this CPU has no AVX512-BF16")
     gen = torch.Generator().manual_seed(rows * 7919 + shape[0])
     n, k = shape
@@ -131,11 +132,11 @@ def _decode_stack_engines(path, **kw):
 @needs_compiler
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_decode_layers_equal_the_per_op_layer_loop(tmp_path, arch):
-    from kernels.linear import small_batch_kernel_available
+    from kernels.backend import cpu_bf16_dot_available
     from runtime.engine import SamplingParams
     from tiny_model import make_tiny_model
 
-    if not small_batch_kernel_available():
+    if not cpu_bf16_dot_available():
         pytest.skip("this CPU has no AVX512-BF16")
     # hidden 128, 4 heads of 32 (2 KV heads), intermediate 256: the GEMV's multiples of 32.
     path = make_tiny_model(tmp_path / arch, hidden_size=128, num_heads=4, num_kv_heads=2,
@@ -169,9 +170,9 @@ def test_decode_layers_equal_the_per_op_layer_loop(tmp_path, arch):
 @needs_compiler
 def test_decode_layers_refuse_a_slot_outside_the_cache():
     from kernels.decoder import decode_layers
-    from kernels.linear import small_batch_kernel_available
+    from kernels.backend import cpu_bf16_dot_available
 
-    if not small_batch_kernel_available():
+    if not cpu_bf16_dot_available():
         pytest.skip("this CPU has no AVX512-BF16")
     hd, h, kvh, d, inter = 64, 2, 1, 32, 64
     w = lambda *s: torch.randn(*s).bfloat16()  # noqa: E731

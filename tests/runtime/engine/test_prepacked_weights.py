@@ -49,11 +49,11 @@ def test_float32_keeps_plain_weights(tiny_model_dir):
 
 
 def test_small_batches_read_the_plain_copy_only_within_the_memory_limit(tiny_model_dir):
-    from kernels.linear import small_batch_kernel_available
+    from kernels.backend import cpu_bf16_dot_available
 
     w = engine(tiny_model_dir, "bfloat16").runner.weights
     qkv = w.layers[0].qkv
-    assert (qkv.dense is not None) == small_batch_kernel_available()
+    assert (qkv.dense is not None) == cpu_bf16_dot_available()
     if qkv.dense is not None:
         assert torch.equal(qkv.dense, qkv.packed.to_dense())
     plain = dataclasses.replace(w, layers=[dataclasses.replace(
