@@ -53,7 +53,7 @@ def serve(args) -> None:
     engine = make_engine(args.model, "decode", args.num_blocks)
     engine.runner.kv_cache.fill_(0)   # touch every page once, as a warm server has
     thread = EngineThread("decode")
-    cfg = KVTransferConfig(secret=SECRET, max_staging_bytes=16 << 30)
+    cfg = KVTransferConfig(secret=SECRET)
     receiver = KVReceiver(engine, thread, cfg)
     kv_port = receiver.start()
 

@@ -2,7 +2,8 @@
 
 "auto" (the default): Triton for CUDA tensors when triton is installed; the C++ CPU kernel
 (kernels.cpu) for bfloat16/float16 CPU tensors of the ops that have one, when it builds on this
-machine; the torch reference for everything else. float32 stays on the reference under "auto"
+machine, and for CPU tensors of any dtype where the kernel only copies bytes (KV pack/unpack);
+the torch reference for everything else. float32 arithmetic stays on the reference under "auto"
 because its op order is what keeps greedy tokens bit-exact with transformers. "torch": always
 the reference. "cpu": the C++ kernel for CPU tensors of any dtype (an error if it cannot be
 built). "triton": always Triton; on CPU tensors that needs Triton's interpreter
@@ -100,12 +101,14 @@ _bf16_dot: dict = {}
 
 
 def use_cpu_kernel(x: torch.Tensor, backend: str | None = None,
-                   dtype: torch.dtype | None = None) -> bool:
+                   dtype: torch.dtype | None = None, exact: bool = False) -> bool:
     """True when a dispatch call on tensor `x` should run its C++ CPU kernel. `dtype`: the
-    precision "auto" decides on, when it is not x's (a dequantization's output dtype)."""
+    precision "auto" decides on, when it is not x's (a dequantization's output dtype).
+    `exact`: the kernel is bit-identical to its reference in every dtype (byte copies), so
+    "auto" takes it for float32 too."""
     name = _check(backend or _default)
     if name == "auto":
-        return (not x.is_cuda and (dtype or x.dtype) in (torch.bfloat16, torch.float16)
+        return (not x.is_cuda and (exact or (dtype or x.dtype) in (torch.bfloat16, torch.float16))
                 and cpu_kernels() is not None)
     if name != "cpu":
         return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from kernels.attention import gather_blocks
-from kernels.backend import use_triton
+from kernels.backend import cpu_kernels, use_cpu_kernel, use_triton
 
 LAYOUTS = ("NHD", "HND")
 
@@ -80,11 +80,11 @@ def _check_range(layer_cache: torch.Tensor, block_table: torch.Tensor, layout: s
 
 
 def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int,
-                layout: str = "NHD") -> torch.Tensor:
+                layout: str = "NHD", out: torch.Tensor | None = None) -> torch.Tensor:
     """Torch reference of `pack_kv`."""
     heads, dim = _heads_dim(layer_cache, layout)
     bs, nb, total = _block_size(layer_cache, layout), layer_cache.shape[1], end - start
-    out = layer_cache.new_empty(2, total, heads, dim)
+    out = layer_cache.new_empty(2, total, heads, dim) if out is None else out
     head, full, tail = _split(start, total, bs)
     blk = start // bs
     if head:  # partial first block (or a range inside one block)
@@ -111,23 +111,42 @@ def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int
 
 
 def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int,
-            layout: str = "NHD", backend: str | None = None) -> torch.Tensor:
+            layout: str = "NHD", backend: str | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """Gather tokens [start, end) of one layer from a sequence's blocks, token-major.
 
     layer_cache: [2, num_blocks, block_size, kv_heads, head_dim] ("NHD") or [2, num_blocks,
     kv_heads, block_size, head_dim] ("HND"), contiguous, any dtype. block_table: 1-D int64 (or
     int32) block ids of the sequence; token p lives in block block_table[p // block_size] at
     offset p % block_size. Requires 0 <= start <= end <= len(block_table) * block_size.
-    Returns a new contiguous [2, end - start, kv_heads, head_dim] tensor in the cache's dtype,
-    bit-identical to the cached values. Raises ValueError on bad shapes, dtypes or ranges.
-    `backend`: see `kernels.backend` (CUDA caches take Triton, the rest the reference).
+    Returns a contiguous [2, end - start, kv_heads, head_dim] tensor in the cache's dtype,
+    bit-identical to the cached values: `out` when given (contiguous, that shape and dtype, on
+    the cache's device; e.g. a message's bytes), else a new one. Raises ValueError on bad
+    shapes, dtypes or ranges. `backend`: see `kernels.backend` (CUDA caches take Triton, NHD
+    CPU caches the C++ kernel, the rest the reference).
     """
     _check_cache(layer_cache, block_table, layout)
     _check_range(layer_cache, block_table, layout, start, end)
+    heads, dim = _heads_dim(layer_cache, layout)
+    if out is not None and (tuple(out.shape) != (2, end - start, heads, dim) or not
+                            out.is_contiguous() or out.dtype != layer_cache.dtype
+                            or out.device != layer_cache.device):
+        raise ValueError(f"out must be a contiguous [2, {end - start}, {heads}, {dim}] "
+                         f"{layer_cache.dtype} tensor on {layer_cache.device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
     if use_triton(layer_cache, backend):
         from kernels.triton.kv_pack import pack_kv_triton
-        return pack_kv_triton(layer_cache, block_table, start, end, layout)
-    return pack_kv_ref(layer_cache, block_table, start, end, layout)
+        packed = pack_kv_triton(layer_cache, block_table, start, end, layout)
+        return packed if out is None else out.copy_(packed)
+    if layout == "NHD" and use_cpu_kernel(layer_cache, backend, exact=True):
+        out = layer_cache.new_empty(2, end - start, heads, dim) if out is None else out
+        cpu_kernels().pack_kv_nhd(layer_cache, _ids(block_table), start, out)
+        return out
+    return pack_kv_ref(layer_cache, block_table, start, end, layout, out)
+
+
+def _ids(block_table: torch.Tensor) -> torch.Tensor:
+    return block_table.to(torch.int64).contiguous()
 
 
 def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.Tensor,
@@ -166,7 +185,8 @@ def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.
     data: [2, T, kv_heads, head_dim], floating point, cast to the cache's dtype (bit-exact when
     the dtypes match). Only those T token slots change; every other token and block is left
     untouched. Requires 0 <= start and start + T <= len(block_table) * block_size; block ids
-    must not repeat. Raises ValueError on bad shapes, dtypes or ranges.
+    must not repeat. Raises ValueError on bad shapes, dtypes or ranges. `backend`: as for
+    `pack_kv`.
     """
     _check_cache(layer_cache, block_table, layout)
     heads, dim = _heads_dim(layer_cache, layout)
@@ -179,5 +199,9 @@ def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.
     if use_triton(layer_cache, backend):
         from kernels.triton.kv_pack import unpack_kv_triton
         unpack_kv_triton(layer_cache, block_table, data, start, layout)
+        return
+    if (layout == "NHD" and data.dtype == layer_cache.dtype
+            and use_cpu_kernel(layer_cache, backend, exact=True)):
+        cpu_kernels().unpack_kv_nhd(layer_cache, _ids(block_table), data.contiguous(), start)
         return
     unpack_kv_ref(layer_cache, block_table, data, start, layout)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 SOURCES = tuple(_HERE / f for f in ("attention.cpp", "layer_ops.cpp", "gemv.cpp", "decoder.cpp",
-                                    "prefill_attention.cpp", "kv_quant.cpp"))
+                                    "prefill_attention.cpp", "kv_quant.cpp", "kv_pack.cpp"))
 HEADERS = tuple(sorted(_HERE.glob("*.h")))
 # No FMA contraction: the rotary kernel rounds each product like the torch reference does.
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-DNDEBUG")

@@ -129,13 +129,26 @@ class BlockManager:
                 self.block_hash[block_id] = h
         seq.num_committed_blocks = num_full
 
-    def free(self, seq: Sequence) -> None:
-        """Drop the sequence's references (tail first); its KV is gone from its point of view."""
-        for block_id in reversed(seq.block_table):
+    def reserve(self, num_tokens: int) -> list[int]:
+        """Fresh blocks for `num_tokens` tokens, held by no sequence yet (a KV import being
+        received); give them to a sequence as its block table, or back with `release`."""
+        need = self.blocks_needed(num_tokens)
+        if need > self.num_free_blocks:
+            raise RuntimeError(f"not enough free KV blocks: need {need}, have "
+                               f"{self.num_free_blocks}")
+        return [self._take_free_block() for _ in range(need)]
+
+    def release(self, blocks: list[int]) -> None:
+        """Drop one reference to each block, tail first (so shared prefixes stay cached longest)."""
+        for block_id in reversed(blocks):
             self.ref_counts[block_id] -= 1
             assert self.ref_counts[block_id] >= 0, f"block {block_id} freed twice"
             if self.ref_counts[block_id] == 0:
                 self.free_blocks[block_id] = None
+
+    def free(self, seq: Sequence) -> None:
+        """Drop the sequence's references (tail first); its KV is gone from its point of view."""
+        self.release(seq.block_table)
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_committed_blocks = 0

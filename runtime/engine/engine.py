@@ -2,14 +2,16 @@
 
 Roles: `colocated` runs requests to the end; `prefill` stops each request after its first
 token and holds its KV blocks for export; a decode engine admits requests through
-`import_kv` (two-phase: `begin_import`, `write_kv` per layer, `commit_import`).
+`import_kv` (in phases: `begin_import` reserves blocks, `write_kv` places KV as it arrives,
+`commit_import` admits the request).
 """
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -50,8 +52,23 @@ class _Request:
     sent_chars: int = 0
 
 
+@dataclass(eq=False)
+class _Import:
+    """A handed-off request's KV being received: reserved blocks, no sequence yet."""
+
+    blocks: list[int]
+    num_tokens: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    open: bool = True
+    table: torch.Tensor = field(init=False)   # the blocks as a tensor, built once for writes
+
+    def __post_init__(self) -> None:
+        self.table = torch.tensor(self.blocks, dtype=torch.long)
+
+
 class Engine:
-    """A paged-KV LLM engine over one model. Not thread-safe: drive it from one thread."""
+    """A paged-KV LLM engine over one model. Not thread-safe: drive it from one thread
+    (`write_kv` into a KV import is the one exception)."""
 
     def __init__(self, config: EngineConfig, tokenizer=None):
         from transformers import AutoTokenizer
@@ -69,6 +86,7 @@ class Engine:
         self.sampler = Sampler(config.seed)
         self.eos_token_ids = read_generation_eos(config.model.path, self.runner.hf_config)
         self.requests: dict[str, _Request] = {}
+        self._imports: dict[str, _Import] = {}   # KV imports being received (decode role)
         self._ids = itertools.count()
         self._batch = None   # the batch of the step in progress (for scheduled_prompt_spans)
 
@@ -122,7 +140,14 @@ class Engine:
         return _Request(seq, detok, RequestTimings(arrival=time.monotonic()))
 
     def abort(self, request_id: str) -> bool:
-        """Cancel a request at once, freeing its blocks. False when it is not known."""
+        """Cancel a request (or a KV import in progress) at once, freeing its blocks. False
+        when it is not known."""
+        imp = self._imports.pop(request_id, None)
+        if imp is not None:
+            with imp.lock:   # a write in flight on a receiver's thread finishes first
+                imp.open = False
+            self.block_manager.release(imp.blocks)
+            return True
         req = self.requests.pop(request_id, None)
         if req is None:
             return False
@@ -311,48 +336,86 @@ class Engine:
         seq.finish_reason = "handed_off"
         del self.requests[request_id]
 
-    def begin_import(self, handle: KVHandle) -> None:
-        """Decode side: reserve blocks for a handed-off request. NoFreeBlocksError if full."""
-        self._validate_prompt(list(handle.prompt_token_ids))
-        if not handle.output_token_ids or handle.num_kv_tokens != len(handle.prompt_token_ids):
+    # -- KV import (decode role) -----------------------------------------------------------
+    def begin_import(self, request_id: str, num_kv_tokens: int) -> None:
+        """Decode side: reserve blocks for a handed-off request's KV of `num_kv_tokens` tokens
+        (and a slot for its first output token), before any of it arrives.
+
+        The blocks belong to no sequence until `commit_import`; `abort` gives them back.
+        NoFreeBlocksError when the free blocks cannot hold it (also when the whole cache is
+        smaller: another decode worker may be larger); ValueError when the id is in use or the
+        KV is longer than the context.
+        """
+        if request_id in self.requests or request_id in self._imports:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not 1 <= num_kv_tokens < self.max_model_len:
+            raise ValueError(f"KV of {num_kv_tokens} tokens: need 1 to {self.max_model_len - 1} "
+                             f"(max_model_len {self.max_model_len} includes a generated token)")
+        bm = self.block_manager
+        need = bm.blocks_needed(num_kv_tokens + 1)
+        if need > bm.num_free_blocks:   # also when the whole cache is smaller: try elsewhere
+            raise NoFreeBlocksError(f"KV of {num_kv_tokens} tokens needs {need} blocks; "
+                                    f"{bm.num_free_blocks} free KV blocks (of {bm.num_blocks} "
+                                    f"of {bm.block_size} tokens)")
+        self._imports[request_id] = _Import(bm.reserve(num_kv_tokens + 1), num_kv_tokens)
+
+    def write_kv(self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor,
+                 start: int = 0) -> None:
+        """Decode side: place one layer's KV (tokens [start, start + len(k))) of an import.
+
+        The one engine call that may run off the engine's thread, so a receiver can write
+        chunks as they land: an import's blocks belong to no sequence, so no step reads or
+        writes them. Calls for one import must not overlap each other; an `abort` from the
+        engine thread waits for the write in progress, after which writes raise KeyError.
+        """
+        imp = self._imports.get(request_id)
+        if imp is None:
+            raise KeyError(f"no KV import {request_id!r} in progress")
+        if start < 0 or start + k.shape[0] > imp.num_tokens:
+            raise ValueError(f"KV tokens [{start}, {start + k.shape[0]}) outside the import's "
+                             f"{imp.num_tokens}")
+        with imp.lock:
+            if not imp.open:
+                raise KeyError(f"KV import {request_id!r} was aborted")
+            self.runner.write_kv(imp.table, layer, k, v, start)
+
+    def commit_import(self, handle: KVHandle) -> None:
+        """Decode side: every layer's KV of `handle.request_id`'s import is in place; admit
+        the request with the handle's state (prompt, first tokens, params) and decode it.
+
+        KeyError when no such import is in progress (never begun, or aborted); ValueError
+        when the handle does not match it (the import stays reserved: abort it).
+        """
+        rid = handle.request_id
+        imp = self._imports.get(rid)
+        if imp is None:
+            raise KeyError(f"no KV import {rid!r} in progress")
+        prompt = self._validate_prompt(list(handle.prompt_token_ids))
+        if not handle.output_token_ids or handle.num_kv_tokens != len(prompt):
             raise ValueError("a KV handle carries the prompt's KV and at least the first token")
-        seq = Sequence(self._new_id(handle.request_id),
-                       list(handle.prompt_token_ids), handle.params)
+        if len(prompt) != imp.num_tokens:
+            raise ValueError(f"the handle's prompt has {len(prompt)} tokens; the import "
+                             f"reserved KV of {imp.num_tokens}")
+        with imp.lock:   # no write can be in flight past this point
+            imp.open = False
+        del self._imports[rid]
+        seq = Sequence(rid, prompt, handle.params)
         req = self._track(seq)
         for tok in handle.output_token_ids:
             seq.token_ids.append(tok)
             req.text += req.detok.add_token(tok)
         seq.logprobs, seq.top_logprobs = list(handle.logprobs), list(handle.top_logprobs)
-        cached = []  # the KV arrives over the wire, so no prefix reuse on import
-        if not self.block_manager.can_admit(cached, handle.num_kv_tokens + 1):
-            raise NoFreeBlocksError(f"no room for {handle.num_kv_tokens} tokens of KV "
-                                    f"({self.block_manager.num_free_blocks} blocks free)")
-        self.block_manager.admit(seq, cached, handle.num_kv_tokens + 1)
-        seq.num_computed_tokens = 0
-        seq.status = SequenceStatus.IMPORTING
-        req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
-        self.requests[seq.request_id] = req
-
-    def write_kv(self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor,
-                 start: int = 0) -> None:
-        """Decode side: place one layer's KV (tokens [start, start+len(k))) of an import."""
-        seq = self._held(request_id, SequenceStatus.IMPORTING)
-        if start < 0 or start + k.shape[0] > seq.num_prompt_tokens:
-            raise ValueError(f"KV tokens [{start}, {start + k.shape[0]}) outside the prompt's "
-                             f"{seq.num_prompt_tokens}")
-        self.runner.write_kv(seq.block_table, layer, k, v, start)
-
-    def commit_import(self, request_id: str) -> None:
-        """Decode side: every layer's KV is in place; start decoding the request."""
-        seq = self._held(request_id, SequenceStatus.IMPORTING)
+        seq.block_table = imp.blocks
         seq.num_computed_tokens = seq.num_prompt_tokens
+        req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
+        self.requests[rid] = req
         self.block_manager.commit(seq)
         self.scheduler.add_running(seq)
 
     def import_kv(self, handle: KVHandle,
                   layers: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) -> str:
         """begin_import + write_kv for every layer + commit_import; aborts on any failure."""
-        self.begin_import(handle)
+        self.begin_import(handle.request_id, handle.num_kv_tokens)
         try:
             seen = set()
             for layer, k, v in layers:
@@ -361,7 +424,7 @@ class Engine:
             missing = set(range(self.runner.geometry.num_layers)) - seen
             if missing:
                 raise ValueError(f"KV import is missing layers {sorted(missing)[:8]}")
-            self.commit_import(handle.request_id)
+            self.commit_import(handle)
         except BaseException:
             self.abort(handle.request_id)
             raise

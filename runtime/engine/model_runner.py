@@ -92,7 +92,7 @@ class ModelRunner:
     def _token_slots(self, block_table: list[int], start: int, num_tokens: int) -> torch.Tensor:
         bs = self.block_size
         pos = torch.arange(start, start + num_tokens)
-        table = torch.tensor(block_table, dtype=torch.long)
+        table = torch.as_tensor(block_table, dtype=torch.long, device="cpu")
         return table[pos // bs] * bs + pos % bs
 
     def read_kv(self, block_table: list[int], num_tokens: int, layer: int):
@@ -103,9 +103,10 @@ class ModelRunner:
         v = layer_cache[1].view(-1, *layer_cache.shape[3:]).index_select(0, slots)
         return k, v
 
-    def write_kv(self, block_table: list[int], layer: int, k: torch.Tensor, v: torch.Tensor,
-                 start: int = 0) -> None:
-        """Place one layer's KV for tokens [start, start + len(k)) into the sequence's blocks."""
+    def write_kv(self, block_table: list[int] | torch.Tensor, layer: int, k: torch.Tensor,
+                 v: torch.Tensor, start: int = 0) -> None:
+        """Place one layer's KV for tokens [start, start + len(k)) into the sequence's blocks
+        (`block_table`: block ids, a list or a 1-D int64 CPU tensor)."""
         g = self.geometry
         expect = (k.shape[0], g.num_kv_heads, g.head_dim)
         if tuple(k.shape) != expect or tuple(v.shape) != expect:
@@ -136,5 +137,5 @@ class ModelRunner:
             data = torch.stack([k, v])
         cache = self.kv_cache[layer]
         data = data.to(cache.device, self.dtype if not data.is_floating_point() else data.dtype)
-        unpack_kv(cache, torch.tensor(block_table, dtype=torch.long, device=cache.device), data,
-                  start)
+        unpack_kv(cache, torch.as_tensor(block_table, dtype=torch.long, device=cache.device),
+                  data, start)

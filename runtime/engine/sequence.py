@@ -13,7 +13,6 @@ class SequenceStatus(enum.Enum):
     WAITING = "waiting"      # queued; no KV (or KV dropped by preemption)
     RUNNING = "running"      # holds blocks and is scheduled each step
     PREFILLED = "prefilled"  # prefill role: first token sampled, blocks held for export
-    IMPORTING = "importing"  # decode role: blocks reserved, KV still arriving
     FINISHED = "finished"
 
 

@@ -8,7 +8,8 @@ about as much CPU as the gRPC transfer itself: filling 122 fresh 1 MiB buffers t
 1.2 ms once served from the heap. `keep_message_buffers_on_heap()` raises the mmap threshold
 to 32 MiB and the trim threshold to 512 MiB for the process, so freed chunk buffers are reused
 rather than unmapped and faulted in again; the heap then holds on to up to the bytes in flight
-(bounded by `KVTransferConfig.max_inflight_bytes` and `max_staging_bytes`).
+(bounded by `KVTransferConfig.max_inflight_bytes` on the sender and gRPC's flow-control window
+on the receiver, which writes each chunk into the cache as it lands).
 """
 from __future__ import annotations
 

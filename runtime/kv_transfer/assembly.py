@@ -1,4 +1,4 @@
-"""One incoming handoff on the decode side: staged KV, coverage, and the trailer's checks."""
+"""One incoming handoff on the decode side: chunk order, coverage, and the trailer's checks."""
 from __future__ import annotations
 
 import grpc
@@ -12,40 +12,37 @@ from runtime.kv_transfer.wire import WireSpec, decode_chunk
 
 
 class KVAssembly:
-    """Collects one request's verified chunks, decoded to the receiver's dtype, off the engine.
+    """The bookkeeping of one incoming handoff on the decode side: chunk order, coverage, and
+    the trailer's checks. It holds no KV: `add` verifies and decodes one chunk and returns its
+    values for the receiver to write into the blocks reserved for the request.
 
     Chunks may arrive in any layer/token order (layer-wise streaming interleaves them) but
     their `index` must count 0, 1, 2, ...; `finish` admits the KV only when every (layer,
-    token) has arrived and the trailer's totals match what came. The decoded chunks stay as
-    they are (no staging copy) until `parts` hands them to `Engine.write_kv`.
+    token) has arrived and the trailer's totals match what came.
     """
 
     def __init__(self, header: pb.Header, spec: WireSpec, dtype: torch.dtype):
         self.request_id = header.request_id
         self.spec = spec
         self.dtype = dtype
-        self._parts: list[tuple[int, int, torch.Tensor]] = []   # (layer, token start, kv)
         self._covered = torch.zeros(spec.num_layers, spec.num_tokens, dtype=torch.bool)
         self.num_chunks = 0
         self.num_bytes = 0
 
-    @staticmethod
-    def staging_nbytes(spec: WireSpec, dtype: torch.dtype) -> int:
-        return (spec.num_layers * 2 * spec.num_tokens * spec.num_kv_heads * spec.head_dim
-                * dtype.itemsize)
-
-    def add(self, chunk: pb.Chunk) -> None:
-        """Verify and stage one chunk (DATA_LOSS / INVALID_ARGUMENT on a bad one)."""
+    def add(self, chunk: pb.Chunk) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Verify and decode one chunk (DATA_LOSS / INVALID_ARGUMENT on a bad one): its
+        (layer, token start, k, v) per layer, k and v [tokens, kv_heads, head_dim] in the
+        receiver's dtype, for `Engine.write_kv` (views of the received bytes for raw KV)."""
         if chunk.index != self.num_chunks:
             raise KVTransferError(grpc.StatusCode.DATA_LOSS,
                                   f"chunk {chunk.index} arrived where chunk {self.num_chunks} "
                                   f"was due", self.request_id)
         values = decode_chunk(chunk, self.spec, self.dtype, self.request_id)
         l0, l1, t0, t1 = chunk.layer_start, chunk.layer_end, chunk.token_start, chunk.token_end
-        self._parts.append((l0, t0, values))
         self._covered[l0:l1, t0:t1] = True
         self.num_chunks += 1
         self.num_bytes += len(chunk.data) + len(chunk.scales)
+        return [(l0 + i, t0, values[i, 0], values[i, 1]) for i in range(l1 - l0)]
 
     def finish(self, trailer: pb.Trailer) -> KVHandle:
         """The request's handle once the KV is complete; DATA_LOSS otherwise."""
@@ -71,10 +68,3 @@ class KVAssembly:
                                   f"announced KV of {self.spec.num_tokens} tokens",
                                   self.request_id)
         return handle
-
-    def parts(self):
-        """(layer, token start, k, v) of every chunk in arrival order, for `Engine.write_kv`;
-        k and v [tokens, kv_heads, head_dim]. A later chunk wins where two overlap."""
-        for l0, t0, kv in self._parts:
-            for i in range(kv.shape[0]):
-                yield l0 + i, t0, kv[i, 0], kv[i, 1]

@@ -32,7 +32,6 @@ class KVTransferConfig:
     - `deadline_s`: the deadline of every handoff call, from its first byte to the ack.
     - `layerwise_min_tokens`: prompts at least this long stream layer by layer during their
       prefill; shorter ones go as one message after it (the measured crossover).
-    - `max_staging_bytes`: receiver-wide cap on KV being assembled (RESOURCE_EXHAUSTED above).
     - `tls`: None for plaintext (the secret then crosses the network in the clear).
     """
 
@@ -43,7 +42,6 @@ class KVTransferConfig:
     max_inflight_bytes: int = 64 << 20
     deadline_s: float = 30.0
     layerwise_min_tokens: int = 512
-    max_staging_bytes: int = 4 << 30
     max_concurrent_handoffs: int = 64
     tls: TLSConfig | None = None
 
@@ -52,8 +50,7 @@ class KVTransferConfig:
             raise ValueError("secret must be a non-empty string: the KV channel requires one")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        for name in ("chunk_bytes", "max_inflight_bytes", "max_staging_bytes",
-                     "max_concurrent_handoffs"):
+        for name in ("chunk_bytes", "max_inflight_bytes", "max_concurrent_handoffs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_tokens < 0:

@@ -2,7 +2,7 @@
 
 A chunk carries layers [l0, l1) by tokens [t0, t1) of K and V as one token-major tensor
 [layers, 2, tokens, kv_heads, head_dim] (the layout `kernels.kv_pack.pack_kv` produces per
-layer), encoded by `kernels.kv_quant` and checksummed with CRC-32C.
+layer), encoded by `kernels.kv_quant` and checksummed with XXH3-64.
 """
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import ctypes
 import warnings
 from dataclasses import dataclass
 
-import crc32c
 import grpc
 import torch
+import xxhash
 
 from kernels.kv_quant import dequantize_kv, encoded_nbytes, quantize_kv
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer.errors import KVTransferError
 
-CONTRACT_VERSION = 1
+# v2: chunks carry an XXH3-64 checksum instead of v1's CRC-32C. On a 1 MiB chunk on this
+# project's 2-core host XXH3-64 hashes 97 GB/s in cache (CRC-32C 29) and 24 GB/s from memory
+# (13), and both sides checksum every byte of a handoff.
+CONTRACT_VERSION = 2
 HANDOFF_METHOD = f"/{pb.DESCRIPTOR.services_by_name['KVTransfer'].full_name}/Handoff"
 
 _DTYPES = {torch.float32: pb.FLOAT32, torch.bfloat16: pb.BFLOAT16, torch.float16: pb.FLOAT16}
@@ -112,21 +115,24 @@ _bytes_ptr = ctypes.pythonapi.PyBytes_AsString
 _bytes_ptr.restype, _bytes_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object]
 
 
-def _fresh_bytes(n: int) -> tuple[bytes, torch.Tensor]:
-    """A new, not yet shared `bytes` of n bytes and a writable uint8 tensor over its contents.
+def _fresh_bytes(n: int) -> tuple[bytes, memoryview]:
+    """A new, not yet shared `bytes` of n bytes and a writable memoryview of its contents.
 
     gRPC only sends `bytes`; filling a fresh one in place (the C API's
     PyBytes_FromStringAndSize(NULL, n) contract) saves building the message in a buffer and
-    copying it. Only write through the tensor before the bytes object is handed on.
+    copying it. Only write through the view before the bytes object is handed on.
     """
     b = _new_bytes(None, n)
-    return b, torch.frombuffer((ctypes.c_char * n).from_address(_bytes_ptr(b)), dtype=torch.uint8)
+    return b, memoryview((ctypes.c_char * n).from_address(_bytes_ptr(b))).cast("B")
 
 
 def checksum(data, scales) -> int:
-    """CRC-32C of data then scales (bytes or memoryviews, read in place)."""
-    crc = crc32c.crc32c(data)
-    return crc32c.crc32c(scales, crc) if len(scales) else crc
+    """XXH3-64 (seed 0) of data then scales (bytes or memoryviews, read in place)."""
+    if not len(scales):
+        return xxhash.xxh3_64_intdigest(data)
+    h = xxhash.xxh3_64(data)
+    h.update(scales)
+    return h.intdigest()
 
 
 def _quantize(kv: torch.Tensor, spec: WireSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,9 +155,9 @@ def _encode_values(kv: torch.Tensor, spec: WireSpec) -> tuple[memoryview, memory
 
 
 def _chunk_meta(index: int, layer_start: int, token_start: int, kv: torch.Tensor,
-                crc: int) -> pb.Chunk:
+                digest: int) -> pb.Chunk:
     return pb.Chunk(index=index, layer_start=layer_start, layer_end=layer_start + kv.shape[0],
-                    token_start=token_start, token_end=token_start + kv.shape[2], crc32c=crc)
+                    token_start=token_start, token_end=token_start + kv.shape[2], xxh3=digest)
 
 
 def encode_chunk(index: int, layer_start: int, token_start: int, kv: torch.Tensor,
@@ -194,7 +200,7 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
 
     The data starts 8-byte aligned in the message (the chunk's `index` varint is padded to
     get there: overlong varints parse as the same value), so it can be viewed in any dtype
-    and as words. The CRC-32C field follows the payload (fields may come in any order).
+    and as words. The checksum field follows the payload (fields may come in any order).
     """
     rest = pb.Chunk(layer_start=layer_start, layer_end=layer_start + num_layers,
                     token_start=token_start, token_end=token_start + num_tokens
@@ -202,12 +208,12 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
     index_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["index"].number << 3 | 0)
     data_field = _field(pb.Chunk, "data", data_nbytes) if data_nbytes else b""
     scales_field = _field(pb.Chunk, "scales", scales_nbytes) if scales_nbytes else b""
-    crc_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["crc32c"].number << 3 | 5)
+    sum_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["xxh3"].number << 3 | 1)
     pad = 0
     for _ in range(3):   # the padding can lengthen the outer length varint: settle it
         meta = index_key + _padded_varint(index, pad) + rest
         size = (len(meta) + len(data_field) + data_nbytes + len(scales_field) + scales_nbytes
-                + len(crc_key) + 4)
+                + len(sum_key) + 8)
         outer = _field(pb.HandoffMessage, "chunks", size)
         misalign = (len(outer) + len(meta) + len(data_field)) % 8
         if not misalign:
@@ -215,25 +221,21 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
         pad += 8 - misalign
     assert len(meta) - len(index_key) - len(rest) <= 10, "chunk index too large to pad"
     message, buf = _fresh_bytes(len(outer) + size)
-    pos = 0
-
-    def put(part: bytes) -> None:
-        nonlocal pos
-        if part:
-            buf[pos:pos + len(part)] = torch.frombuffer(bytearray(part), dtype=torch.uint8)
-            pos += len(part)
-    put(outer)
-    put(meta)
-    put(data_field)
+    head = outer + meta + data_field
+    buf[:len(head)] = head
+    pos = len(head)
     data = buf[pos:pos + data_nbytes]
     pos += data_nbytes
-    put(scales_field)
+    buf[pos:pos + len(scales_field)] = scales_field
+    pos += len(scales_field)
     scales = buf[pos:pos + scales_nbytes]
     pos += scales_nbytes
-    fill(data, scales)
-    put(crc_key + checksum(memoryview(data.numpy()), memoryview(scales.numpy())
-                           ).to_bytes(4, "little"))
-    assert pos == buf.numel()
+
+    def tensor(view: memoryview) -> torch.Tensor:
+        return torch.frombuffer(view, dtype=torch.uint8) if len(view) else torch.empty(
+            0, dtype=torch.uint8)
+    fill(tensor(data), tensor(scales))
+    buf[pos:] = sum_key + checksum(data, scales).to_bytes(8, "little")
     return message
 
 
@@ -289,10 +291,10 @@ def decode_chunk(chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype,
                               f"chunk {chunk.index} covers layers [{l0}, {l1}) x tokens "
                               f"[{t0}, {t1}), outside the header's {spec.num_layers} layers x "
                               f"{spec.num_tokens} tokens", request_id)
-    if checksum(chunk.data, chunk.scales) != chunk.crc32c:
+    if checksum(chunk.data, chunk.scales) != chunk.xxh3:
         raise KVTransferError(grpc.StatusCode.DATA_LOSS,
                               f"chunk {chunk.index} (layers [{l0}, {l1}) x tokens [{t0}, {t1})) "
-                              f"fails its CRC-32C check", request_id)
+                              f"fails its checksum (XXH3-64)", request_id)
     n_data, n_scales = spec.chunk_nbytes(l1 - l0, t1 - t0)
     if len(chunk.data) != n_data or len(chunk.scales) != n_scales:
         raise KVTransferError(grpc.StatusCode.DATA_LOSS,
@@ -334,11 +336,11 @@ class ChunkView:
     (protobuf's parser would copy each payload, and again on every access)."""
 
     __slots__ = ("index", "layer_start", "layer_end", "token_start", "token_end", "data",
-                 "scales", "crc32c")
+                 "scales", "xxh3")
 
     def __init__(self):
         self.index = self.layer_start = self.layer_end = self.token_start = 0
-        self.token_end = self.crc32c = 0
+        self.token_end = self.xxh3 = 0
         self.data = self.scales = memoryview(b"")
 
 
@@ -396,9 +398,9 @@ def _parse_chunk(buf: memoryview) -> ChunkView:
             chunk.data = value
         elif number == 7 and wire_type == 2:
             chunk.scales = value
-        elif number == 8 and wire_type == 5:
-            chunk.crc32c = value
-        elif number <= 8:
+        elif number == 9 and wire_type == 1:
+            chunk.xxh3 = value
+        elif number <= 9:
             raise _malformed(f"chunk field {number} has wire type {wire_type}")
     return chunk
 

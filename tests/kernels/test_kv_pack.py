@@ -6,6 +6,7 @@ import zlib
 import pytest
 import torch
 
+from cpu_kernel_helpers import needs_compiler
 from kernels.kv_pack import pack_kv, unpack_kv
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -57,11 +58,16 @@ def same_bytes(a, b):
                                               b.contiguous().view(torch.uint8))
 
 
+# "torch": the reference; "cpu": the C++ kernel (NHD; HND falls back to the reference).
+BACKENDS = ["torch", pytest.param("cpu", marks=needs_compiler)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bs_send,bs_recv", [(16, 16), (16, 8), (4, 16), (16, 32), (8, 4)])
 @pytest.mark.parametrize("layouts", [("NHD", "NHD"), ("NHD", "HND"), ("HND", "NHD"),
                                      ("HND", "HND")], ids="->".join)
-def test_round_trip(dtype, bs_send, bs_recv, layouts):
+def test_round_trip(dtype, bs_send, bs_recv, layouts, backend):
     lay_s, lay_r = layouts
     heads, dim = 2, 8
     send = make_cache(20, bs_send, heads, dim, dtype, lay_s)
@@ -69,13 +75,16 @@ def test_round_trip(dtype, bs_send, bs_recv, layouts):
     recv_blocks = -(-SEQ // bs_recv)
     recv_table = random_table(recv_blocks + 3, recv_blocks)
     for start, end in RANGES:
-        packed = pack_kv(send, send_table, start, end, lay_s)
+        packed = pack_kv(send, send_table, start, end, lay_s, backend=backend)
         assert packed.is_contiguous() and packed.dtype == dtype
         assert same_bytes(packed, ref_pack(send, send_table, start, end, lay_s)), (start, end)
+        into = torch.full_like(packed, float("nan"))
+        assert pack_kv(send, send_table, start, end, lay_s, backend=backend, out=into) is into
+        assert same_bytes(into, packed), (start, end)
 
         recv = make_cache(recv_blocks + 3, bs_recv, heads, dim, dtype, lay_r, poison=True)
         expect = ref_unpack(recv, recv_table, packed, start, lay_r)
-        unpack_kv(recv, recv_table, packed, start, lay_r)
+        unpack_kv(recv, recv_table, packed, start, lay_r, backend=backend)
         # Whole-cache comparison: the range lands bit-exact, and every other slot (other tokens
         # of the sequence, blocks outside its table) still holds the NaN poison.
         assert same_bytes(recv, expect), (start, end)
@@ -87,18 +96,19 @@ def test_round_trip(dtype, bs_send, bs_recv, layouts):
 @pytest.mark.parametrize("dtype,bs_send,bs_recv", [(torch.float16, 3, 5), (torch.float32, 2, 3),
                                                    (torch.bfloat16, 5, 2), (torch.float16, 4, 8)],
                          ids=str)
-def test_odd_rows_fall_back_from_words(dtype, bs_send, bs_recv):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odd_rows_fall_back_from_words(dtype, bs_send, bs_recv, backend):
     # heads * dim = 3: block rows, or slices after a partial first block, that are not whole
     # int64 words.
     send = make_cache(30, bs_send, 1, 3, dtype, "NHD")
     send_table = random_table(30, -(-SEQ // bs_send))
     recv_table = random_table(40, -(-SEQ // bs_recv))
     for start, end in RANGES:
-        packed = pack_kv(send, send_table, start, end)
+        packed = pack_kv(send, send_table, start, end, backend=backend)
         assert same_bytes(packed, ref_pack(send, send_table, start, end, "NHD"))
         recv = make_cache(40, bs_recv, 1, 3, dtype, "NHD", poison=True)
         expect = ref_unpack(recv, recv_table, packed, start, "NHD")
-        unpack_kv(recv, recv_table, packed, start)
+        unpack_kv(recv, recv_table, packed, start, backend=backend)
         assert same_bytes(recv, expect), (start, end)
 
 
@@ -164,3 +174,5 @@ def test_bad_inputs_raise():
         unpack_kv(cache, table, data.to(torch.int16), 0)
     with pytest.raises(ValueError, match="capacity 8"):
         unpack_kv(cache, table, data, 6)
+    with pytest.raises(ValueError, match=r"out must be a contiguous \[2, 4, 2, 8\]"):
+        pack_kv(cache, table, 0, 4, out=torch.empty(2, 4, 2, 8))   # float32, not float16

@@ -67,7 +67,7 @@ class Header(_message.Message):
     def __init__(self, version: _Optional[int] = ..., request_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dtype: _Optional[_Union[KVDType, str]] = ..., cache_layout: _Optional[_Union[CacheLayout, str]] = ..., block_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., num_tokens: _Optional[int] = ..., encoding: _Optional[_Union[WireEncoding, str]] = ..., group_tokens: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("index", "layer_start", "layer_end", "token_start", "token_end", "data", "scales", "crc32c")
+    __slots__ = ("index", "layer_start", "layer_end", "token_start", "token_end", "data", "scales", "xxh3")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     LAYER_START_FIELD_NUMBER: _ClassVar[int]
     LAYER_END_FIELD_NUMBER: _ClassVar[int]
@@ -75,7 +75,7 @@ class Chunk(_message.Message):
     TOKEN_END_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SCALES_FIELD_NUMBER: _ClassVar[int]
-    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    XXH3_FIELD_NUMBER: _ClassVar[int]
     index: int
     layer_start: int
     layer_end: int
@@ -83,8 +83,8 @@ class Chunk(_message.Message):
     token_end: int
     data: bytes
     scales: bytes
-    crc32c: int
-    def __init__(self, index: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., crc32c: _Optional[int] = ...) -> None: ...
+    xxh3: int
+    def __init__(self, index: _Optional[int] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., token_start: _Optional[int] = ..., token_end: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., xxh3: _Optional[int] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "logprob")

@@ -104,7 +104,7 @@ def test_flipped_byte_is_data_loss_and_both_sides_free(make_pair, layerwise_min_
     _, future = pair.submit(PROMPTS[6])
     pair.prefill_until([future])
     err = error_of(future)
-    assert err.code == grpc.StatusCode.DATA_LOSS and "CRC-32C" in err.message
+    assert err.code == grpc.StatusCode.DATA_LOSS and "checksum" in err.message
     assert_clean(pair, start)
 
 
@@ -269,15 +269,18 @@ def self_signed_cert(folder):
     return cert_path, key_path
 
 
-def test_decode_engine_untouched_until_commit(make_pair):
-    """The receiver stages KV privately: mid-stream, the decode engine holds nothing."""
+def test_decode_engine_runs_nothing_until_commit(make_pair):
+    """Mid-stream the decode side holds the request's blocks (reserved at the header, KV
+    written as it lands) but no request: nothing decodes incomplete KV."""
     pair = make_pair(sender_cfg=config(layerwise_min_tokens=1), prefill_kw={"budget": 16})
     start = pair.free_blocks()
     rid, future = pair.submit(PROMPTS[6])
     pair.p_thread.call(pair.sender.step)
-    wait_for(lambda: pair.receiver.num_active == 1)
-    assert pair.free_blocks()[1] == start[1]
+    need = pair.decode.block_manager.blocks_needed(len(PROMPTS[6]) + 1)
+    wait_for(lambda: pair.free_blocks()[1] == start[1] - need)
+    assert pair.receiver.num_active == 1
     assert not pair.d_thread.call(lambda: rid in pair.decode.requests)
+    assert not pair.d_thread.call(pair.decode.has_unfinished_requests)
     pair.prefill_until([future])
     assert future.result().layerwise
     assert pair.d_thread.call(lambda: rid in pair.decode.requests)

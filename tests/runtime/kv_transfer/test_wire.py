@@ -45,9 +45,8 @@ def receive(wire, dst_cache, dst_table, layout):
     assembly = KVAssembly(header, spec, dst_cache.dtype)
     for raw in wire[1:]:
         for chunk in pb.HandoffMessage.FromString(raw).chunks:
-            assembly.add(chunk)
-    for layer, start, k, v in assembly.parts():
-        unpack_kv(dst_cache[layer], dst_table, torch.stack([k, v]), start, layout)
+            for layer, start, k, v in assembly.add(chunk):
+                unpack_kv(dst_cache[layer], dst_table, torch.stack([k, v]), start, layout)
     return assembly
 
 
@@ -116,13 +115,13 @@ def test_decode_refuses_corrupt_short_and_stray_chunks():
     flipped = bytearray(good.data)
     flipped[3] ^= 1
     cases = [(chunk_of(spec, data=bytes(flipped)), grpc.StatusCode.DATA_LOSS),
-             (chunk_of(spec, crc32c=good.crc32c ^ 1), grpc.StatusCode.DATA_LOSS),
+             (chunk_of(spec, xxh3=good.xxh3 ^ 1), grpc.StatusCode.DATA_LOSS),
              (chunk_of(spec, token_end=9), grpc.StatusCode.INVALID_ARGUMENT),
              (chunk_of(spec, layer_start=3, layer_end=4), grpc.StatusCode.INVALID_ARGUMENT)]
     short = chunk_of(spec)
     short.data = good.data[:-4]
     from runtime.kv_transfer.wire import checksum
-    short.crc32c = checksum(short.data, b"")
+    short.xxh3 = checksum(short.data, b"")
     cases.append((short, grpc.StatusCode.DATA_LOSS))
     for chunk, code in cases:
         with pytest.raises(KVTransferError) as info:
@@ -208,7 +207,7 @@ def test_parse_message_views_payloads_like_protobuf(encoding):
         want = pb.HandoffMessage.FromString(message).chunks[0]
         assert got_header.request_id == "r" and got_trailer.num_chunks == 2
         (chunk,) = chunks
-        for name in ("index", "layer_start", "layer_end", "token_start", "token_end", "crc32c"):
+        for name in ("index", "layer_start", "layer_end", "token_start", "token_end", "xxh3"):
             assert getattr(chunk, name) == getattr(want, name)
         assert bytes(chunk.data) == want.data and bytes(chunk.scales) == want.scales
         assert isinstance(chunk.data, memoryview)   # a view, not a copy
@@ -234,18 +233,7 @@ def test_parse_message_refuses_malformed_input():
     assert header is None and chunks == [] and trailer is None
 
 
-@pytest.mark.parametrize("start,end", [(0, 320), (5, 300), (16, 17), (3, 9), (0, 0), (32, 64)])
-def test_pack_into_matches_pack_kv(start, end):
-    from runtime.kv_transfer.sender import pack_into
-
-    cache, table = paged_cache(320, 16, "NHD", torch.bfloat16, seed=start)
-    out = torch.empty(2, end - start, HEADS, DIM, dtype=torch.bfloat16)
-    pack_into(out, cache[1], table, start, end)
-    assert torch.equal(out, pack_kv(cache[1], table, start, end))
-
-
 def test_packed_chunk_message_equals_chunk_message():
-    from runtime.kv_transfer.sender import pack_into
     from runtime.kv_transfer.wire import chunk_message, packed_chunk_message
 
     cache, table = paged_cache(100, 16, "NHD", torch.bfloat16, seed=3)
@@ -253,5 +241,5 @@ def test_packed_chunk_message_equals_chunk_message():
     kv = torch.stack([pack_kv(cache[i], table, 0, 100) for i in range(LAYERS)])
     want, n = chunk_message(4, 1, 3, kv[1:3, :, 3:90], spec)
     got, m = packed_chunk_message(4, 1, 3, 3, 90, spec,
-                                  lambda layer, out: pack_into(out, cache[layer], table, 3, 90))
+                                  lambda layer, out: pack_kv(cache[layer], table, 3, 90, out=out))
     assert got == want and n == m
