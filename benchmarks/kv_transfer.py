@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -52,6 +51,12 @@ def serve(args) -> None:
 
     engine = make_engine(args.model, "decode", args.num_blocks)
     engine.runner.kv_cache.fill_(0)   # touch every page once, as a warm server has
+    commit = engine.commit_import
+
+    def commit_and_drop(handle) -> None:   # a decode worker that never decodes: free at once
+        commit(handle)
+        engine.abort(handle.request_id)
+    engine.commit_import = commit_and_drop
     thread = EngineThread("decode")
     cfg = KVTransferConfig(secret=SECRET)
     receiver = KVReceiver(engine, thread, cfg)
@@ -64,18 +69,8 @@ def serve(args) -> None:
         "tandem.bench.Sink", {"Push": grpc.stream_unary_rpc_method_handler(push)})])
     sink_port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
-    stop = threading.Event()
-
-    def drop_admitted() -> None:   # a decode worker that never decodes: frees blocks at once
-        while not stop.is_set():
-            thread.call(lambda: [engine.abort(r) for r in list(engine.requests)])
-            time.sleep(0.005)
-    dropper = threading.Thread(target=drop_admitted, daemon=True)
-    dropper.start()
     print(f"ports {kv_port} {sink_port}", flush=True)
     sys.stdin.read()
-    stop.set()
-    dropper.join()
     receiver.stop()
     sink.stop(None)
     thread.close()

@@ -8,6 +8,9 @@ convert without any special case.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from kernels.attention import gather_blocks
@@ -65,13 +68,13 @@ def _check_cache(layer_cache: torch.Tensor, block_table: torch.Tensor, layout: s
 
 
 def _check_range(layer_cache: torch.Tensor, block_table: torch.Tensor, layout: str,
-                 start: int, end: int) -> None:
+                 start: int, end: int, check_ids: bool = True) -> None:
     bs = _block_size(layer_cache, layout)
     capacity = block_table.shape[0] * bs
     if not 0 <= start <= end <= capacity:
         raise ValueError(f"token range [{start}, {end}) outside the {block_table.shape[0]} "
                          f"blocks of {bs} tokens (capacity {capacity})")
-    if end > start:
+    if end > start and check_ids:
         used = block_table[start // bs:(end - 1) // bs + 1]
         lo, hi = int(used.min()), int(used.max())
         if lo < 0 or hi >= layer_cache.shape[1]:
@@ -126,7 +129,10 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
     CPU caches the C++ kernel, the rest the reference).
     """
     _check_cache(layer_cache, block_table, layout)
-    _check_range(layer_cache, block_table, layout, start, end)
+    cpu_kernel = layout == "NHD" and use_cpu_kernel(layer_cache, backend, exact=True)
+    # The C++ kernel checks the block ids itself, before it copies (a handoff calls this per
+    # ~1 MiB chunk: the torch min/max here would cost more than the copy's overhead).
+    _check_range(layer_cache, block_table, layout, start, end, check_ids=not cpu_kernel)
     heads, dim = _heads_dim(layer_cache, layout)
     if out is not None and (tuple(out.shape) != (2, end - start, heads, dim) or not
                             out.is_contiguous() or out.dtype != layer_cache.dtype
@@ -138,15 +144,29 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
         from kernels.triton.kv_pack import pack_kv_triton
         packed = pack_kv_triton(layer_cache, block_table, start, end, layout)
         return packed if out is None else out.copy_(packed)
-    if layout == "NHD" and use_cpu_kernel(layer_cache, backend, exact=True):
+    if cpu_kernel:
         out = layer_cache.new_empty(2, end - start, heads, dim) if out is None else out
-        cpu_kernels().pack_kv_nhd(layer_cache, _ids(block_table), start, out)
+        with _ids_checked():
+            cpu_kernels().pack_kv_nhd(layer_cache, _ids(block_table), start, out)
         return out
     return pack_kv_ref(layer_cache, block_table, start, end, layout, out)
 
 
 def _ids(block_table: torch.Tensor) -> torch.Tensor:
+    if block_table.dtype == torch.int64 and block_table.is_contiguous():
+        return block_table
     return block_table.to(torch.int64).contiguous()
+
+
+@contextlib.contextmanager
+def _ids_checked() -> Iterator[None]:
+    """The C++ kernels' block id check (made before anything is copied) as ValueError."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "outside the cache's" not in str(e):
+            raise
+        raise ValueError(str(e).splitlines()[0]) from None
 
 
 def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.Tensor,
@@ -195,13 +215,17 @@ def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.
                          f"got {tuple(data.shape)}")
     if not data.is_floating_point():
         raise ValueError(f"data must be floating point, got {data.dtype}")
-    _check_range(layer_cache, block_table, layout, start, start + data.shape[1])
+    cpu_kernel = (layout == "NHD" and data.dtype == layer_cache.dtype
+                  and use_cpu_kernel(layer_cache, backend, exact=True))
+    _check_range(layer_cache, block_table, layout, start, start + data.shape[1],
+                 check_ids=not cpu_kernel)
     if use_triton(layer_cache, backend):
         from kernels.triton.kv_pack import unpack_kv_triton
         unpack_kv_triton(layer_cache, block_table, data, start, layout)
         return
-    if (layout == "NHD" and data.dtype == layer_cache.dtype
-            and use_cpu_kernel(layer_cache, backend, exact=True)):
-        cpu_kernels().unpack_kv_nhd(layer_cache, _ids(block_table), data.contiguous(), start)
+    if cpu_kernel:
+        with _ids_checked():
+            cpu_kernels().unpack_kv_nhd(layer_cache, _ids(block_table), data.contiguous(),
+                                        start)
         return
     unpack_kv_ref(layer_cache, block_table, data, start, layout)

@@ -178,10 +178,17 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(message_type, name: str, size: int) -> bytes:
-    """The key and length of a length-delimited field of `message_type`."""
-    number = message_type.DESCRIPTOR.fields_by_name[name].number
-    return _varint(number << 3 | 2) + _varint(size)
+def _key(message_type, name: str, wire_type: int) -> bytes:
+    return _varint(message_type.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
+
+
+# Field keys of a chunk message, once (a handoff writes one message per ~1 MiB chunk).
+_CHUNKS_KEY = _key(pb.HandoffMessage, "chunks", 2)
+_INDEX_KEY = _key(pb.Chunk, "index", 0)
+_RANGE_KEYS = tuple(_key(pb.Chunk, name, 0)
+                    for name in ("layer_start", "layer_end", "token_start", "token_end"))
+_DATA_KEY, _SCALES_KEY = _key(pb.Chunk, "data", 2), _key(pb.Chunk, "scales", 2)
+_SUM_KEY = _key(pb.Chunk, "xxh3", 1)
 
 
 def _padded_varint(n: int, extra: int) -> bytes:
@@ -202,26 +209,22 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
     get there: overlong varints parse as the same value), so it can be viewed in any dtype
     and as words. The checksum field follows the payload (fields may come in any order).
     """
-    rest = pb.Chunk(layer_start=layer_start, layer_end=layer_start + num_layers,
-                    token_start=token_start, token_end=token_start + num_tokens
-                    ).SerializeToString()
-    index_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["index"].number << 3 | 0)
-    data_field = _field(pb.Chunk, "data", data_nbytes) if data_nbytes else b""
-    scales_field = _field(pb.Chunk, "scales", scales_nbytes) if scales_nbytes else b""
-    sum_key = _varint(pb.Chunk.DESCRIPTOR.fields_by_name["xxh3"].number << 3 | 1)
+    values = (layer_start, layer_start + num_layers, token_start, token_start + num_tokens)
+    rest = b"".join(key + _varint(v) for key, v in zip(_RANGE_KEYS, values) if v)  # proto3
+    data_field = _DATA_KEY + _varint(data_nbytes) if data_nbytes else b""
+    scales_field = _SCALES_KEY + _varint(scales_nbytes) if scales_nbytes else b""
+    tail = len(data_field) + data_nbytes + len(scales_field) + scales_nbytes + len(_SUM_KEY) + 8
     pad = 0
     for _ in range(3):   # the padding can lengthen the outer length varint: settle it
-        meta = index_key + _padded_varint(index, pad) + rest
-        size = (len(meta) + len(data_field) + data_nbytes + len(scales_field) + scales_nbytes
-                + len(sum_key) + 8)
-        outer = _field(pb.HandoffMessage, "chunks", size)
+        meta = _INDEX_KEY + _padded_varint(index, pad) + rest
+        outer = _CHUNKS_KEY + _varint(len(meta) + tail)
         misalign = (len(outer) + len(meta) + len(data_field)) % 8
         if not misalign:
             break
         pad += 8 - misalign
-    assert len(meta) - len(index_key) - len(rest) <= 10, "chunk index too large to pad"
-    message, buf = _fresh_bytes(len(outer) + size)
+    assert pad <= 10, "chunk index too large to pad"
     head = outer + meta + data_field
+    message, buf = _fresh_bytes(len(head) + tail - len(data_field))
     buf[:len(head)] = head
     pos = len(head)
     data = buf[pos:pos + data_nbytes]
@@ -230,12 +233,10 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
     pos += len(scales_field)
     scales = buf[pos:pos + scales_nbytes]
     pos += scales_nbytes
-
-    def tensor(view: memoryview) -> torch.Tensor:
-        return torch.frombuffer(view, dtype=torch.uint8) if len(view) else torch.empty(
-            0, dtype=torch.uint8)
-    fill(tensor(data), tensor(scales))
-    buf[pos:] = sum_key + checksum(data, scales).to_bytes(8, "little")
+    empty = torch.empty(0, dtype=torch.uint8)
+    fill(torch.frombuffer(data, dtype=torch.uint8) if data_nbytes else empty,
+         torch.frombuffer(scales, dtype=torch.uint8) if scales_nbytes else empty)
+    buf[pos:] = _SUM_KEY + checksum(data, scales).to_bytes(8, "little")
     return message
 
 
@@ -304,7 +305,7 @@ def decode_chunk(chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype,
     shape = (l1 - l0, 2, t1 - t0, spec.num_kv_heads, spec.head_dim)
     values = _from_bytes(chunk.data, spec.value_dtype, shape)
     if spec.encoding == "raw":
-        return values.to(dtype)
+        return values if values.dtype == dtype else values.to(dtype)
     groups = -(-(t1 - t0) // spec.group_tokens)
     scales = _from_bytes(chunk.scales, torch.float32, (shape[0], 2, groups, shape[3]))
     if (t1 - t0) % spec.group_tokens == 0:  # as in _quantize: one call for the whole chunk
@@ -349,6 +350,8 @@ def _malformed(what: str) -> KVTransferError:
 
 
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    if pos < end and buf[pos] < 0x80:   # most keys and small values: one byte
+        return buf[pos], pos + 1
     value = shift = 0
     while True:
         if pos >= end or shift > 63:

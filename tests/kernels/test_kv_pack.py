@@ -176,3 +176,16 @@ def test_bad_inputs_raise():
         unpack_kv(cache, table, data, 6)
     with pytest.raises(ValueError, match=r"out must be a contiguous \[2, 4, 2, 8\]"):
         pack_kv(cache, table, 0, 4, out=torch.empty(2, 4, 2, 8))   # float32, not float16
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_block_ids_raise_before_anything_is_written(backend):
+    cache = make_cache(4, 4, 2, 8, torch.bfloat16, "NHD")
+    before = cache.clone()
+    data = torch.randn(2, 8, 2, 8).to(torch.bfloat16)
+    for table in (torch.tensor([1, 4]), torch.tensor([2, -1])):
+        with pytest.raises(ValueError, match="outside the cache's 4 blocks"):
+            unpack_kv(cache, table, data, 0, backend=backend)
+        with pytest.raises(ValueError, match="outside the cache's 4 blocks"):
+            pack_kv(cache, table, 0, 8, backend=backend)
+    assert same_bytes(cache, before)

@@ -286,6 +286,22 @@ def test_decode_engine_runs_nothing_until_commit(make_pair):
     assert pair.d_thread.call(lambda: rid in pair.decode.requests)
 
 
+def test_decode_side_abort_mid_stream_is_cancelled_and_both_sides_free(make_pair):
+    """A client cancel reaching the decode worker while the KV streams in: the import's
+    blocks are freed at once, the call ends CANCELLED and the prefill side frees too."""
+    pair = make_pair(sender_cfg=config(layerwise_min_tokens=1), prefill_kw={"budget": 16})
+    start = pair.free_blocks()
+    rid, future = pair.submit(PROMPTS[6])
+    pair.p_thread.call(pair.sender.step)
+    need = pair.decode.block_manager.blocks_needed(len(PROMPTS[6]) + 1)
+    wait_for(lambda: pair.free_blocks()[1] == start[1] - need)
+    assert pair.d_thread.call(pair.decode.abort, rid)
+    pair.prefill_until([future])
+    err = error_of(future)
+    assert err.code == grpc.StatusCode.CANCELLED and "aborted" in err.message
+    assert_clean(pair, start)
+
+
 def test_calls_without_a_deadline_are_refused(make_pair):
     from runtime.kv_transfer._proto import kv_transfer_pb2_grpc as pb_grpc
     from runtime.kv_transfer.auth import secret_metadata
