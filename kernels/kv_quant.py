@@ -62,7 +62,8 @@ def quantize_kv_ref(x: torch.Tensor, encoding: str,
 
 
 def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
-                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                backend: str | None = None,
+                q_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize one tensor of KV for the wire.
 
     x: [T, kv_heads, head_dim], float32, bfloat16 or float16, finite. encoding: "int8"
@@ -75,24 +76,32 @@ def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
     fp8 |err| <= 2^-4 |x| + 2^-10 scale (3 mantissa bits; subnormal step 2^-9), up to float32
     rounding. Raises ValueError on bad shapes, dtypes, encodings or group sizes. `backend`:
     see `kernels.backend`; every backend (Triton, the C++ CPU kernel) gives bit-identical q
-    and scales.
+    and scales. `q_out`: a contiguous tensor of q's shape and dtype (on x's device) to write q
+    into, e.g. a wire message's bytes; it is then the q returned (not for "raw").
     """
     _check_common(encoding, group_tokens)
     if x.dim() != 3:
         raise ValueError(f"x must be [num_tokens, kv_heads, head_dim], got {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    if q_out is not None and (encoding == "raw" or q_out.shape != x.shape
+                              or q_out.dtype != _QDTYPE[encoding] or not q_out.is_contiguous()
+                              or q_out.device != x.device):
+        raise ValueError(f"q_out must be a contiguous {tuple(x.shape)} "
+                         f"{_QDTYPE.get(encoding)} tensor on {x.device} (int8/fp8 only)")
     if encoding != "raw" and use_triton(x, backend):
         from kernels.triton.kv_quant import quantize_kv_triton
-        return quantize_kv_triton(x, encoding, group_tokens)
-    if encoding != "raw" and use_cpu_kernel(x, backend):
+        q, scales = quantize_kv_triton(x, encoding, group_tokens)
+    elif encoding != "raw" and use_cpu_kernel(x, backend):
         x = x.contiguous()
-        q = torch.empty(x.shape, dtype=_QDTYPE[encoding])
+        q = torch.empty(x.shape, dtype=_QDTYPE[encoding]) if q_out is None else q_out
         scales = torch.empty(_num_groups(x.shape[0], group_tokens), x.shape[1],
                              dtype=torch.float32)
         cpu_kernels().quantize_kv(x, encoding == "fp8", group_tokens, q, scales)
         return q, scales
-    return quantize_kv_ref(x, encoding, group_tokens)
+    else:
+        q, scales = quantize_kv_ref(x, encoding, group_tokens)
+    return (q, scales) if q_out is None else (q_out.copy_(q), scales)
 
 
 def dequantize_kv_ref(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_tokens: int,

@@ -68,7 +68,7 @@ class KVSection(_Strict):
     chunk_bytes: int = Field(1 << 20, ge=1)
     max_inflight_bytes: int = Field(64 << 20, ge=1)
     deadline_s: float = Field(30.0, gt=0)
-    layerwise_min_tokens: int = Field(512, ge=1)
+    layerwise_min_tokens: int | None = Field(None, ge=1)   # None: GPU prefill 512, CPU never
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     tls: TLSSection | None = None

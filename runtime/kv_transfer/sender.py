@@ -24,6 +24,11 @@ from runtime.kv_transfer.wire import (HANDOFF_METHOD, WireSpec, chunk_message, m
                                       packed_chunk_message, token_splits)
 
 
+# Layer-wise streaming from this prompt length up on GPU prefill engines: a placeholder
+# until the crossover is measured on a GPU (`make bench-kv` prints it).
+GPU_LAYERWISE_MIN_TOKENS = 512
+
+
 @dataclass(frozen=True)
 class HandoffResult:
     """A completed handoff. `finished_on_prefill`: the request ended with its first token, so
@@ -62,8 +67,9 @@ class KVSender:
 
     Use: `route(request_id, target)` for each request to hand off, then drive the engine with
     `sender.step()` in place of `engine.step()`. Prompts of at least `layerwise_min_tokens`
-    stream layer by layer during their prefill (each layer leaves once `layer_done` reports it
-    in the cache, while later layers compute); shorter ones go as one message after it.
+    (by default 512 on a GPU engine, none on a CPU one: see `KVTransferConfig`) stream layer by
+    layer during their prefill (each layer leaves once `layer_done` reports it in the cache,
+    while later layers compute); shorter ones go as one message after it.
     `send(handle, target)` hands off a request that is already prefilled. Each returns a
     Future of `HandoffResult`, failing with `KVTransferError`.
 
@@ -95,6 +101,9 @@ class KVSender:
         self._handoffs: dict[str, _Handoff] = {}
         self._spans: list = []
         self._tables: dict[str, torch.Tensor] = {}
+        self.layerwise_min_tokens = config.layerwise_min_tokens
+        if self.layerwise_min_tokens is None and engine.runner.kv_cache.is_cuda:
+            self.layerwise_min_tokens = GPU_LAYERWISE_MIN_TOKENS
 
     # -- the API --------------------------------------------------------------------------
     def route(self, request_id: str, target: str) -> Future:
@@ -108,7 +117,8 @@ class KVSender:
 
     def step(self) -> list[RequestOutput]:
         """`engine.step()` with layer-wise streaming; starts the handoffs that became ready."""
-        outputs = self.engine.step(layer_done=self._layer_done)
+        layerwise = self.layerwise_min_tokens is not None
+        outputs = self.engine.step(layer_done=self._layer_done if layerwise else None)
         self._spans = []
         for out in outputs:
             h = self._get(out.request_id)
@@ -152,8 +162,9 @@ class KVSender:
     # -- layer-wise streaming (engine thread, inside the forward) --------------------------
     def _layer_done(self, layer: int) -> None:
         if layer == 0:
+            threshold = self.layerwise_min_tokens
             self._spans = [s for s in self.engine.scheduled_prompt_spans()
-                           if s.num_prompt_tokens >= self.config.layerwise_min_tokens
+                           if threshold is not None and s.num_prompt_tokens >= threshold
                            and self._get(s.request_id) is not None]
             self._tables = {s.request_id: torch.tensor(s.block_table, dtype=torch.long)
                             for s in self._spans}
@@ -219,7 +230,7 @@ class KVSender:
         return message
 
     def _encode_packed(self, h: _Handoff, l0: int, l1: int, a: int, b: int, cache, table) -> bytes:
-        """A raw chunk of layers [l0, l1) x tokens [a, b), gathered from the cache into it."""
+        """A chunk of layers [l0, l1) x tokens [a, b), gathered from the cache for it."""
         message, nbytes = packed_chunk_message(
             h.num_chunks, l0, l1, a, b, h.spec,
             lambda layer, out: pack_kv(cache[layer], table, a, b, out=out))
@@ -253,17 +264,11 @@ class KVSender:
         per_layer = total * spec.layer_token_bytes()
         group = max(1, min(spec.num_layers, int(self.config.chunk_bytes // max(per_layer, 1))))
 
-        def chunks():
+        def chunks():   # each gathered from the blocks straight into (or for) its message
             for l0 in range(0, spec.num_layers, group):
                 l1 = min(l0 + group, spec.num_layers)
-                if spec.encoding == "raw":   # gathered straight into the message's bytes
-                    for a, b in token_splits(spec, l1 - l0, 0, total, self.config.chunk_bytes):
-                        yield self._encode_packed(h, l0, l1, a, b, cache, table)
-                    continue
-                packed = [pack_kv(cache[i], table, 0, total) for i in range(l0, l1)]
-                kv = torch.stack(packed) if len(packed) > 1 else packed[0][None]
                 for a, b in token_splits(spec, l1 - l0, 0, total, self.config.chunk_bytes):
-                    yield self._encode(h, l0, a, kv[:, :, a:b])
+                    yield self._encode_packed(h, l0, l1, a, b, cache, table)
 
         if per_layer * spec.num_layers <= self.config.chunk_bytes:
             parts = list(chunks())   # serialized messages concatenate into their merge

@@ -135,15 +135,20 @@ def checksum(data, scales) -> int:
     return h.intdigest()
 
 
-def _quantize(kv: torch.Tensor, spec: WireSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [L, 2, T, H, D] and scales [L, 2, groups, H] of a chunk's values."""
+def _quantize(kv: torch.Tensor, spec: WireSpec,
+              q_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [L, 2, T, H, D] (written into `q_out` when given, contiguous) and scales
+    [L, 2, groups, H] of a chunk's values."""
     n_l, _, t, h, d = kv.shape
     g = spec.group_tokens
     if t % g == 0:  # groups never straddle a (layer, k/v) boundary: quantize all in one call
-        q, s = quantize_kv(kv.reshape(n_l * 2 * t, h, d), spec.encoding, g)
+        flat = None if q_out is None else q_out.view(n_l * 2 * t, h, d)
+        q, s = quantize_kv(kv.reshape(n_l * 2 * t, h, d), spec.encoding, g, q_out=flat)
         return q.view(kv.shape), s.view(n_l, 2, t // g, h)
-    parts = [quantize_kv(kv[i, j], spec.encoding, g) for i in range(n_l) for j in range(2)]
-    q = torch.stack([p[0] for p in parts]).view(kv.shape)
+    parts = [quantize_kv(kv[i, j], spec.encoding, g,
+                         q_out=None if q_out is None else q_out[i, j])
+             for i in range(n_l) for j in range(2)]
+    q = torch.stack([p[0] for p in parts]).view(kv.shape) if q_out is None else q_out
     return q, torch.stack([p[1] for p in parts]).view(n_l, 2, -1, h)
 
 
@@ -267,17 +272,26 @@ def chunk_message(index: int, layer_start: int, token_start: int, kv: torch.Tens
 
 def packed_chunk_message(index: int, layer_start: int, layer_end: int, token_start: int,
                          token_end: int, spec: WireSpec, pack_into) -> tuple[bytes, int]:
-    """A raw chunk's serialized HandoffMessage whose values `pack_into(layer, out)` gathers
-    straight into the message: out is the [2, tokens, kv_heads, head_dim] slot of `layer`."""
-    assert spec.encoding == "raw"
+    """`chunk_message` of layers [layer_start, layer_end) x tokens [token_start, token_end)
+    whose values `pack_into(layer, out)` gathers, out a contiguous [2, tokens, kv_heads,
+    head_dim] tensor of spec.dtype: for raw, the layer's slot in the message itself; for
+    int8/fp8, a scratch buffer that the quantizer reads into the message (q straight into it,
+    the small scales through a copy: they need not be 4-byte aligned there)."""
     n_l, n_t = layer_end - layer_start, token_end - token_start
-    n_data, _ = spec.chunk_nbytes(n_l, n_t)
+    n_data, n_scales = spec.chunk_nbytes(n_l, n_t)
+    shape = (n_l, 2, n_t, spec.num_kv_heads, spec.head_dim)
 
     def fill(data, scales):
-        values = data.view(spec.dtype).view(n_l, 2, n_t, spec.num_kv_heads, spec.head_dim)
+        raw = spec.encoding == "raw"
+        values = data.view(spec.dtype).view(shape) if raw else torch.empty(shape,
+                                                                           dtype=spec.dtype)
         for i in range(n_l):
             pack_into(layer_start + i, values[i])
-    return _chunk_bytes(index, layer_start, token_start, n_l, n_t, n_data, 0, fill), n_data
+        if not raw:
+            _, s = _quantize(values, spec, q_out=data.view(spec.value_dtype).view(shape))
+            scales.copy_(s.contiguous().view(torch.uint8).view(-1))
+    message = _chunk_bytes(index, layer_start, token_start, n_l, n_t, n_data, n_scales, fill)
+    return message, n_data + n_scales
 
 
 def decode_chunk(chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype,

@@ -155,3 +155,18 @@ def test_bad_inputs_raise():
         dequantize_kv(x, scales, "raw", 4, torch.float32)
     with pytest.raises(ValueError, match="group_tokens must be a positive int"):
         encoded_nbytes(8, 2, 64, "int8", -1, torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("encoding", ["int8", "fp8"])
+def test_quantize_into_q_out(encoding, backend):
+    x = torch.randn(37, 3, 16).to(torch.bfloat16)
+    want_q, want_s = quantize_kv(x, encoding, 16, backend="torch")
+    q_out = torch.full(x.shape, 5, dtype=torch.uint8).view(want_q.dtype)   # poisoned
+    q, s = quantize_kv(x, encoding, 16, backend=backend, q_out=q_out)
+    assert q is q_out
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(s, want_s)
+    with pytest.raises(ValueError, match="q_out must be"):
+        quantize_kv(x, encoding, 16, q_out=torch.empty(36, 3, 16).to(want_q.dtype))
+    with pytest.raises(ValueError, match="q_out must be"):
+        quantize_kv(x, "raw", 16, q_out=q_out)

@@ -302,6 +302,15 @@ def test_decode_side_abort_mid_stream_is_cancelled_and_both_sides_free(make_pair
     assert_clean(pair, start)
 
 
+def test_cpu_prefill_defaults_to_one_message_after_the_prefill(make_pair):
+    """Layer-wise streaming is off by default on a CPU engine (it only slowed handoffs there)."""
+    pair = make_pair(prefill_kw={"budget": 16})
+    assert pair.sender.layerwise_min_tokens is None
+    _, future = pair.submit(PROMPTS[6])
+    pair.prefill_until([future])
+    assert not future.result().layerwise
+
+
 def test_calls_without_a_deadline_are_refused(make_pair):
     from runtime.kv_transfer._proto import kv_transfer_pb2_grpc as pb_grpc
     from runtime.kv_transfer.auth import secret_metadata

@@ -233,13 +233,16 @@ def test_parse_message_refuses_malformed_input():
     assert header is None and chunks == [] and trailer is None
 
 
-def test_packed_chunk_message_equals_chunk_message():
+@pytest.mark.parametrize("encoding,tokens", [("raw", (3, 90)), ("int8", (16, 96)),
+                                             ("int8", (3, 90)), ("fp8", (0, 100))])
+def test_packed_chunk_message_equals_chunk_message(encoding, tokens):
     from runtime.kv_transfer.wire import chunk_message, packed_chunk_message
 
+    a, b = tokens
     cache, table = paged_cache(100, 16, "NHD", torch.bfloat16, seed=3)
-    spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 100)
+    spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 100, encoding, 16)
     kv = torch.stack([pack_kv(cache[i], table, 0, 100) for i in range(LAYERS)])
-    want, n = chunk_message(4, 1, 3, kv[1:3, :, 3:90], spec)
-    got, m = packed_chunk_message(4, 1, 3, 3, 90, spec,
-                                  lambda layer, out: pack_kv(cache[layer], table, 3, 90, out=out))
+    want, n = chunk_message(4, 1, a, kv[1:3, :, a:b].contiguous(), spec)
+    got, m = packed_chunk_message(4, 1, 3, a, b, spec,
+                                  lambda layer, out: pack_kv(cache[layer], table, a, b, out=out))
     assert got == want and n == m
