@@ -11,7 +11,8 @@ the same generation through transformers' `generate` on the same GPU.
 
 On a CPU-only host the fast column is the C++ CPU kernels (kernels/cpu, bfloat16) against the
 same torch references, for the ops that have one (decode and prefill attention, RMSNorm,
-rotary, SiLU*up, the small-batch GEMV, int8/fp8 KV quantization); the Triton and engine figures need CUDA. Targets on an H100/H200: decode
+rotary, SiLU*up, the small-batch GEMV, int8/fp8 KV quantization, KV pack/unpack); the Triton
+and engine figures need CUDA. Targets on an H100/H200: decode
 attention >= 70% of copy bandwidth at batch 64 with 2k-token contexts, pack/unpack >= 80%,
 engine decode >= 5x transformers' throughput at batch 64.
 """
@@ -42,7 +43,7 @@ DEV = "cuda" if CUDA else "cpu"
 FAST = "triton" if CUDA else "cpu"   # the backend timed against the torch reference
 CPU_KERNELS = {"decode_attention", "prefill_attention", "fused_add_rms_norm", "rotary",
                "silu_mul", "linear_small_batch", "quantize_int8", "dequantize_int8",
-               "quantize_fp8", "dequantize_fp8"}
+               "quantize_fp8", "dequantize_fp8", "pack_kv", "unpack_kv"}
 
 
 def bench(fn, repeats: int = 20) -> float:

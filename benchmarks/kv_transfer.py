@@ -156,19 +156,23 @@ def ceiling(target: str, nbytes: int, streams: int) -> float:
     return streams * nbytes / seconds / 1e9
 
 
-def handoffs(prefill, thread, sender, prompt, streams, target) -> tuple[float, float]:
-    """(KV GB/s, wire GB/s) of `streams` concurrent sends of prefilled copies of `prompt`."""
+def prefilled(prefill, thread, prompt, streams) -> list:
+    """`streams` prefilled copies of `prompt`, held by the prefill engine until handed off."""
     from runtime.engine import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    outs = thread.call(prefill.generate, prompt_token_ids=[prompt] * streams, params=params)
-    kv_bytes = prefill.runner.geometry.kv_bytes_per_token * 2 * len(prompt)  # bf16
+    return thread.call(prefill.generate, prompt_token_ids=[prompt] * streams, params=params)
+
+
+def handoffs(prefill, thread, sender, outs, target) -> tuple[float, float]:
+    """(KV GB/s, wire GB/s) of concurrent sends of the prefilled requests `outs`."""
+    kv_bytes = prefill.runner.geometry.kv_bytes_per_token * 2 * outs[0].kv_handle.num_kv_tokens
     t0 = time.perf_counter()
     futures = [thread.call(sender.send, o.kv_handle, target) for o in outs]
     results = [f.result(timeout=600) for f in futures]
     seconds = time.perf_counter() - t0
     wire = sum(r.num_bytes for r in results)
-    return streams * kv_bytes / seconds / 1e9, wire / seconds / 1e9
+    return len(outs) * kv_bytes / seconds / 1e9, wire / seconds / 1e9
 
 
 def prompt_of(n: int, seed: int) -> list[int]:
@@ -195,9 +199,10 @@ def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) 
                     secret=SECRET, encoding=enc, deadline_s=600)) for enc in ENCODINGS}
                 runs = []
                 for _ in range(REPEATS):   # ceiling and handoffs back to back, each round
+                    outs = {enc: prefilled(prefill, thread, prompt, streams) for enc in senders}
                     run = {"ceiling": ceiling(decode.sink_target, per_token * n, streams)}
                     for enc, sender in senders.items():
-                        run[enc] = handoffs(prefill, thread, sender, prompt, streams,
+                        run[enc] = handoffs(prefill, thread, sender, outs[enc],
                                             decode.kv_target)
                     runs.append(run)
                 for sender in senders.values():
