@@ -17,6 +17,16 @@ def prefilled(path):
     return prefill, out
 
 
+def importing(path):
+    """A prefilled request's (id, handle, per-layer KV) and a decode engine with its import
+    begun; also the decode engine's free blocks before it."""
+    prefill, out = prefilled(path)
+    decode = make_engine(path, role="decode", num_threads=1)
+    free = decode.block_manager.num_free_blocks
+    decode.begin_import(out.request_id, len(PROMPT))
+    return decode, free, out, list(prefill.export_kv(out.request_id))
+
+
 def test_reserve_write_from_another_thread_commit_decodes_like_colocated(tiny_model_dir):
     prefill, out = prefilled(tiny_model_dir)
     decode = make_engine(tiny_model_dir, role="decode", num_threads=1)
@@ -42,12 +52,8 @@ def test_reserve_write_from_another_thread_commit_decodes_like_colocated(tiny_mo
 
 
 def test_abort_mid_import_frees_the_blocks_and_ends_the_import(tiny_model_dir):
-    prefill, out = prefilled(tiny_model_dir)
-    decode = make_engine(tiny_model_dir, role="decode", num_threads=1)
-    free = decode.block_manager.num_free_blocks
+    decode, free, out, layers = importing(tiny_model_dir)
     rid = out.request_id
-    layers = list(prefill.export_kv(rid))
-    decode.begin_import(rid, len(PROMPT))
     decode.write_kv(rid, *layers[0])
     assert decode.abort(rid)
     assert decode.block_manager.num_free_blocks == free
@@ -61,12 +67,8 @@ def test_abort_mid_import_frees_the_blocks_and_ends_the_import(tiny_model_dir):
 def test_abort_races_a_writer_thread(tiny_model_dir):
     """A receiver thread keeps writing while the engine thread aborts: the writer stops with
     KeyError (never another error), and every block comes back."""
-    prefill, out = prefilled(tiny_model_dir)
-    decode = make_engine(tiny_model_dir, role="decode", num_threads=1)
-    free = decode.block_manager.num_free_blocks
+    decode, free, out, layers = importing(tiny_model_dir)
     rid = out.request_id
-    layers = list(prefill.export_kv(rid))
-    decode.begin_import(rid, len(PROMPT))
     started, outcome = threading.Event(), []
 
     def write_forever():

@@ -269,15 +269,21 @@ def self_signed_cert(folder):
     return cert_path, key_path
 
 
-def test_decode_engine_runs_nothing_until_commit(make_pair):
-    """Mid-stream the decode side holds the request's blocks (reserved at the header, KV
-    written as it lands) but no request: nothing decodes incomplete KV."""
+def mid_stream(make_pair):
+    """A layer-wise handoff one prefill step in: the decode side has reserved its blocks."""
     pair = make_pair(sender_cfg=config(layerwise_min_tokens=1), prefill_kw={"budget": 16})
     start = pair.free_blocks()
     rid, future = pair.submit(PROMPTS[6])
     pair.p_thread.call(pair.sender.step)
     need = pair.decode.block_manager.blocks_needed(len(PROMPTS[6]) + 1)
     wait_for(lambda: pair.free_blocks()[1] == start[1] - need)
+    return pair, start, rid, future
+
+
+def test_decode_engine_runs_nothing_until_commit(make_pair):
+    """Mid-stream the decode side holds the request's blocks (reserved at the header, KV
+    written as it lands) but no request: nothing decodes incomplete KV."""
+    pair, _, rid, future = mid_stream(make_pair)
     assert pair.receiver.num_active == 1
     assert not pair.d_thread.call(lambda: rid in pair.decode.requests)
     assert not pair.d_thread.call(pair.decode.has_unfinished_requests)
@@ -289,12 +295,7 @@ def test_decode_engine_runs_nothing_until_commit(make_pair):
 def test_decode_side_abort_mid_stream_is_cancelled_and_both_sides_free(make_pair):
     """A client cancel reaching the decode worker while the KV streams in: the import's
     blocks are freed at once, the call ends CANCELLED and the prefill side frees too."""
-    pair = make_pair(sender_cfg=config(layerwise_min_tokens=1), prefill_kw={"budget": 16})
-    start = pair.free_blocks()
-    rid, future = pair.submit(PROMPTS[6])
-    pair.p_thread.call(pair.sender.step)
-    need = pair.decode.block_manager.blocks_needed(len(PROMPTS[6]) + 1)
-    wait_for(lambda: pair.free_blocks()[1] == start[1] - need)
+    pair, start, rid, future = mid_stream(make_pair)
     assert pair.d_thread.call(pair.decode.abort, rid)
     pair.prefill_until([future])
     err = error_of(future)
