@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from kernels.backend import cpu_kernels, default_backend
 from kernels.kv_pack import unpack_kv
 from runtime.config import CacheConfig, ModelConfig
 from runtime.engine.batch_scheduler import ScheduledBatch
@@ -29,6 +30,11 @@ class ModelRunner:
         self.dtype = DTYPES[model.dtype]
         self.weights = load_weights(model.path, self.hf_config, model.dtype)
         if model.device == "cpu":
+            # Load the C++ CPU kernels now (the first time on a machine that compiles them,
+            # ~30-60 s) so that no request pays for it: every dtype uses their KV copies, and
+            # a KV handoff's first chunk would otherwise wait for the build under its deadline.
+            if default_backend() != "torch":
+                cpu_kernels()
             self.weights = pack_linear_weights(self.weights)
         # float32 keeps transformers' op order (bit-exact greedy tokens); half precisions take
         # the fused ops, which dispatch to the C++ CPU kernels (kernels.cpu) where they build.
