@@ -404,6 +404,9 @@ def _fields(buf: memoryview, pos: int, end: int):
 
 
 _CHUNK_INTS = {1: "index", 2: "layer_start", 3: "layer_end", 4: "token_start", 5: "token_end"}
+# Skipped like any unknown field, as protobuf does: v1's CRC-32C, so that a v1 sender reaches
+# the header's version check (FAILED_PRECONDITION) instead of a parse error.
+_RESERVED_CHUNK_FIELDS = frozenset({8})
 
 
 def _parse_chunk(buf: memoryview) -> ChunkView:
@@ -417,7 +420,7 @@ def _parse_chunk(buf: memoryview) -> ChunkView:
             chunk.scales = value
         elif number == 9 and wire_type == 1:
             chunk.xxh3 = value
-        elif number <= 9:
+        elif number <= 9 and number not in _RESERVED_CHUNK_FIELDS:
             raise _malformed(f"chunk field {number} has wire type {wire_type}")
     return chunk
 

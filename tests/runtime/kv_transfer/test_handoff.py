@@ -323,3 +323,26 @@ def test_calls_without_a_deadline_are_refused(make_pair):
             stub.Handoff(iter([pb.HandoffMessage()]), metadata=secret_metadata(SECRET))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "deadline" in info.value.details()
+
+
+def test_a_v1_sender_is_refused_naming_both_versions(make_pair):
+    """A contract-v1 stream (its chunks carry a fixed32 CRC-32C in field 8) in one message:
+    the receiver skips the retired field as protobuf would and refuses at the version check."""
+    from runtime.kv_transfer.auth import secret_metadata
+    from runtime.kv_transfer.wire import CONTRACT_VERSION, HANDOFF_METHOD
+
+    pair = make_pair()
+    header = pb.Header(version=1, request_id="old", num_layers=2, num_kv_heads=2, head_dim=8,
+                       num_tokens=4)
+    v1_chunk = pb.Chunk(index=0, layer_end=1, token_end=4, data=b"\0" * 64).SerializeToString()
+    v1_chunk += b"\x45" + (1234).to_bytes(4, "little")   # field 8, wire type 5 (fixed32)
+    message = (pb.HandoffMessage(header=header).SerializeToString()
+               + b"\x12" + bytes([len(v1_chunk)]) + v1_chunk)   # one-byte length: < 128
+    start = pair.free_blocks()
+    with grpc.insecure_channel(pair.target) as channel:
+        handoff = channel.stream_unary(HANDOFF_METHOD, request_serializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            handoff(iter([message]), timeout=10, metadata=secret_metadata(SECRET))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"v1, this receiver v{CONTRACT_VERSION}" in info.value.details()
+    assert_clean(pair, start)
