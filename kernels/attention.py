@@ -156,4 +156,3 @@ def check_decode_inputs(q, k_cache, v_cache, block_tables, context_lens, out) ->
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype
                             or out.device != q.device or out.stride(-1) != 1):
         raise ValueError("out must match q's shape, dtype and device, last dim contiguous")
-

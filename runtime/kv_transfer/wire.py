@@ -152,6 +152,14 @@ def _quantize(kv: torch.Tensor, spec: WireSpec,
     return q, torch.stack([p[1] for p in parts]).view(n_l, 2, -1, h)
 
 
+def _quantize_into(kv: torch.Tensor, spec: WireSpec, data: torch.Tensor,
+                   scales: torch.Tensor) -> None:
+    """Quantize a chunk's values into its message's payload (uint8 views): q straight into
+    `data`, the small scales through a copy (they need not be 4-byte aligned there)."""
+    _, s = _quantize(kv, spec, q_out=data.view(spec.value_dtype).view(kv.shape))
+    scales.copy_(s.contiguous().view(torch.uint8).view(-1))
+
+
 def _encode_values(kv: torch.Tensor, spec: WireSpec) -> tuple[memoryview, memoryview]:
     if spec.encoding == "raw":
         return _payload(kv), memoryview(b"")
@@ -256,15 +264,12 @@ def chunk_message(index: int, layer_start: int, token_start: int, kv: torch.Tens
     message.
     """
     n_data, n_scales = spec.chunk_nbytes(kv.shape[0], kv.shape[2])
-    if spec.encoding == "raw":
-        def fill(data, scales):
-            data.view(kv.dtype).view(kv.shape).copy_(kv)
-    else:
-        q, s = _quantize(kv, spec)
 
-        def fill(data, scales):
-            data.view(q.dtype).view(q.shape).copy_(q)
-            scales.copy_(s.contiguous().view(torch.uint8).view(-1))   # any alignment
+    def fill(data, scales):
+        if spec.encoding == "raw":
+            data.view(kv.dtype).view(kv.shape).copy_(kv)
+        else:
+            _quantize_into(kv, spec, data, scales)
     message = _chunk_bytes(index, layer_start, token_start, kv.shape[0], kv.shape[2], n_data,
                            n_scales, fill)
     return message, n_data + n_scales
@@ -275,8 +280,7 @@ def packed_chunk_message(index: int, layer_start: int, layer_end: int, token_sta
     """`chunk_message` of layers [layer_start, layer_end) x tokens [token_start, token_end)
     whose values `pack_into(layer, out)` gathers, out a contiguous [2, tokens, kv_heads,
     head_dim] tensor of spec.dtype: for raw, the layer's slot in the message itself; for
-    int8/fp8, a scratch buffer that the quantizer reads into the message (q straight into it,
-    the small scales through a copy: they need not be 4-byte aligned there)."""
+    int8/fp8, a scratch buffer that the quantizer reads into the message."""
     n_l, n_t = layer_end - layer_start, token_end - token_start
     n_data, n_scales = spec.chunk_nbytes(n_l, n_t)
     shape = (n_l, 2, n_t, spec.num_kv_heads, spec.head_dim)
@@ -288,8 +292,7 @@ def packed_chunk_message(index: int, layer_start: int, layer_end: int, token_sta
         for i in range(n_l):
             pack_into(layer_start + i, values[i])
         if not raw:
-            _, s = _quantize(values, spec, q_out=data.view(spec.value_dtype).view(shape))
-            scales.copy_(s.contiguous().view(torch.uint8).view(-1))
+            _quantize_into(values, spec, data, scales)
     message = _chunk_bytes(index, layer_start, token_start, n_l, n_t, n_data, n_scales, fill)
     return message, n_data + n_scales
 
