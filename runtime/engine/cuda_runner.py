@@ -111,19 +111,18 @@ class CudaModelRunner(ModelRunner):
                            num_tokens).wait()
         return kv[0], kv[1]
 
-    def write_kv(self, block_table: list[int], layer: int, k: torch.Tensor, v: torch.Tensor,
+    def write_kv(self, block_table: list[int], layer_start: int, kv: torch.Tensor,
                  start: int = 0) -> None:
         """As `ModelRunner.write_kv`; host KV goes up through pinned memory on the side stream,
         and the next forward waits for it on the GPU, not on the host."""
-        if k.is_cuda or k.shape != v.shape or k.dtype != v.dtype:
-            super().write_kv(block_table, layer, k, v, start)   # validates and raises
+        if kv.is_cuda:
+            super().write_kv(block_table, layer_start, kv, start)
             return
-        host = torch.empty((2, *k.shape), dtype=k.dtype, pin_memory=True)
-        host[0].copy_(k)
-        host[1].copy_(v)
+        host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
+        host.copy_(kv)
         with self.stager.side_stream():
             dev = host.to(self.device, non_blocking=True)
-            super().write_kv(block_table, layer, dev[0], dev[1], start)
+            super().write_kv(block_table, layer_start, dev, start)
 
 
 def make_runner(model: ModelConfig, cache: CacheConfig, num_threads: int | None = None,

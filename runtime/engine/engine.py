@@ -359,9 +359,10 @@ class Engine:
                                     f"of {bm.block_size} tokens)")
         self._imports[request_id] = _Import(bm.reserve(num_kv_tokens + 1), num_kv_tokens)
 
-    def write_kv(self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor,
+    def write_kv(self, request_id: str, layer_start: int, kv: torch.Tensor,
                  start: int = 0) -> None:
-        """Decode side: place one layer's KV (tokens [start, start + len(k))) of an import.
+        """Decode side: place KV of an import, layers [layer_start, layer_start + L) by tokens
+        [start, start + T); kv is [L, 2 (k, v), T, kv_heads, head_dim].
 
         The one engine call that may run off the engine's thread, so a receiver can write
         chunks as they land: an import's blocks belong to no sequence, so no step reads or
@@ -371,13 +372,14 @@ class Engine:
         imp = self._imports.get(request_id)
         if imp is None:
             raise KeyError(f"no KV import {request_id!r} in progress")
-        if start < 0 or start + k.shape[0] > imp.num_tokens:
-            raise ValueError(f"KV tokens [{start}, {start + k.shape[0]}) outside the import's "
+        num_tokens = kv.shape[2] if kv.dim() == 5 else 0
+        if start < 0 or start + num_tokens > imp.num_tokens:
+            raise ValueError(f"KV tokens [{start}, {start + num_tokens}) outside the import's "
                              f"{imp.num_tokens}")
         with imp.lock:
             if not imp.open:
                 raise KeyError(f"KV import {request_id!r} was aborted")
-            self.runner.write_kv(imp.table, layer, k, v, start)
+            self.runner.write_kv(imp.table, layer_start, kv, start)
 
     def commit_import(self, handle: KVHandle) -> None:
         """Decode side: every layer's KV of `handle.request_id`'s import is in place; admit
@@ -419,7 +421,7 @@ class Engine:
         try:
             seen = set()
             for layer, k, v in layers:
-                self.write_kv(handle.request_id, layer, k, v)
+                self.write_kv(handle.request_id, layer, torch.stack([k, v])[None])
                 seen.add(layer)
             missing = set(range(self.runner.geometry.num_layers)) - seen
             if missing:

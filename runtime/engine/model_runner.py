@@ -19,8 +19,9 @@ class ModelRunner:
     """The torch side of the engine: weights, the paged KV cache, one forward per step.
 
     KV cache layout: [num_layers, 2 (k, v), num_blocks, block_size, num_kv_heads, head_dim] in
-    the model dtype. `read_kv`/`write_kv` move one layer of one sequence's KV in and out as
-    contiguous [num_tokens, num_kv_heads, head_dim] tensors, the engine's handoff unit.
+    the model dtype. `read_kv` takes one layer of one sequence's KV out as contiguous [num_tokens,
+    num_kv_heads, head_dim] tensors; `write_kv` puts a layer range's [layers, 2, num_tokens,
+    num_kv_heads, head_dim] in (a received chunk).
     """
 
     def __init__(self, model: ModelConfig, cache: CacheConfig, num_threads: int | None = None):
@@ -109,39 +110,33 @@ class ModelRunner:
         v = layer_cache[1].view(-1, *layer_cache.shape[3:]).index_select(0, slots)
         return k, v
 
-    def write_kv(self, block_table: list[int] | torch.Tensor, layer: int, k: torch.Tensor,
-                 v: torch.Tensor, start: int = 0) -> None:
-        """Place one layer's KV for tokens [start, start + len(k)) into the sequence's blocks
+    def write_kv(self, block_table: list[int] | torch.Tensor, layer_start: int,
+                 kv: torch.Tensor, start: int = 0) -> None:
+        """Place KV [L, 2 (k, v), T, num_kv_heads, head_dim] of layers [layer_start,
+        layer_start + L) for tokens [start, start + T) into the sequence's blocks
         (`block_table`: block ids, a list or a 1-D int64 CPU tensor)."""
         g = self.geometry
-        expect = (k.shape[0], g.num_kv_heads, g.head_dim)
-        if tuple(k.shape) != expect or tuple(v.shape) != expect:
-            raise ValueError(f"KV for layer {layer} must be {expect}, got {tuple(k.shape)} "
-                             f"and {tuple(v.shape)}")
-        if not 0 <= layer < g.num_layers:
-            raise ValueError(f"layer {layer} out of range [0, {g.num_layers})")
+        if kv.dim() != 5 or kv.shape[1] != 2 or tuple(kv.shape[3:]) != (g.num_kv_heads,
+                                                                          g.head_dim):
+            raise ValueError(f"KV must be [layers, 2, tokens, {g.num_kv_heads}, {g.head_dim}], "
+                             f"got {tuple(kv.shape)}")
+        if not 0 <= layer_start <= layer_start + kv.shape[0] <= g.num_layers:
+            raise ValueError(f"layers [{layer_start}, {layer_start + kv.shape[0]}) out of range "
+                             f"[0, {g.num_layers})")
+        layers = self.kv_cache[layer_start:layer_start + kv.shape[0]]
         if self.kv_cache.is_cuda:   # index_copy_ stays on the stream; unpack_kv checks on the host
-            slots = self._token_slots(block_table, start, k.shape[0]).to(self.kv_cache.device)
-            layer_cache = self.kv_cache[layer]
-            for i, x in enumerate((k, v)):
-                layer_cache[i].view(-1, *layer_cache.shape[3:]).index_copy_(
-                    0, slots, x.to(self.kv_cache.device, self.dtype))
+            slots = self._token_slots(block_table, start, kv.shape[2]).to(self.kv_cache.device)
+            kv = kv.to(self.kv_cache.device, self.dtype)
+            for layer_cache, layer_kv in zip(layers, kv):
+                for i in range(2):
+                    layer_cache[i].view(-1, *layer_cache.shape[3:]).index_copy_(
+                        0, slots, layer_kv[i])
             return
-        if k.shape[0] == 0:
+        if kv.shape[2] == 0:
             return
-        if start < 0 or start + k.shape[0] > len(block_table) * self.block_size:
-            raise IndexError(f"KV tokens [{start}, {start + k.shape[0]}) outside the "
+        if start < 0 or start + kv.shape[2] > len(block_table) * self.block_size:
+            raise IndexError(f"KV tokens [{start}, {start + kv.shape[2]}) outside the "
                              f"{len(block_table)} blocks of the sequence")
-        # unpack_kv scatters whole blocks as words (~2x index_copy_ per token slot). It takes
-        # K and V as one [2, T, H, D] tensor: a view when v follows k in memory (a received
-        # chunk's layout), else one stacking copy.
-        if (k.dtype == v.dtype and k.is_contiguous() and v.is_contiguous()
-                and k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
-                and v.storage_offset() == k.storage_offset() + k.numel()):
-            data = k.as_strided((2, *k.shape), (k.numel(), *k.stride()), k.storage_offset())
-        else:
-            data = torch.stack([k, v])
-        cache = self.kv_cache[layer]
-        data = data.to(cache.device, self.dtype if not data.is_floating_point() else data.dtype)
-        unpack_kv(cache, torch.as_tensor(block_table, dtype=torch.long, device=cache.device),
-                  data, start)
+        # One unpack_kv call for every layer of a received chunk: a view of its bytes.
+        kv = kv.to(self.dtype) if not kv.is_floating_point() else kv
+        unpack_kv(layers, torch.as_tensor(block_table, dtype=torch.long), kv, start)

@@ -31,10 +31,10 @@ class KVAssembly:
         self.num_chunks = 0
         self.num_bytes = 0
 
-    def add(self, chunk: pb.Chunk) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    def add(self, chunk: pb.Chunk) -> tuple[int, int, torch.Tensor]:
         """Verify and decode one chunk (DATA_LOSS / INVALID_ARGUMENT on a bad one): its
-        (layer, token start, k, v) per layer, k and v [tokens, kv_heads, head_dim] in the
-        receiver's dtype, for `Engine.write_kv` (views of the received bytes for raw KV)."""
+        (first layer, first token, kv [layers, 2, tokens, kv_heads, head_dim]) in the
+        receiver's dtype, for `Engine.write_kv` (a view of the received bytes for raw KV)."""
         if chunk.index != self.num_chunks:
             raise KVTransferError(grpc.StatusCode.DATA_LOSS,
                                   f"chunk {chunk.index} arrived where chunk {self.num_chunks} "
@@ -44,7 +44,7 @@ class KVAssembly:
         self._covered[l0:l1, t0:t1] = True
         self.num_chunks += 1
         self.num_bytes += len(chunk.data) + len(chunk.scales)
-        return [(l0 + i, t0, values[i, 0], values[i, 1]) for i in range(l1 - l0)]
+        return l0, t0, values
 
     def finish(self, trailer: pb.Trailer) -> KVHandle:
         """The request's handle once the KV is complete; DATA_LOSS otherwise."""

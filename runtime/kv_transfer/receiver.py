@@ -187,8 +187,8 @@ class KVReceiver(pb_grpc.KVTransferServicer):
     def _write(self, assembly: KVAssembly, chunk) -> None:
         """Verify one chunk and write it into the import's blocks (this handler's thread)."""
         try:
-            for layer, start, k, v in assembly.add(chunk):
-                self.engine.write_kv(assembly.request_id, layer, k, v, start)
+            layer, start, kv = assembly.add(chunk)
+            self.engine.write_kv(assembly.request_id, layer, kv, start)
         except KeyError:
             raise KVTransferError(grpc.StatusCode.CANCELLED, "the decode worker aborted the "
                                   "request during its handoff", assembly.request_id) from None

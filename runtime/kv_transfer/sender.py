@@ -230,10 +230,14 @@ class KVSender:
         return message
 
     def _encode_packed(self, h: _Handoff, l0: int, l1: int, a: int, b: int, cache, table) -> bytes:
-        """A chunk of layers [l0, l1) x tokens [a, b), gathered from the cache for it."""
-        message, nbytes = packed_chunk_message(
-            h.num_chunks, l0, l1, a, b, h.spec,
-            lambda layer, out: pack_kv(cache[layer], table, a, b, out=out))
+        """A chunk of layers [l0, l1) x tokens [a, b), gathered from the cache for it (in one
+        call for all its layers; a GPU cache packs on the device, then copies to the host)."""
+        def pack_into(out):
+            if cache.is_cuda:
+                out.copy_(pack_kv(cache[l0:l1], table, a, b))
+            else:
+                pack_kv(cache[l0:l1], table, a, b, out=out)
+        message, nbytes = packed_chunk_message(h.num_chunks, l0, l1, a, b, h.spec, pack_into)
         h.num_chunks += 1
         h.num_bytes += nbytes
         return message

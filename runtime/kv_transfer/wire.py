@@ -278,21 +278,20 @@ def chunk_message(index: int, layer_start: int, token_start: int, kv: torch.Tens
 def packed_chunk_message(index: int, layer_start: int, layer_end: int, token_start: int,
                          token_end: int, spec: WireSpec, pack_into) -> tuple[bytes, int]:
     """`chunk_message` of layers [layer_start, layer_end) x tokens [token_start, token_end)
-    whose values `pack_into(layer, out)` gathers, out a contiguous [2, tokens, kv_heads,
-    head_dim] tensor of spec.dtype: for raw, the layer's slot in the message itself; for
-    int8/fp8, a scratch buffer that the quantizer reads into the message."""
+    whose values `pack_into(out)` gathers, out a contiguous [layers, 2, tokens, kv_heads,
+    head_dim] tensor of spec.dtype: for raw, the message's own payload; for int8/fp8, a
+    scratch buffer that the quantizer reads into the message."""
     n_l, n_t = layer_end - layer_start, token_end - token_start
     n_data, n_scales = spec.chunk_nbytes(n_l, n_t)
     shape = (n_l, 2, n_t, spec.num_kv_heads, spec.head_dim)
 
     def fill(data, scales):
-        raw = spec.encoding == "raw"
-        values = data.view(spec.dtype).view(shape) if raw else torch.empty(shape,
-                                                                           dtype=spec.dtype)
-        for i in range(n_l):
-            pack_into(layer_start + i, values[i])
-        if not raw:
-            _quantize_into(values, spec, data, scales)
+        if spec.encoding == "raw":
+            pack_into(data.view(spec.dtype).view(shape))
+            return
+        values = torch.empty(shape, dtype=spec.dtype)
+        pack_into(values)
+        _quantize_into(values, spec, data, scales)
     message = _chunk_bytes(index, layer_start, token_start, n_l, n_t, n_data, n_scales, fill)
     return message, n_data + n_scales
 

@@ -124,6 +124,33 @@ def test_engine_cache_layer_and_int32_table():
     assert same_bytes(kv_cache[2], ref_unpack(before[2], table, packed, 2, "NHD"))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bs_send,bs_recv", [(16, 16), (4, 16), (8, 3)])
+def test_layer_ranges_move_in_one_call(dtype, bs_send, bs_recv, backend):
+    # A slice kv_cache[l0:l1] of the engine's [layers, 2, blocks, bs, heads, dim] cache: the
+    # same bytes as packing / unpacking each of its layers alone, and no other layer touched.
+    send = torch.randn(5, 2, 20, bs_send, 2, 8).to(dtype)
+    send_table = random_table(20, -(-SEQ // bs_send))
+    recv_blocks = -(-SEQ // bs_recv)
+    recv_table = random_table(recv_blocks + 3, recv_blocks)
+    for (start, end), (l0, l1) in zip(RANGES, [(0, 5), (1, 4), (2, 3), (0, 2), (3, 5)] * 2):
+        packed = pack_kv(send[l0:l1], send_table, start, end, backend=backend)
+        assert packed.shape == (l1 - l0, 2, end - start, 2, 8)
+        for i in range(l1 - l0):
+            assert same_bytes(packed[i], ref_pack(send[l0 + i], send_table, start, end, "NHD"))
+        into = torch.full_like(packed, float("nan"))
+        assert pack_kv(send[l0:l1], send_table, start, end, backend=backend, out=into) is into
+        assert same_bytes(into, packed), (start, end)
+
+        recv = torch.full((5, 2, recv_blocks + 3, bs_recv, 2, 8), float("nan"), dtype=dtype)
+        expect = recv.clone()
+        for i in range(l1 - l0):
+            expect[l0 + i] = ref_unpack(recv[l0 + i], recv_table, packed[i], start, "NHD")
+        unpack_kv(recv[l0:l1], recv_table, packed, start, backend=backend)
+        assert same_bytes(recv, expect), (start, end, l0, l1)
+
+
 def test_unpack_casts_to_cache_dtype_and_accepts_strided_data():
     cache = make_cache(6, 4, 2, 8, torch.bfloat16, "HND", poison=True)
     table = torch.tensor([4, 1, 5])
@@ -150,8 +177,13 @@ def test_bad_inputs_raise():
         pack_kv(cache, table, 0, 4, layout="NDH")
     with pytest.raises(ValueError, match="5 dims"):
         pack_kv(cache[0], table, 0, 4)
-    with pytest.raises(ValueError, match=r"must be \[2, num_blocks"):
+    with pytest.raises(ValueError, match=r"must be one layer \[2, num_blocks"):
         pack_kv(torch.zeros(3, 4, 4, 2, 8), table, 0, 4)
+    with pytest.raises(ValueError, match=r"data must be \[3, 2, num_tokens, 2, 8\]"):
+        unpack_kv(torch.stack([cache] * 3), table, torch.zeros(2, 2, 3, 2, 8), 0)
+    with pytest.raises(ValueError, match=r"out must be a contiguous \[3, 2, 4, 2, 8\]"):
+        pack_kv(torch.stack([cache] * 3), table, 0, 4, out=torch.empty(2, 2, 4, 2, 8,
+                                                                       dtype=torch.float16))
     with pytest.raises(ValueError, match="contiguous"):
         pack_kv(cache.transpose(3, 4), table, 0, 4)
     with pytest.raises(ValueError, match="1-D int64"):
@@ -189,3 +221,7 @@ def test_bad_block_ids_raise_before_anything_is_written(backend):
         with pytest.raises(ValueError, match="outside the cache's 4 blocks"):
             pack_kv(cache, table, 0, 8, backend=backend)
     assert same_bytes(cache, before)
+    layers = torch.stack([cache] * 3)
+    with pytest.raises(ValueError, match="outside the cache's 4 blocks"):
+        unpack_kv(layers, torch.tensor([1, 4]), torch.stack([data] * 3), 0, backend=backend)
+    assert same_bytes(layers, torch.stack([before] * 3))

@@ -52,7 +52,7 @@ def test_kv_round_trip_through_pinned_staging(tiny_model_dir):
     k = torch.randn(13, g.num_kv_heads, g.head_dim)
     v = torch.randn(13, g.num_kv_heads, g.head_dim)
     before = runner.kv_cache.clone()
-    runner.write_kv(table, 1, k, v, start=2)
+    runner.write_kv(table, 1, torch.stack([k, v])[None], start=2)
     got_k, got_v = runner.read_kv(table, 15, 1)
     assert got_k.is_pinned() and torch.equal(got_k[2:], k) and torch.equal(got_v[2:], v)
     changed = (runner.kv_cache != before).flatten(3).any(-1)   # [layers, 2, blocks]

@@ -3,6 +3,7 @@ thread), the request admitted only at the commit, and every way out freeing the 
 import threading
 
 import pytest
+import torch
 
 from runtime.engine import NoFreeBlocksError, SamplingParams
 from tiny_model import make_engine
@@ -17,6 +18,11 @@ def prefilled(path):
     return prefill, out
 
 
+def layer_kvs(prefill, rid):
+    """(layer, kv [1, 2, T, H, D]) of each layer of a prefilled request: write_kv's input."""
+    return [(layer, torch.stack([k, v])[None]) for layer, k, v in prefill.export_kv(rid)]
+
+
 def importing(path):
     """A prefilled request's (id, handle, per-layer KV) and a decode engine with its import
     begun; also the decode engine's free blocks before it."""
@@ -24,7 +30,7 @@ def importing(path):
     decode = make_engine(path, role="decode", num_threads=1)
     free = decode.block_manager.num_free_blocks
     decode.begin_import(out.request_id, len(PROMPT))
-    return decode, free, out, list(prefill.export_kv(out.request_id))
+    return decode, free, out, layer_kvs(prefill, out.request_id)
 
 
 def test_reserve_write_from_another_thread_commit_decodes_like_colocated(tiny_model_dir):
@@ -36,8 +42,12 @@ def test_reserve_write_from_another_thread_commit_decodes_like_colocated(tiny_mo
     assert decode.block_manager.num_free_blocks == (
         free - decode.block_manager.blocks_needed(len(PROMPT) + 1))
     assert rid not in decode.requests and not decode.has_unfinished_requests()
-    writer = threading.Thread(target=lambda: [decode.write_kv(rid, layer, k, v)
-                                              for layer, k, v in prefill.export_kv(rid)])
+    kv = torch.stack([torch.stack([k, v]) for _, k, v in prefill.export_kv(rid)])
+    # Layer ranges in three calls, the first range's tokens split unevenly: chunks' shapes.
+    n, cut = kv.shape[0], 5
+    writer = threading.Thread(target=lambda: [decode.write_kv(rid, 0, kv[:n // 2, :, :cut]),
+                                              decode.write_kv(rid, 0, kv[:n // 2, :, cut:], cut),
+                                              decode.write_kv(rid, n // 2, kv[n // 2:])])
     writer.start()
     writer.join()
     assert not decode.has_unfinished_requests()   # written, not yet committed
@@ -74,8 +84,8 @@ def test_abort_races_a_writer_thread(tiny_model_dir):
     def write_forever():
         try:
             while True:
-                for layer, k, v in layers:
-                    decode.write_kv(rid, layer, k, v)
+                for layer, kv in layers:
+                    decode.write_kv(rid, layer, kv)
                     started.set()
         except BaseException as e:   # noqa: BLE001 - the test inspects it
             outcome.append(e)
@@ -102,6 +112,6 @@ def test_refusals(tiny_model_dir):
     with pytest.raises(ValueError, match="reserved KV of"):
         decode.commit_import(out.kv_handle)    # the handle's prompt is one token longer
     with pytest.raises(ValueError, match="outside the import"):
-        decode.write_kv(out.request_id, *next(prefill.export_kv(out.request_id)))
+        decode.write_kv(out.request_id, *layer_kvs(prefill, out.request_id)[0])
     assert decode.abort(out.request_id)
     assert decode.block_manager.num_free_blocks == free

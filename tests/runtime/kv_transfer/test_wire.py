@@ -45,8 +45,8 @@ def receive(wire, dst_cache, dst_table, layout):
     assembly = KVAssembly(header, spec, dst_cache.dtype)
     for raw in wire[1:]:
         for chunk in pb.HandoffMessage.FromString(raw).chunks:
-            for layer, start, k, v in assembly.add(chunk):
-                unpack_kv(dst_cache[layer], dst_table, torch.stack([k, v]), start, layout)
+            layer, start, kv = assembly.add(chunk)
+            unpack_kv(dst_cache[layer:layer + kv.shape[0]], dst_table, kv, start, layout)
     return assembly
 
 
@@ -244,5 +244,5 @@ def test_packed_chunk_message_equals_chunk_message(encoding, tokens):
     kv = torch.stack([pack_kv(cache[i], table, 0, 100) for i in range(LAYERS)])
     want, n = chunk_message(4, 1, a, kv[1:3, :, a:b].contiguous(), spec)
     got, m = packed_chunk_message(4, 1, 3, a, b, spec,
-                                  lambda layer, out: pack_kv(cache[layer], table, a, b, out=out))
+                                  lambda out: pack_kv(cache[1:3], table, a, b, out=out))
     assert got == want and n == m
