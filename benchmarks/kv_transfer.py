@@ -5,8 +5,9 @@
 Each shape runs a decode-side process (a decode engine behind a `KVReceiver` that drops every
 admitted request at once, plus a plain bytes-stream sink) and drives it from this process:
 
-- ceiling: N concurrent client streams of 1 MiB `bytes` messages (no protobuf, no checksum),
-  each as many bytes as one raw handoff of the shape;
+- ceiling: N concurrent client streams of `bytes` messages (no protobuf, no checksum), each
+  as many bytes as one raw handoff of the shape; the faster of 1 MiB messages and messages of
+  the handoff's chunk size (`KVTransferConfig.chunk_bytes`), each round;
 - handoffs: N concurrent `KVSender.send`s of prefilled requests (raw, int8, fp8), N = 1, 4,
   16. GB/s counts the KV delivered in the cache dtype (bf16), so compressed encodings can pass
   the ceiling; `wire` is the bytes actually sent. The prefill runs once per shape (the other
@@ -132,20 +133,20 @@ class DecodeSide:
 
 
 # -- measurements --------------------------------------------------------------------------
-def ceiling(target: str, nbytes: int, streams: int) -> float:
+def ceiling(target: str, nbytes: int, streams: int, message_bytes: int = MIB) -> float:
     """GB/s of `streams` concurrent plain bytes streams of `nbytes` each."""
     import grpc
 
     from runtime.kv_transfer import KVTransferConfig
     from runtime.kv_transfer.auth import make_channel
 
-    payload = os.urandom(MIB)
+    payload = os.urandom(message_bytes)
     channel = make_channel(target, KVTransferConfig(secret=SECRET))
     push = channel.stream_unary(SINK)
 
     def messages():
-        for i in range(0, nbytes, MIB):
-            yield payload[:min(MIB, nbytes - i)]
+        for i in range(0, nbytes, message_bytes):
+            yield payload[:min(message_bytes, nbytes - i)]
     push(iter([b"x"]), timeout=30)   # connect first
     t0 = time.perf_counter()
     futures = [push.future(messages(), timeout=600) for _ in range(streams)]
@@ -189,6 +190,7 @@ def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) 
     decode = DecodeSide(model, num_blocks=max(concurrency) * (max_len // 16 + 2) + 64)
     prefill = make_engine(str(model), "prefill", num_blocks=max_len // 16 * 2 + 64)
     thread = EngineThread("prefill")
+    message_sizes = sorted({MIB, KVTransferConfig(secret=SECRET).chunk_bytes})
     try:
         per_token = prefill.runner.geometry.kv_bytes_per_token * 2
         for n in lengths:
@@ -200,7 +202,8 @@ def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) 
                 runs = []
                 for _ in range(REPEATS):   # ceiling and handoffs back to back, each round
                     outs = {enc: prefilled(prefill, thread, prompt, streams) for enc in senders}
-                    run = {"ceiling": ceiling(decode.sink_target, per_token * n, streams)}
+                    run = {"ceiling": max(ceiling(decode.sink_target, per_token * n, streams,
+                                                  size) for size in message_sizes)}
                     for enc, sender in senders.items():
                         run[enc] = handoffs(prefill, thread, sender, outs[enc],
                                             decode.kv_target)

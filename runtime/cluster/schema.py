@@ -65,7 +65,7 @@ class TLSSection(_Strict):
 
 class KVSection(_Strict):
     encoding: Literal["raw", "int8", "fp8"] = "raw"
-    chunk_bytes: int = Field(1 << 20, ge=1)
+    chunk_bytes: int = Field(4 << 20, ge=1)
     max_inflight_bytes: int = Field(64 << 20, ge=1)
     deadline_s: float = Field(30.0, gt=0)
     layerwise_min_tokens: int | None = Field(None, ge=1)   # None: GPU prefill 512, CPU never
