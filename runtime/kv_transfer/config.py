@@ -27,10 +27,10 @@ class KVTransferConfig:
       int8/fp8 carry one float32 scale per (group of `group_tokens` tokens, kv head); 0 takes
       the sender's block size.
     - `chunk_bytes`: target encoded size of one chunk (a layer range by a token range), and
-      so of one gRPC message. 4 MiB: each message costs gRPC Python thread wake-ups on both
-      sides and ~0.1 ms of Python, which 4 MiB amortizes; on a 2-core host `make bench-kv`
-      shapes ran 10-20 points closer to the plain-stream ceiling than with 1 MiB chunks in 5
-      of 7 (shape, concurrency) rows, most at 16 concurrent handoffs.
+      so of one gRPC message. 4 MiB: each message costs gRPC Python thread wake-ups and
+      ~0.1 ms of Python on both sides. On a 2-core host, against the plain-stream ceiling,
+      4 MiB chunks beat 1 MiB ones in 6 of 7 `make bench-kv` (shape, concurrency) rows, by 4
+      to 23 points (most at 16 concurrent handoffs: 46-55% -> 64-72%), and lost one by 8.
     - `max_inflight_bytes`: sender-wide cap on KV queued but not yet handed to gRPC; the
       prefill forward blocks on it, so a slow link slows the prefill instead of growing memory.
     - `deadline_s`: the deadline of every handoff call, from its first byte to the ack.
