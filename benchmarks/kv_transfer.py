@@ -15,15 +15,18 @@ admitted request at once, plus a plain bytes-stream sink) and drives it from thi
 - Each row runs the ceiling and the three handoffs back to back, 5 times, and prints medians;
   raw's share of the ceiling is the median of the 5 back-to-back ratios, so a shift in the
   shared machine's load hits both sides of a ratio alike.
-- layer-wise overlap (SmolLM2, 4k-token prompt): prefill alone, transfer alone, and prefill
-  with layer-wise streaming; hidden = (prefill + transfer - streamed) / transfer.
+- layer-wise overlap (SmolLM2, 4k-token prompt): the prefill step's time, and the tail from
+  the end of that step to the ack, with layer-wise streaming and with one message after the
+  prefill (whose tail is the whole transfer); hidden = 1 - layer-wise tail / whole transfer,
+  the share of the transfer done while the prefill computed (medians of 5 alternating runs).
+  The prefill's own slow-down from streaming beside it is printed too.
 - crossover: prefill-to-ack latency of one prompt, layer-wise vs one message after the prefill.
 
 Shapes: SmolLM2-135M (real weights, 1k and 4k tokens) and a Llama-3-8B-shaped random model
 (32 layers, 8 KV heads, head_dim 128; 1k tokens). KV_BENCH_THREADS=N sets the engines' torch
 threads (default: all cores). On a CPU-only host the transfer's copies, checksums and gRPC
 compete with the prefill's matmuls for the same cores, so layer-wise streaming has nothing to
-overlap onto there; the overlap figure is meaningful where the prefill runs on an accelerator.
+overlap onto there: on a CPU host the transfer hides behind the prefill, but slows it.
 """
 from __future__ import annotations
 
@@ -228,22 +231,29 @@ def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) 
         decode.close()
 
 
-def timed_handoff(prefill, thread, sender, prompt, target) -> float:
-    """Seconds from add_request to the ack (prefill + handoff) for one prompt."""
+def timed_handoff(prefill, thread, sender, prompt, target) -> tuple[float, float, float]:
+    """One prompt from add_request to the ack: (total seconds, seconds of the step that
+    finished its prefill, seconds from the end of that step to the ack)."""
     from runtime.engine import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     t0 = time.perf_counter()
     rid = thread.call(prefill.add_request, params=params, prompt_token_ids=prompt)
     future = sender.route(rid, target)
+    step_s = prefilled_at = None
     while not future.done():
-        thread.call(sender.step)
+        begun = time.perf_counter()
+        outputs = thread.call(sender.step)
+        if prefilled_at is None and any(o.request_id == rid and o.kv_handle is not None
+                                        for o in outputs):
+            prefilled_at = time.perf_counter()
+            step_s = prefilled_at - begun
     future.result()
-    return time.perf_counter() - t0
+    end = time.perf_counter()
+    return end - t0, step_s, end - prefilled_at
 
 
 def overlap_and_crossover(model: Path, lengths, crossover_lengths, report) -> None:
-    from runtime.engine import SamplingParams
     from runtime.kv_transfer import EngineThread, KVSender, KVTransferConfig
 
     max_len = max(lengths + crossover_lengths)
@@ -254,30 +264,31 @@ def overlap_and_crossover(model: Path, lengths, crossover_lengths, report) -> No
     cfg = dict(secret=SECRET, deadline_s=600)
     layerwise = KVSender(prefill, thread, KVTransferConfig(layerwise_min_tokens=1, **cfg))
     oneshot = KVSender(prefill, thread, KVTransferConfig(layerwise_min_tokens=10**9, **cfg))
-    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     try:
         timed_handoff(prefill, thread, oneshot, prompt_of(64, 0), decode.kv_target)   # warm up
         for n in lengths:
             prompt = prompt_of(n, seed=7 * n)
-            t0 = time.perf_counter()
-            out = thread.call(prefill.generate, prompt_token_ids=[prompt], params=params)[0]
-            t_prefill = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            thread.call(oneshot.send, out.kv_handle, decode.kv_target).result()
-            t_transfer = time.perf_counter() - t0
-            t_streamed = timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)
-            hidden = (t_prefill + t_transfer - t_streamed) / t_transfer
-            report["overlap"].append({"tokens": n, "prefill_s": t_prefill,
-                                      "transfer_s": t_transfer, "streamed_s": t_streamed,
-                                      "hidden": hidden})
-            print(f"overlap {n} tok: prefill {t_prefill:.3f}s + transfer {t_transfer:.3f}s, "
-                  f"layer-wise {t_streamed:.3f}s: {hidden:.0%} of the transfer hidden",
-                  flush=True)
+            runs = {"layerwise": [], "one_message": []}
+            for _ in range(REPEATS):   # alternating, so a load shift hits both alike
+                for name, sender in (("layerwise", layerwise), ("one_message", oneshot)):
+                    runs[name].append(timed_handoff(prefill, thread, sender, prompt,
+                                                    decode.kv_target))
+            med = {name: [median(r[i] for r in rs) for i in range(3)]
+                   for name, rs in runs.items()}
+            (_, lw_step, lw_tail), (_, one_step, transfer) = med["layerwise"], med["one_message"]
+            row = {"tokens": n, "prefill_s": one_step, "prefill_streaming_s": lw_step,
+                   "transfer_s": transfer, "layerwise_tail_s": lw_tail,
+                   "hidden": 1 - lw_tail / transfer}
+            report["overlap"].append(row)
+            print(f"overlap {n} tok: transfer {transfer * 1e3:.1f} ms after a {one_step:.3f}s "
+                  f"prefill; layer-wise {lw_tail * 1e3:.1f} ms after a {lw_step:.3f}s prefill "
+                  f"({lw_step / one_step - 1:+.0%}): {row['hidden']:.0%} of the transfer "
+                  f"hidden", flush=True)
         for n in crossover_lengths:
             prompt = prompt_of(n, seed=11 * n)
-            lw = min(timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)
+            lw = min(timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)[0]
                      for _ in range(3))
-            one = min(timed_handoff(prefill, thread, oneshot, prompt, decode.kv_target)
+            one = min(timed_handoff(prefill, thread, oneshot, prompt, decode.kv_target)[0]
                       for _ in range(3))
             report["crossover"].append({"tokens": n, "layerwise_s": lw, "one_message_s": one})
             print(f"crossover {n:>5} tok: layer-wise {lw * 1e3:8.1f} ms, one message after "

@@ -20,16 +20,19 @@ from kernels.kv_pack import pack_kv
 
 
 class StagedKV:
-    """A device-to-host copy in flight; `wait()` returns the pinned host tensor once landed."""
+    """Packed KV on the host, possibly still landing: a device-to-host copy in flight (with
+    its CUDA event), or already there (`event` None, a CPU engine's copy). `wait()` returns
+    the host tensor once it has landed."""
 
-    def __init__(self, host: torch.Tensor, event: torch.cuda.Event):
+    def __init__(self, host: torch.Tensor, event: torch.cuda.Event | None = None):
         self.host, self.event = host, event
 
     def ready(self) -> bool:
-        return self.event.query()
+        return self.event is None or self.event.query()
 
     def wait(self) -> torch.Tensor:
-        self.event.synchronize()
+        if self.event is not None:
+            self.event.synchronize()
         return self.host
 
 

@@ -6,10 +6,11 @@ import os
 import torch
 
 from kernels.backend import cpu_kernels, default_backend
-from kernels.kv_pack import unpack_kv
+from kernels.kv_pack import pack_kv, unpack_kv
 from runtime.config import CacheConfig, ModelConfig
 from runtime.engine.batch_scheduler import ScheduledBatch
 from runtime.engine.fused_forward import forward_fused
+from runtime.engine.kv_staging import StagedKV
 from runtime.engine.model import AttentionMetadata, PrefillSpan, forward, pack_linear_weights
 from runtime.engine.sequence import Sequence
 from runtime.engine.weights import DTYPES, geometry_of, load_hf_config, load_weights
@@ -101,6 +102,12 @@ class ModelRunner:
         pos = torch.arange(start, start + num_tokens)
         table = torch.as_tensor(block_table, dtype=torch.long, device="cpu")
         return table[pos // bs] * bs + pos % bs
+
+    def stage_kv(self, layer: int, block_table: torch.Tensor, start: int, end: int) -> StagedKV:
+        """Tokens [start, end) of one layer, packed [2, T, kv_heads, head_dim] into host memory
+        (`CudaModelRunner` starts the copy and returns at once; here it is done on return).
+        The copy is the caller's: the blocks may be reused once it is taken."""
+        return StagedKV(pack_kv(self.kv_cache[layer], block_table, start, end))
 
     def read_kv(self, block_table: list[int], num_tokens: int, layer: int):
         """(k, v) of one layer for tokens [0, num_tokens): each [num_tokens, kv_heads, dim]."""

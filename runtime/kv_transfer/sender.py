@@ -21,7 +21,7 @@ from runtime.kv_transfer.fingerprint import model_fingerprint
 from runtime.kv_transfer.handles import state_to_proto
 from runtime.kv_transfer.outbox import ByteBudget, Outbox
 from runtime.kv_transfer.wire import (HANDOFF_METHOD, WireSpec, chunk_message, make_header,
-                                      packed_chunk_message, token_splits)
+                                      token_splits)
 
 
 # Layer-wise streaming from this prompt length up on GPU prefill engines: a placeholder
@@ -53,7 +53,7 @@ class _Handoff:
     call: object = None                 # the gRPC future
     layerwise: bool = False
     next_token: int = 0                 # tokens [0, next_token) of every layer are queued
-    pending: list = field(default_factory=list)   # (layer, kv [2, T, H, D]) to coalesce
+    pending: list = field(default_factory=list)   # (layer, StagedKV [2, T, H, D]) to coalesce
     pending_range: tuple[int, int] = (0, 0)
     num_chunks: int = 0                 # counted as chunks are encoded, for the trailer
     num_bytes: int = 0
@@ -76,10 +76,12 @@ class KVSender:
     Threading: `step` and `send` run on the engine's thread (`EngineThread`): the engine is not
     thread-safe; `route` and `cancel` may run anywhere. Encoding and checksums run on the
     thread gRPC pulls each call's messages on, one chunk at a time; `release` (after the ack)
-    and `abort` (after a failure) go back through the engine thread. Layer-wise KV is copied
-    out of the cache on the engine thread (its blocks may be preempted and reused before it is
-    sent); a prefilled request's KV is read straight from its blocks on gRPC's thread, safe
-    because those blocks are held and never written until the release that follows the ack.
+    and `abort` (after a failure) go back through the engine thread. Layer-wise KV is staged
+    out of the cache from the engine thread (its blocks may be preempted and reused before it
+    is sent): `runner.stage_kv`, a copy on a CPU engine, an asynchronous copy to pinned memory
+    on a GPU one, which the chunk's encoding waits for. A prefilled request's KV is read
+    straight from its blocks on gRPC's thread, safe because those blocks are held and never
+    written until the release that follows the ack.
 
     Ownership: the engine keeps a request's blocks until its receiver acknowledges; on any
     failure (deadline, cancellation, dead peer, a refusal) the request is aborted, freeing its
@@ -175,19 +177,21 @@ class KVSender:
                 continue
             if h.outbox is None:
                 self._open_stream(h, s.num_prompt_tokens, layerwise=True)
-            kv = pack_kv(self.engine.runner.kv_cache[layer], self._tables[s.request_id],
-                         h.next_token, s.end)
-            self._stage(h, layer, h.next_token, s.end, kv, last)
+            # Copied out now: preemption could hand these blocks to another request before
+            # the chunk is encoded (on a GPU the copy lands while later layers compute).
+            staged = self.engine.runner.stage_kv(layer, self._tables[s.request_id],
+                                                 h.next_token, s.end)
+            self._stage(h, layer, h.next_token, s.end, staged, last)
             if last:
                 h.next_token = s.end
 
-    def _stage(self, h: _Handoff, layer: int, start: int, end: int, kv, last: bool) -> None:
+    def _stage(self, h: _Handoff, layer: int, start: int, end: int, staged, last: bool) -> None:
         """Coalesce consecutive layers of one token range into ~chunk_bytes chunks."""
         size = int((end - start) * h.spec.layer_token_bytes())
         if h.pending and (h.pending_range != (start, end)
                           or (len(h.pending) + 1) * size > self.config.chunk_bytes):
             self._flush(h)
-        h.pending.append((layer, kv))
+        h.pending.append((layer, staged))
         h.pending_range = (start, end)
         if last or (len(h.pending) + 1) * size > self.config.chunk_bytes:
             self._flush(h)
@@ -197,11 +201,12 @@ class KVSender:
         if not pending:
             return
         first, (start, end) = pending[0][0], h.pending_range
-        kv = torch.stack([t for _, t in pending]) if len(pending) > 1 else pending[0][1][None]
+        staged = [st for _, st in pending]
+        spec = h.spec   # the budget counts the staged copies' bytes (the cache's dtype)
+        token_bytes = len(staged) * 2 * spec.num_kv_heads * spec.head_dim * spec.dtype.itemsize
         for a, b in token_splits(h.spec, len(pending), start, end, self.config.chunk_bytes):
-            part = kv[:, :, a - start:b - start]
-            h.outbox.put(lambda p=part, l0=first, t0=a: self._encode(h, l0, t0, p),
-                         part.numel() * part.element_size())
+            h.outbox.put(lambda a=a, b=b: self._encode_staged(h, first, staged, start, a, b),
+                         (b - a) * token_bytes)
 
     # -- building the stream --------------------------------------------------------------
     def _spec(self, num_tokens: int) -> WireSpec:
@@ -223,11 +228,14 @@ class KVSender:
                              self.engine.config.cache.block_size)
         return pb.HandoffMessage(header=header).SerializeToString()
 
-    def _encode(self, h: _Handoff, layer_start: int, token_start: int, kv) -> bytes:
-        message, nbytes = chunk_message(h.num_chunks, layer_start, token_start, kv, h.spec)
-        h.num_chunks += 1
-        h.num_bytes += nbytes
-        return message
+    def _encode_staged(self, h: _Handoff, l0: int, staged: list, start: int, a: int,
+                       b: int) -> bytes:
+        """A chunk of layers [l0, l0 + len(staged)) x tokens [a, b) out of staged copies of
+        tokens [start, ...) (waiting for any still landing)."""
+        def pack_into(out):
+            for i, st in enumerate(staged):
+                out[i].copy_(st.wait()[:, a - start:b - start])
+        return self._chunk(h, l0, l0 + len(staged), a, b, pack_into)
 
     def _encode_packed(self, h: _Handoff, l0: int, l1: int, a: int, b: int, cache, table) -> bytes:
         """A chunk of layers [l0, l1) x tokens [a, b), gathered from the cache for it (in one
@@ -237,7 +245,10 @@ class KVSender:
                 out.copy_(pack_kv(cache[l0:l1], table, a, b))
             else:
                 pack_kv(cache[l0:l1], table, a, b, out=out)
-        message, nbytes = packed_chunk_message(h.num_chunks, l0, l1, a, b, h.spec, pack_into)
+        return self._chunk(h, l0, l1, a, b, pack_into)
+
+    def _chunk(self, h: _Handoff, l0: int, l1: int, a: int, b: int, pack_into) -> bytes:
+        message, nbytes = chunk_message(h.num_chunks, l0, l1, a, b, h.spec, pack_into)
         h.num_chunks += 1
         h.num_bytes += nbytes
         return message

@@ -253,34 +253,20 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
     return message
 
 
-def chunk_message(index: int, layer_start: int, token_start: int, kv: torch.Tensor,
-                  spec: WireSpec) -> tuple[bytes, int]:
-    """A serialized HandoffMessage carrying one chunk of `kv`, and the chunk's payload bytes.
+def chunk_message(index: int, layer_start: int, layer_end: int, token_start: int,
+                  token_end: int, spec: WireSpec, pack_into) -> tuple[bytes, int]:
+    """A serialized HandoffMessage carrying one chunk, layers [layer_start, layer_end) x tokens
+    [token_start, token_end), and the chunk's payload bytes.
 
-    It parses as `HandoffMessage(chunks=[encode_chunk(...)])`, but the payload is written
-    once, straight into the message's bytes (which gRPC then sends as they are), instead of
-    through protobuf's builder and serializer. Serialized messages of one type also
-    concatenate into their merge, so header, chunk and trailer messages joined form a single
-    message.
+    `pack_into(out)` writes the chunk's values into `out`, a contiguous [layers, 2, tokens,
+    kv_heads, head_dim] tensor of spec.dtype: for raw, the message's own payload; for
+    int8/fp8, a scratch buffer that the quantizer reads into the message. The message parses
+    as `HandoffMessage(chunks=[encode_chunk(...)])` of those values, but the payload is
+    written once, straight into the message's bytes (which gRPC then sends as they are),
+    instead of through protobuf's builder and serializer. Serialized messages of one type
+    also concatenate into their merge, so header, chunk and trailer messages joined form a
+    single message.
     """
-    n_data, n_scales = spec.chunk_nbytes(kv.shape[0], kv.shape[2])
-
-    def fill(data, scales):
-        if spec.encoding == "raw":
-            data.view(kv.dtype).view(kv.shape).copy_(kv)
-        else:
-            _quantize_into(kv, spec, data, scales)
-    message = _chunk_bytes(index, layer_start, token_start, kv.shape[0], kv.shape[2], n_data,
-                           n_scales, fill)
-    return message, n_data + n_scales
-
-
-def packed_chunk_message(index: int, layer_start: int, layer_end: int, token_start: int,
-                         token_end: int, spec: WireSpec, pack_into) -> tuple[bytes, int]:
-    """`chunk_message` of layers [layer_start, layer_end) x tokens [token_start, token_end)
-    whose values `pack_into(out)` gathers, out a contiguous [layers, 2, tokens, kv_heads,
-    head_dim] tensor of spec.dtype: for raw, the message's own payload; for int8/fp8, a
-    scratch buffer that the quantizer reads into the message."""
     n_l, n_t = layer_end - layer_start, token_end - token_start
     n_data, n_scales = spec.chunk_nbytes(n_l, n_t)
     shape = (n_l, 2, n_t, spec.num_kv_heads, spec.head_dim)

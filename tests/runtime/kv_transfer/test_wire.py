@@ -178,13 +178,19 @@ def test_fingerprint_follows_weights_not_paths(tiny_model_dir, tmp_path):
     assert model_fingerprint(other) != fp
 
 
-@pytest.mark.parametrize("encoding", ["raw", "int8"])
-def test_preserialized_chunk_message_parses_as_protobufs_own(encoding):
+def message_of(index, layer_start, token_start, kv, spec):
+    """wire.chunk_message of given values kv [layers, 2, tokens, heads, dim]."""
     from runtime.kv_transfer.wire import chunk_message
 
+    return chunk_message(index, layer_start, layer_start + kv.shape[0], token_start,
+                         token_start + kv.shape[2], spec, lambda out: out.copy_(kv))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "int8"])
+def test_preserialized_chunk_message_parses_as_protobufs_own(encoding):
     spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 300, encoding, 16)
     kv = torch.randn(2, 2, 300, HEADS, DIM).to(torch.bfloat16)[:, :, 7:207]  # not contiguous
-    message, nbytes = chunk_message(5, 1, 7, kv, spec)
+    message, nbytes = message_of(5, 1, 7, kv, spec)
     want = pb.HandoffMessage(chunks=[encode_chunk(5, 1, 7, kv, spec)])
     assert pb.HandoffMessage.FromString(message) == want
     assert nbytes == len(want.chunks[0].data) + len(want.chunks[0].scales)
@@ -195,14 +201,14 @@ def test_preserialized_chunk_message_parses_as_protobufs_own(encoding):
 
 @pytest.mark.parametrize("encoding", ["raw", "int8", "fp8"])
 def test_parse_message_views_payloads_like_protobuf(encoding):
-    from runtime.kv_transfer.wire import chunk_message, parse_message
+    from runtime.kv_transfer.wire import parse_message
 
     spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 300, encoding, 16)
     kv = torch.randn(2, 2, 300, HEADS, DIM).to(torch.bfloat16)[:, :, 5:205]
     header = pb.HandoffMessage(header=make_header("r", "fp", spec, 16)).SerializeToString()
     trailer = pb.HandoffMessage(trailer=pb.Trailer(num_chunks=2)).SerializeToString()
     for index in (0, 1, 300, 70000):
-        message, _ = chunk_message(index, 1, 5, kv, spec)
+        message, _ = message_of(index, 1, 5, kv, spec)
         got_header, chunks, got_trailer = parse_message(header + message + trailer)
         want = pb.HandoffMessage.FromString(message).chunks[0]
         assert got_header.request_id == "r" and got_trailer.num_chunks == 2
@@ -235,14 +241,17 @@ def test_parse_message_refuses_malformed_input():
 
 @pytest.mark.parametrize("encoding,tokens", [("raw", (3, 90)), ("int8", (16, 96)),
                                              ("int8", (3, 90)), ("fp8", (0, 100))])
-def test_packed_chunk_message_equals_chunk_message(encoding, tokens):
-    from runtime.kv_transfer.wire import chunk_message, packed_chunk_message
+def test_chunk_message_packed_from_the_cache(encoding, tokens):
+    # As the sender builds a prefilled request's chunks: a layer range gathered straight
+    # from the paged cache into the message.
+    from runtime.kv_transfer.wire import chunk_message
 
     a, b = tokens
     cache, table = paged_cache(100, 16, "NHD", torch.bfloat16, seed=3)
     spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 100, encoding, 16)
     kv = torch.stack([pack_kv(cache[i], table, 0, 100) for i in range(LAYERS)])
-    want, n = chunk_message(4, 1, a, kv[1:3, :, a:b].contiguous(), spec)
-    got, m = packed_chunk_message(4, 1, 3, a, b, spec,
-                                  lambda out: pack_kv(cache[1:3], table, a, b, out=out))
-    assert got == want and n == m
+    got, n = chunk_message(4, 1, 3, a, b, spec,
+                           lambda out: pack_kv(cache[1:3], table, a, b, out=out))
+    want = encode_chunk(4, 1, a, kv[1:3, :, a:b], spec)
+    assert pb.HandoffMessage.FromString(got) == pb.HandoffMessage(chunks=[want])
+    assert n == len(want.data) + len(want.scales)
