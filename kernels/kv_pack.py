@@ -95,8 +95,8 @@ def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int
                 layout: str = "NHD", out: torch.Tensor | None = None) -> torch.Tensor:
     """Torch reference of `pack_kv`."""
     if layer_cache.dim() == 6:   # several layers: each on its own
-        out = layer_cache.new_empty(_packed_shape(layer_cache, layout, end - start)) \
-            if out is None else out
+        if out is None:
+            out = layer_cache.new_empty(_packed_shape(layer_cache, layout, end - start))
         for cache, packed in zip(layer_cache, out):
             pack_kv_ref(cache, block_table, start, end, layout, packed)
         return out
@@ -148,7 +148,7 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
     _check_cache(layer_cache, block_table, layout)
     cpu_kernel = layout == "NHD" and use_cpu_kernel(layer_cache, backend, exact=True)
     # The C++ kernel checks the block ids itself, before it copies (a handoff calls this per
-    # ~1 MiB chunk: the torch min/max here would cost more than the copy's overhead).
+    # chunk: the torch min/max here would cost more than the copy's overhead).
     _check_range(layer_cache, block_table, layout, start, end, check_ids=not cpu_kernel)
     shape = _packed_shape(layer_cache, layout, end - start)
     if out is not None and (tuple(out.shape) != shape or not out.is_contiguous()
