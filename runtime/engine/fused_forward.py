@@ -5,10 +5,10 @@ kernels: each residual add travels with the RMSNorm that follows it (`fused_add_
 rope rotates q and k in place inside the qkv projection (`apply_rotary_`), SwiGLU's
 activation is one op (`silu_mul`), and decode attention goes through `paged_decode_attention`.
 Each dispatches on the tensors' device (Triton on CUDA, the C++ CPU kernels for bf16/fp16 CPU
-tensors), so on CPU with the torch references this returns `forward`'s logits bit for bit. Matmuls go through `model.linear`, which
-takes oneDNN-prepacked CPU weights too. Allocates only on the inputs' device and never syncs
-with the host on decode-only batches with Triton attention, so a decode step can be captured in
-a CUDA graph.
+tensors), so on CPU with the torch references this returns `forward`'s logits bit for bit.
+Matmuls go through `model.linear`, which takes oneDNN-prepacked CPU weights too. Allocates only
+on the inputs' device and never syncs with the host on decode-only batches with Triton
+attention, so a decode step can be captured in a CUDA graph.
 """
 from __future__ import annotations
 

@@ -22,6 +22,12 @@ _ABORTED = object()
 _NO_DEADLINE_S = 365 * 86400   # gRPC reports a call without a deadline as ~infinitely far off
 
 
+def _aborted_here(request_id: str) -> KVTransferError:
+    """The import is gone: the decode worker aborted the request (a client cancel)."""
+    return KVTransferError(grpc.StatusCode.CANCELLED, "the decode worker aborted the request "
+                           "during its handoff", request_id)
+
+
 def server_options(config: KVTransferConfig) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes)]
@@ -190,8 +196,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
             layer, start, kv = assembly.add(chunk)
             self.engine.write_kv(assembly.request_id, layer, kv, start)
         except KeyError:
-            raise KVTransferError(grpc.StatusCode.CANCELLED, "the decode worker aborted the "
-                                  "request during its handoff", assembly.request_id) from None
+            raise _aborted_here(assembly.request_id) from None
 
     def _commit(self, handle, context) -> None:
         def commit():  # on the engine thread
@@ -204,8 +209,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         try:
             outcome = self.engine_thread.call(commit)
         except KeyError:
-            raise KVTransferError(grpc.StatusCode.CANCELLED, "the decode worker aborted the "
-                                  "request during its handoff", handle.request_id) from None
+            raise _aborted_here(handle.request_id) from None
         except ValueError as e:
             raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
                                   f"decode engine refused the request: {e}", handle.request_id)

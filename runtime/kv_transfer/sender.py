@@ -164,9 +164,9 @@ class KVSender:
     # -- layer-wise streaming (engine thread, inside the forward) --------------------------
     def _layer_done(self, layer: int) -> None:
         if layer == 0:
-            threshold = self.layerwise_min_tokens
+            threshold = self.layerwise_min_tokens   # set: `step` hooks this in only then
             self._spans = [s for s in self.engine.scheduled_prompt_spans()
-                           if threshold is not None and s.num_prompt_tokens >= threshold
+                           if s.num_prompt_tokens >= threshold
                            and self._get(s.request_id) is not None]
             self._tables = {s.request_id: torch.tensor(s.block_table, dtype=torch.long)
                             for s in self._spans}
@@ -204,7 +204,7 @@ class KVSender:
         staged = [st for _, st in pending]
         spec = h.spec   # the budget counts the staged copies' bytes (the cache's dtype)
         token_bytes = len(staged) * 2 * spec.num_kv_heads * spec.head_dim * spec.dtype.itemsize
-        for a, b in token_splits(h.spec, len(pending), start, end, self.config.chunk_bytes):
+        for a, b in token_splits(spec, len(pending), start, end, self.config.chunk_bytes):
             h.outbox.put(lambda a=a, b=b: self._encode_staged(h, first, staged, start, a, b),
                          (b - a) * token_bytes)
 

@@ -195,7 +195,7 @@ def _key(message_type, name: str, wire_type: int) -> bytes:
     return _varint(message_type.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
 
 
-# Field keys of a chunk message, once (a handoff writes one message per ~1 MiB chunk).
+# Field keys of a chunk message, once (a handoff writes one message per chunk).
 _CHUNKS_KEY = _key(pb.HandoffMessage, "chunks", 2)
 _INDEX_KEY = _key(pb.Chunk, "index", 0)
 _RANGE_KEYS = tuple(_key(pb.Chunk, name, 0)
