@@ -4,8 +4,12 @@
 // clamps; float8 conversions through c10's, dequantized through a 256-entry table).
 // The reference makes ~8 passes over the KV with temporaries; at a handoff's sizes that made
 // int8 and fp8 handoffs slower than raw ones on a 2-core host, though they move half the bytes.
+//
+// Single-threaded, like kv_pack.cpp: the handoff calls these on its own sending or receiving
+// thread, several at once when handoffs run concurrently, and each caller of at::parallel_for
+// leads its own OpenMP team: 4 concurrent 1k-token int8 handoffs on 2 cores then had single
+// chunks taking 30-49 ms to encode instead of 1-2, and moved 0.8 GB/s where raw moved 1.5.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <torch/library.h>
 
@@ -58,49 +62,47 @@ void quantize(const T* x, int64_t t, int64_t h, int64_t d, int64_t group, bool f
               uint8_t* q, float* scales) {
   const int64_t groups = (t + group - 1) / group;
   const float qmax = fp8 ? 448.f : 127.f;
-  at::parallel_for(0, groups * h, 1, [&](int64_t a, int64_t b) {
-    for (int64_t task = a; task < b; ++task) {
-      const int64_t g = task / h, head = task % h;
-      const int64_t t0 = g * group, t1 = std::min(t, t0 + group);
-      float m = 0.f;
-      for (int64_t tok = t0; tok < t1; ++tok)
-        m = std::max(m, absmax_row(x + (tok * h + head) * d, d));
-      const float scale = m / qmax;
-      scales[g * h + head] = scale;
-      const float safe = scale > 0.f ? scale : 1.f;
-      for (int64_t tok = t0; tok < t1; ++tok) {
-        const T* xr = x + (tok * h + head) * d;
-        uint8_t* qr = q + (tok * h + head) * d;
-        int64_t i = 0;
+  for (int64_t task = 0; task < groups * h; ++task) {
+    const int64_t g = task / h, head = task % h;
+    const int64_t t0 = g * group, t1 = std::min(t, t0 + group);
+    float m = 0.f;
+    for (int64_t tok = t0; tok < t1; ++tok)
+      m = std::max(m, absmax_row(x + (tok * h + head) * d, d));
+    const float scale = m / qmax;
+    scales[g * h + head] = scale;
+    const float safe = scale > 0.f ? scale : 1.f;
+    for (int64_t tok = t0; tok < t1; ++tok) {
+      const T* xr = x + (tok * h + head) * d;
+      uint8_t* qr = q + (tok * h + head) * d;
+      int64_t i = 0;
 #if defined(__AVX512F__)
-        const __m512 vs = _mm512_set1_ps(safe), lo = _mm512_set1_ps(-qmax),
-                     hi = _mm512_set1_ps(qmax);
-        for (; i + 16 <= d; i += 16) {
-          __m512 y = _mm512_div_ps(load16(xr + i), vs);
-          __m128i packed;
-          if (fp8) {
-            packed = e4m3_16(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
-          } else {
-            y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-            packed = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(y));
-          }
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), packed);
+      const __m512 vs = _mm512_set1_ps(safe), lo = _mm512_set1_ps(-qmax),
+                   hi = _mm512_set1_ps(qmax);
+      for (; i + 16 <= d; i += 16) {
+        __m512 y = _mm512_div_ps(load16(xr + i), vs);
+        __m128i packed;
+        if (fp8) {
+          packed = e4m3_16(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
+        } else {
+          y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+          packed = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(y));
         }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i), packed);
+      }
 #endif
-        for (; i < d; ++i) {
-          float y = static_cast<float>(xr[i]) / safe;
-          if (fp8) {
-            y = std::min(std::max(y, -qmax), qmax);
-            qr[i] = c10::Float8_e4m3fn(y).x;
-          } else {
-            y = std::min(std::max(std::nearbyint(y), -qmax), qmax);
-            qr[i] = static_cast<uint8_t>(static_cast<int8_t>(y));
-          }
+      for (; i < d; ++i) {
+        float y = static_cast<float>(xr[i]) / safe;
+        if (fp8) {
+          y = std::min(std::max(y, -qmax), qmax);
+          qr[i] = c10::Float8_e4m3fn(y).x;
+        } else {
+          y = std::min(std::max(std::nearbyint(y), -qmax), qmax);
+          qr[i] = static_cast<uint8_t>(static_cast<int8_t>(y));
         }
       }
     }
-  });
+  }
 }
 
 const std::array<float, 256>& e4m3_table() {
@@ -118,28 +120,26 @@ template <typename T>
 void dequantize(const uint8_t* q, const float* scales, int64_t t, int64_t h, int64_t d,
                 int64_t group, bool fp8, T* out) {
   const float* table = e4m3_table().data();
-  at::parallel_for(0, t * h, 64, [&](int64_t a, int64_t b) {
-    for (int64_t row = a; row < b; ++row) {
-      const int64_t tok = row / h, head = row % h;
-      const float scale = scales[(tok / group) * h + head];
-      const uint8_t* qr = q + row * d;
-      T* o = out + row * d;
-      int64_t i = 0;
+  for (int64_t row = 0; row < t * h; ++row) {
+    const int64_t tok = row / h, head = row % h;
+    const float scale = scales[(tok / group) * h + head];
+    const uint8_t* qr = q + row * d;
+    T* o = out + row * d;
+    int64_t i = 0;
 #if defined(__AVX512F__)
-      const __m512 vs = _mm512_set1_ps(scale);
-      for (; i + 16 <= d; i += 16) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + i));
-        __m512 v = fp8 ? _mm512_i32gather_ps(_mm512_cvtepu8_epi32(bytes), table, 4)
-                       : _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
-        tandem_cpu::store16(o + i, _mm512_mul_ps(v, vs));
-      }
-#endif
-      for (; i < d; ++i) {
-        const float v = fp8 ? table[qr[i]] : static_cast<float>(static_cast<int8_t>(qr[i]));
-        o[i] = static_cast<T>(v * scale);
-      }
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (; i + 16 <= d; i += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + i));
+      __m512 v = fp8 ? _mm512_i32gather_ps(_mm512_cvtepu8_epi32(bytes), table, 4)
+                     : _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+      tandem_cpu::store16(o + i, _mm512_mul_ps(v, vs));
     }
-  });
+#endif
+    for (; i < d; ++i) {
+      const float v = fp8 ? table[qr[i]] : static_cast<float>(static_cast<int8_t>(qr[i]));
+      o[i] = static_cast<T>(v * scale);
+    }
+  }
 }
 
 void quantize_kv(const at::Tensor& x, bool fp8, int64_t group, at::Tensor& q,
