@@ -252,6 +252,7 @@ def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) 
                 kv_gb = streams * per_token * n / 1e9
                 for _ in range(REPEATS):   # ceiling and handoffs back to back, each round
                     outs = {enc: prefilled(prefill, thread, prompt, streams) for enc in senders}
+                    # the faster message size: (GB/s, CPU s) pairs compare by GB/s first
                     run = {"ceiling": max(with_cpu(decode, ceiling.gbps, per_token * n, streams,
                                                    size) for size in message_sizes)}
                     for enc, sender in senders.items():
