@@ -227,7 +227,7 @@ def prompt_of(n: int, seed: int) -> list[int]:
     return [rng.randrange(100, 40000) for _ in range(n)]
 
 
-def throughput_table(model: Path, name: str, lengths, concurrency, rows, quick) -> None:
+def throughput_table(model: Path, name: str, lengths, concurrency, rows) -> None:
     from runtime.kv_transfer import EngineThread, KVSender, KVTransferConfig
 
     max_len = max(lengths)
@@ -369,11 +369,10 @@ def main() -> None:
     report = {"throughput": [], "overlap": [], "crossover": [],
               "cores": len(os.sched_getaffinity(0))}
     throughput_table(smollm2, "SmolLM2-135M", [1024] if args.quick else [1024, 4096],
-                     concurrency, report["throughput"], args.quick)
+                     concurrency, report["throughput"])
     if not args.quick:
         llama = llama8b_shaped(tandem_home(), smollm2)
-        throughput_table(llama, "Llama-3-8B-shape", [1024], concurrency, report["throughput"],
-                         args.quick)
+        throughput_table(llama, "Llama-3-8B-shape", [1024], concurrency, report["throughput"])
     overlap_and_crossover(smollm2, [1024] if args.quick else [4096],
                           [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024, 2048],
                           report)
