@@ -160,15 +160,16 @@ def kernel_table(peak: dict, quick: bool) -> list[dict]:
     return rows
 
 
-def engine_bench(batch: int, prompt_len: int, new_tokens: int) -> dict:
-    """SmolLM2 bf16 on the GPU: Tandem (CUDA graphs) against transformers' generate."""
+def engine_bench(batch: int, prompt_len: int, new_tokens: int, model: str | None) -> dict:
+    """SmolLM2 bf16 on the GPU (or the model directory given): Tandem (CUDA graphs) against
+    transformers' generate on the same weights."""
     from transformers import AutoModelForCausalLM
 
     from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
     from runtime.engine import Engine, SamplingParams
     from runtime.model_store import fetch_default_model
 
-    path = str(fetch_default_model())
+    path = model or str(fetch_default_model())
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(100, 10000, (batch, prompt_len), generator=g)
     eng = Engine(EngineConfig(
@@ -211,6 +212,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--model", metavar="DIR", help="weights for the engine figures (default: "
+                   "SmolLM2); timings depend only on the shapes, so a random-weight copy of "
+                   "the config serves where the weights cannot travel")
     p.add_argument("--json", metavar="PATH", help="write every figure here")
     args = p.parse_args(argv)
     device = torch.cuda.get_device_name() if CUDA else f"CPU ({torch.get_num_threads()} threads)"
@@ -225,7 +229,7 @@ def main(argv=None) -> None:
     print("  ".join(head))
     result = {"device": device, "peak": peak, "kernels": kernel_table(peak, args.quick)}
     if CUDA and not args.no_engine:
-        e = engine_bench(args.batch, args.prompt_len, args.new_tokens)
+        e = engine_bench(args.batch, args.prompt_len, args.new_tokens, args.model)
         result["engine"] = e
         print(f"engine (SmolLM2 bf16, batch {e['batch']}): decode step "
               f"{e['tandem_decode_step_ms']:.2f} ms = {e['tandem_decode_tok_s']:.0f} tok/s; "

@@ -111,7 +111,8 @@ def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int
         blk += 1
     if full:
         # Whole blocks go straight into `out` (no staging copy), whatever the alignment of start.
-        ids, span = block_table[blk:blk + full].to(torch.int64), slice(head, head + full * bs)
+        ids = block_table[blk:blk + full].to(layer_cache.device, torch.int64)
+        span = slice(head, head + full * bs)
         if layout == "NHD":
             for i in range(2):
                 src, dst = _words(layer_cache[i].view(nb, -1), out[i, span].view(full, -1))
@@ -137,8 +138,8 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
     layer_cache: [2, num_blocks, block_size, kv_heads, head_dim] ("NHD") or [2, num_blocks,
     kv_heads, block_size, head_dim] ("HND"), contiguous, any dtype; or consecutive layers
     [L, 2, ...] of either (a slice of the engine's kv_cache). block_table: 1-D int64 (or
-    int32) block ids of the sequence; token p lives in block block_table[p // block_size] at
-    offset p % block_size. Requires 0 <= start <= end <= len(block_table) * block_size.
+    int32) block ids of the sequence, on any device; token p lives in block
+    block_table[p // block_size] at offset p % block_size. Requires 0 <= start <= end <= len(block_table) * block_size.
     Returns a contiguous [(L,) 2, end - start, kv_heads, head_dim] tensor in the cache's
     dtype, bit-identical to the cached values: `out` when given (contiguous, that shape and
     dtype, on the cache's device; e.g. a message's bytes), else a new one. Raises ValueError
@@ -204,7 +205,8 @@ def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: to
         _tokens(layer_cache, block_table[blk], layout)[:, off:off + head].copy_(data[:, :head])
         blk += 1
     if full:
-        ids, span = block_table[blk:blk + full].to(torch.int64), slice(head, head + full * bs)
+        ids = block_table[blk:blk + full].to(layer_cache.device, torch.int64)
+        span = slice(head, head + full * bs)
         if layout == "NHD":
             # k and v separately: each data[i, span] is contiguous, so no staging copy.
             for i in range(2):

@@ -58,13 +58,14 @@ def make_tiny_model(path: Path, *, vocab_size: int = 320, hidden_size: int = 64,
 
 def make_engine(path, *, role: str = "colocated", dtype: str = "float32", block_size: int = 4,
                 num_blocks: int = 256, budget: int = 2048, max_seqs: int = 128,
-                chunked: bool = True, prefix: bool = True, num_threads: int | None = None):
+                chunked: bool = True, prefix: bool = True, num_threads: int | None = None,
+                device: str = "cpu"):
     """An Engine on a local model directory with the test suites' usual small cache."""
     from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
     from runtime.engine import Engine
 
     return Engine(EngineConfig(
-        model=ModelConfig(path=str(path), dtype=dtype),
+        model=ModelConfig(path=str(path), dtype=dtype, device=device),
         cache=CacheConfig(block_size=block_size, num_blocks=num_blocks,
                           enable_prefix_caching=prefix),
         scheduler=SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,

@@ -43,7 +43,9 @@ def _e4m3_value(b):
     m = b & 7
     normal = ((e + 120) << 23 | m << 20).to(tl.float32, bitcast=True)
     mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
-    return tl.where(b >= 128, -mag, mag)
+    # The sign goes on as a bit: compiled for a GPU, `-mag` of a zero came out +0.0, so a
+    # negative zero (0x80) did not round-trip.
+    return (mag.to(tl.uint32, bitcast=True) | (b >> 7) << 31).to(tl.float32, bitcast=True)
 
 
 @triton.jit
