@@ -15,6 +15,8 @@ class WorkerLoad:
 
     `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed (prefill work
     ahead of a new request). `num_running`: sequences holding KV blocks and decoding.
+    `incarnation` names the worker process that reported it: it changes when the worker is
+    restarted, so whoever routes to it knows to look up its new addresses.
     """
 
     name: str
@@ -25,6 +27,7 @@ class WorkerLoad:
     num_free_blocks: int = 0
     num_total_blocks: int = 0
     healthy: bool = True
+    incarnation: str = ""
 
 
 class NoWorkerError(RuntimeError):

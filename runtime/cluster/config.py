@@ -16,7 +16,8 @@ class PoolConfig:
     `num_cpus`/`num_gpus`/`accelerator_type`/`resources` are Ray actor options, so prefill and
     decode can be pinned to different hardware (e.g. `accelerator_type: H100` for prefill,
     `resources: {decode_host: 1}` for decode). `max_concurrency` bounds the requests a worker
-    streams at once (each holds one of its actor threads).
+    streams at once (each holds one of its actor threads). Ray restarts a dead worker up to
+    `max_restarts` times (-1: without limit).
     """
 
     role: str
@@ -26,6 +27,7 @@ class PoolConfig:
     accelerator_type: str | None = None
     resources: tuple[tuple[str, float], ...] = ()
     max_concurrency: int = 128
+    max_restarts: int = -1
 
     def __post_init__(self) -> None:
         if self.role not in POOL_ROLES:
@@ -36,11 +38,16 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Where the frontend listens: gRPC (public API, health, reflection) and HTTP (OpenAI)."""
+    """Where the frontend listens: gRPC (public API, health, reflection) and HTTP (OpenAI).
+
+    `recovery_timeout_s`: how long a request whose worker died waits for a healthy one (the
+    restarted worker, or another of its pool) before it ends with UNAVAILABLE.
+    """
 
     host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_port: int = 8000
+    recovery_timeout_s: float = 20.0
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class PoolSection(_Strict):
     accelerator_type: str | None = None
     resources: dict[str, float] = {}
     max_concurrency: int = Field(128, ge=1)
+    max_restarts: int = Field(-1, ge=-1)
 
 
 class PoolsSection(_Strict):
@@ -78,6 +79,7 @@ class ServerSection(_Strict):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
     http_port: int = Field(8000, ge=0, le=65535)
+    recovery_timeout_s: float = Field(20.0, gt=0)
 
 
 class AuthSection(_Strict):
@@ -115,7 +117,8 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
     """The validated file as frozen configs; `model_path` is the resolved local directory."""
     e, kv = f.engine, f.kv_transfer
     pools = tuple(PoolConfig(role, p.replicas, p.num_cpus, p.num_gpus, p.accelerator_type,
-                             tuple(sorted(p.resources.items())), p.max_concurrency)
+                             tuple(sorted(p.resources.items())), p.max_concurrency,
+                             p.max_restarts)
                   for role, p in (("prefill", f.pools.prefill), ("decode", f.pools.decode),
                                   ("colocated", f.pools.colocated)))
     # Without a configured secret, one per `serve`: every worker gets it through its config.

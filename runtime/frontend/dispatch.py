@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from runtime.frontend.registry import WorkerRegistry
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import GenerationChunk, ServingError, Timings, Usage
 from runtime.workers.builder import WorkerHandle
@@ -19,13 +21,25 @@ from scheduler.router import NoWorkerError, Router, WorkerLoad
 log = logging.getLogger(__name__)
 # Handoff failures worth another prefill/decode pair; others (a bad request) are final.
 RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL"}
+# What clients are told to wait before retrying a request refused for want of a worker.
+RETRY_AFTER_S = 5
+
+
+class WorkerLost(Exception):
+    """A worker serving the request died (or its KV receiver went away); internal."""
+
+    def __init__(self, worker: str, detail: str):
+        super().__init__(f"worker {worker} lost: {detail}")
+        self.worker = worker
 
 
 class _Attempt:
     """Bookkeeping of one request across its (re)tries."""
 
-    def __init__(self, req: PreparedRequest):
+    def __init__(self, req: PreparedRequest, key: str):
         self.req = req
+        self.key = key            # the request's id on the workers, unique in the cluster
+        self.recover_by: float | None = None   # set once a worker died under it
         self.arrival = time.monotonic()
         self.first_sent: float | None = None
         self.token_ids: list[int] = []
@@ -59,175 +73,225 @@ class Dispatcher:
     Disaggregated: the router picks a prefill and a decode worker; the decode worker's stream
     is opened first (so no token can be missed), then the prefill worker computes the prompt,
     streams the first token and hands the KV to the decode worker, which streams the rest.
-    A handoff that fails with a retryable status before the decode side admitted the request
-    is retried once on another pair, continuing from the tokens already sent. Colocated: one
-    worker does everything.
+    Colocated: one worker does everything.
 
-    Cancellation: when the consumer stops iterating (client gone, deadline), every worker
-    that may hold the request is told to abort it, which frees its KV blocks.
+    Recovery: a request resumes from the tokens already sent (they join the prompt, so the
+    stream goes on without duplicates or gaps) on another pair, or the same restarted one,
+    when a worker under it dies or a handoff fails with a retryable status. After a worker
+    death it waits up to `recovery_timeout_s` for a healthy worker, then ends UNAVAILABLE;
+    other handoff failures get one retry. New requests while a pool has no healthy worker
+    get UNAVAILABLE at once, with a retry hint.
+
+    Each request runs on the workers under its own cluster-unique key (the client's request
+    id plus a suffix), so two clients sending the same request id never touch each other's
+    request. Cancellation: when the consumer stops iterating (client gone, deadline), every
+    worker that may hold the request is told to abort it, which frees its KV blocks.
     """
 
     def __init__(self, workers: list[WorkerHandle], router: Router | None = None,
-                 on_finished=None):
-        self.workers = {w.name: w for w in workers}
-        self.router = router or Router()
-        self.mode = "colocated" if any(w.role == "colocated" for w in workers) else "disaggregated"
+                 on_finished=None, recovery_timeout_s: float = 20.0):
+        self.registry = WorkerRegistry(workers, router)
+        self.router = self.registry.router
+        self.mode = self.registry.mode
+        self.recovery_timeout_s = recovery_timeout_s
         self.num_in_flight = 0
         self._on_finished = on_finished
-        for w in workers:
-            self.router.report(WorkerLoad(w.name, w.role))
+        self._keys = itertools.count()
+        self._prefix = uuid.uuid4().hex[:6]
+
+    @property
+    def workers(self) -> dict[str, WorkerHandle]:
+        return self.registry.handles
+
+    @property
+    def serving(self) -> bool:
+        return self.registry.serving
 
     async def poll_loads(self) -> list[WorkerLoad]:
         """Ask every worker for its load snapshot and hand them to the router."""
-        names = list(self.workers)
-        results = await asyncio.gather(*(self.workers[n].actor.load.remote() for n in names),
-                                       return_exceptions=True)
-        for name, load in zip(names, results):
-            if isinstance(load, BaseException):
-                log.warning("worker %s did not report its load: %s", name, load)
-                load = WorkerLoad(name, self.workers[name].role, healthy=False)
-            self.router.report(load)
-        return self.router.loads()
+        return await self.registry.poll()
 
     async def generate(self, req: PreparedRequest) -> AsyncIterator[GenerationChunk]:
         self.num_in_flight += 1
-        attempt = _Attempt(req)
+        attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
         try:
-            if self.mode == "colocated":
-                stream = self._colocated(attempt)
-            else:
-                stream = self._disaggregated(attempt)
-            async for chunk in stream:
+            async for chunk in self._recovering(attempt):
                 yield chunk
             if self._on_finished and attempt.finish_reason:
                 self._on_finished(attempt.timings, attempt.usage, attempt.finish_reason)
         finally:
             self.num_in_flight -= 1
 
-    # -- colocated ------------------------------------------------------------------------
-    async def _colocated(self, a: _Attempt):
-        req = a.req
-        worker = self._pick(lambda x: self.router.pick_colocated(len(req.prompt_token_ids), x))
+    async def _recovering(self, a: _Attempt):
+        """Runs the request, resuming it after a worker death or a failed handoff."""
+        tried: set[str] = set()
+        handoff_retries = 0
+        for number in itertools.count():
+            sub = self._continuation(a, number)
+            failure: HandoffEvent | WorkerLost | None = None
+            try:
+                async for item in self._run(a, sub, tried):
+                    if isinstance(item, HandoffEvent):
+                        failure = item
+                    else:
+                        yield item
+            except WorkerLost as e:
+                failure = e
+            if failure is None:
+                return
+            if isinstance(failure, HandoffEvent) and failure.code != "UNAVAILABLE":
+                handoff_retries += 1
+                if failure.code not in RETRYABLE or handoff_retries > 1:
+                    log.warning("request %s: KV handoff failed (%s: %s)", a.key, failure.code,
+                                failure.message)
+                    raise ServingError(failure.code or "INTERNAL",
+                                       f"the KV handoff of request {a.req.request_id} failed "
+                                       f"({failure.code})")
+                log.warning("request %s: KV handoff failed (%s: %s); retrying on another "
+                            "pair", a.key, failure.code, failure.message)
+                tried |= {a.timings.prefill_worker, a.timings.decode_worker}
+                continue
+            # A dead worker (or an unreachable KV receiver: a decode worker restarting).
+            lost = (failure.worker if isinstance(failure, WorkerLost)
+                    else a.timings.decode_worker)
+            log.warning("request %s: %s; resuming after %d of its tokens", a.key,
+                        failure if isinstance(failure, WorkerLost) else
+                        f"KV receiver of {lost} unreachable: {failure.message}",
+                        len(a.token_ids))
+            self.registry.mark_down(lost)
+            tried = {lost}
+            if a.recover_by is None:
+                a.recover_by = time.monotonic() + self.recovery_timeout_s
+
+    def _run(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
+        if self.mode == "colocated":
+            return self._colocated(a, sub, tried)
+        return self._disaggregated(a, sub, tried)
+
+    async def _colocated(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
+        n = len(sub.prompt_token_ids)
+        worker = await self._pick(a, lambda x: self.router.pick_colocated(n, x), tried)
         a.timings.prefill_worker = a.timings.decode_worker = worker.name
         done = False
         try:
-            gen = worker.actor.generate.remote(req.request_id, req.prompt_token_ids, req.params)
-            async for ev in _events(gen):
+            gen = worker.actor.generate.remote(sub.request_id, sub.prompt_token_ids, sub.params)
+            async for ev in _events(gen, worker, a):
                 done = ev.finished
                 yield a.chunk(ev)
         finally:
             if not done:
-                worker.actor.abort.remote(req.request_id)
+                _abort(worker, sub.request_id)
 
-    # -- disaggregated --------------------------------------------------------------------
-    async def _disaggregated(self, a: _Attempt):
-        tried: set[str] = set()
-        req, retries = a.req, 0
-        while True:
-            sub = self._continuation(a, retries)
-            n = len(sub.prompt_token_ids)
-            prefill = self._pick(lambda x: self.router.pick_prefill(n, x), tried)
-            decode = self._pick(lambda x: self.router.pick_decode(x), tried)
-            a.timings.prefill_worker, a.timings.decode_worker = prefill.name, decode.name
-            failure = None
-            async for item in self._run_pair(a, sub, prefill, decode):
-                if isinstance(item, HandoffEvent):
-                    failure = item
-                else:
-                    yield item
-            if failure is None:
-                return
-            retries += 1
-            tried |= {prefill.name, decode.name}
-            if failure.code not in RETRYABLE or retries > 1:
-                raise ServingError(failure.code or "INTERNAL",
-                                   f"KV handoff of {req.request_id} failed: {failure.message}")
-            log.warning("handoff of %s failed (%s: %s); retrying on another pair",
-                        req.request_id, failure.code, failure.message)
+    async def _disaggregated(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
+        n = len(sub.prompt_token_ids)
+        prefill = await self._pick(a, lambda x: self.router.pick_prefill(n, x), tried)
+        decode = await self._pick(a, lambda x: self.router.pick_decode(x), tried)
+        a.timings.prefill_worker, a.timings.decode_worker = prefill.name, decode.name
+        async for item in self._run_pair(a, sub, prefill, decode):
+            yield item
 
     @staticmethod
-    def _continuation(a: _Attempt, retry: int) -> PreparedRequest:
-        """The request itself, or after a failed handoff what is left of it: the tokens
-        already sent join the prompt and max_tokens shrinks by as many."""
-        if not retry:
-            return a.req
+    def _continuation(a: _Attempt, number: int) -> PreparedRequest:
+        """The request itself, or on a later try what is left of it: the tokens already sent
+        join the prompt and max_tokens shrinks by as many."""
+        if not number:
+            return replace(a.req, request_id=a.key)
         ids = a.req.prompt_token_ids + tuple(a.token_ids)
         left = a.req.params.max_tokens - len(a.token_ids)
-        return PreparedRequest(f"{a.req.request_id}~{retry}", ids,
+        return PreparedRequest(f"{a.key}~{number}", ids,
                                replace(a.req.params, max_tokens=max(left, 1)))
 
     async def _run_pair(self, a: _Attempt, sub: PreparedRequest, prefill: WorkerHandle,
                         decode: WorkerHandle):
         """Yields the request's chunks; ends with a failed HandoffEvent if the handoff failed
-        (both workers have freed the request then)."""
+        (both workers have freed the request then). Whatever way it ends, neither worker
+        keeps anything of the request: the decode side's stream is aborted unless it
+        finished, the prefill side's unless its stream ended."""
         rid = sub.request_id
         decode_gen = decode.actor.stream.remote(rid)
-        done = False
+        prefill_open = decode_open = True
         try:
             prefill_gen = prefill.actor.prefill.remote(rid, sub.prompt_token_ids, sub.params,
                                                        decode.kv_address)
-            handoff = None
-            async for ev in _events(prefill_gen):
+            handoff, finished = None, False
+            async for ev in _events(prefill_gen, prefill, a):
                 if isinstance(ev, HandoffEvent):
                     handoff = ev
                 else:
-                    done = ev.finished
+                    finished = ev.finished
                     yield a.chunk(ev)
-            if done:
+            prefill_open = False
+            if handoff is not None and handoff.ok:
+                a.timings.kv_transfer_s += handoff.seconds
+                a.timings.kv_transfer_bytes += handoff.num_bytes
+            if finished or handoff is None or not handoff.ok or handoff.finished_on_prefill:
+                # Nothing (more) comes from the decode side: end its stream there.
+                if not finished and (handoff is None or not handoff.ok):
+                    yield handoff or HandoffEvent(rid, False, code="INTERNAL",
+                                                  message="prefill worker ended without a "
+                                                          "handoff")
                 return
-            if handoff is None or not handoff.ok:
-                decode.actor.abort.remote(rid)
-                done = True
-                yield handoff or HandoffEvent(rid, False, code="INTERNAL",
-                                              message="prefill worker ended without a handoff")
-                return
-            a.timings.kv_transfer_s += handoff.seconds
-            a.timings.kv_transfer_bytes += handoff.num_bytes
-            if handoff.finished_on_prefill:   # nothing was handed off: end the decode stream
-                decode.actor.abort.remote(rid)
-                done = True
-                return
-            async for ev in _events(decode_gen):
-                done = ev.finished
+            async for ev in _events(decode_gen, decode, a):
+                decode_open = not ev.finished
                 yield a.chunk(ev)
         finally:
-            if not done:
-                prefill.actor.abort.remote(rid)
-                decode.actor.abort.remote(rid)
+            if prefill_open:
+                _abort(prefill, rid)
+            if decode_open:
+                _abort(decode, rid)
 
-    def _pick(self, choose, avoid: set[str] = frozenset()) -> WorkerHandle:
-        """A worker outside `avoid` (the failed ones) if there is one, else any healthy one."""
-        try:
+    async def _pick(self, a: _Attempt, choose, avoid: set[str]) -> WorkerHandle:
+        """A healthy worker outside `avoid` (the failed ones) if there is one, else any
+        healthy one. A request resuming after a worker death waits for one until its
+        recovery deadline; any other gets UNAVAILABLE at once."""
+        while True:
             try:
-                return self.workers[choose(frozenset(avoid))]
+                try:
+                    return self.workers[choose(frozenset(avoid))]
+                except NoWorkerError:
+                    if not avoid:
+                        raise
+                    return self.workers[choose(frozenset())]
             except NoWorkerError:
-                if not avoid:
-                    raise
-                return self.workers[choose(frozenset())]
-        except NoWorkerError as e:
-            raise ServingError("UNAVAILABLE", str(e)) from None
+                if a.recover_by is None or time.monotonic() >= a.recover_by:
+                    break
+            await asyncio.sleep(0.1)
+        missing = " and ".join(self.registry.missing_roles()) or "matching"
+        waited = (f" (waited {self.recovery_timeout_s:.0f} s for one to come back)"
+                  if a.recover_by is not None else "")
+        raise ServingError("UNAVAILABLE", f"no healthy {missing} worker{waited}; retry in "
+                           f"{RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
 
 
-async def _get(ref):
-    """A worker's event batch; worker-side errors become InvalidRequest or ServingError."""
+def _abort(worker: WorkerHandle, request_id: str) -> None:
+    """Fire-and-forget abort; a dead or restarting worker holds nothing to free."""
+    ref = worker.actor.abort.remote(request_id)
+    ref.future().add_done_callback(lambda f: f.exception())   # retrieved: Ray stays quiet
+
+
+async def _get(ref, worker: WorkerHandle, a: _Attempt):
+    """A worker's event batch. A dead worker is WorkerLost; a request the engine refused is
+    InvalidRequest; anything else is INTERNAL, its details logged, not sent to the client."""
     try:
         return await ref
     except RayActorError as e:
-        raise ServingError("UNAVAILABLE", f"a worker died: {e}") from None
+        raise WorkerLost(worker.name, f"{type(e).__name__}: {e}") from None
     except RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) is not None else e
         if isinstance(cause, ValueError):
             raise InvalidRequest(str(cause)) from None
-        raise ServingError("INTERNAL", f"{type(cause).__name__}: {cause}") from None
+        log.error("request %s failed on worker %s: %s", a.key, worker.name, e)
+        raise ServingError("INTERNAL", f"internal error while serving request "
+                           f"{a.req.request_id}; the server log has the details") from None
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
 
 
-async def _events(gen):
+async def _events(gen, worker: WorkerHandle, a: _Attempt):
     """A worker's stream of event batches (a Ray streaming generator), one event at a time."""
-    async for ref in gen:
-        for ev in await _get(ref):
-            yield ev
-
-
-__all__ = ["Dispatcher", "ray"]
+    try:
+        async for ref in gen:
+            for ev in await _get(ref, worker, a):
+                yield ev
+    except RayActorError as e:   # the stream itself broke off: the worker died
+        raise WorkerLost(worker.name, f"{type(e).__name__}: {e}") from None

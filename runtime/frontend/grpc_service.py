@@ -91,6 +91,8 @@ class TandemService(pb_grpc.TandemServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except ServingError as e:
             self._count_error(e.code)
+            if e.retry_after_s is not None:
+                context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
             await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.INTERNAL),
                                 e.message)
 

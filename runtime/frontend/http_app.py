@@ -55,7 +55,10 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
     @app.exception_handler(ServingError)
     async def on_serving_error(request, exc: ServingError):
         metrics.errors.labels(exc.code).inc()
-        return error_response(_HTTP_STATUS.get(exc.code, 500), exc.message, "server_error")
+        response = error_response(_HTTP_STATUS.get(exc.code, 500), exc.message, "server_error")
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.get("/health")
     async def healthz():

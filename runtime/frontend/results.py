@@ -39,9 +39,13 @@ class GenerationChunk:
 
 
 class ServingError(RuntimeError):
-    """A request failed inside the cluster; `code` is a gRPC status name (UNAVAILABLE, ...)."""
+    """A request failed inside the cluster; `code` is a gRPC status name (UNAVAILABLE, ...).
+    `message` is for the client: it names no internal ids, processes or addresses.
+    `retry_after_s`: when the client may usefully retry (gRPC `retry-after` trailer, HTTP
+    `Retry-After` header)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after_s: int | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s

@@ -7,10 +7,11 @@ import logging
 import socket
 
 import uvicorn
+from grpc_health.v1 import health_pb2
 
 from runtime.cluster.config import ClusterConfig
 from runtime.frontend.dispatch import Dispatcher
-from runtime.frontend.grpc_service import TandemService, start_grpc_server
+from runtime.frontend.grpc_service import SERVICE_NAME, TandemService, start_grpc_server
 from runtime.frontend.http_app import build_app
 from runtime.frontend.metrics import FrontendMetrics
 from runtime.frontend.requests import RequestPreparer
@@ -48,13 +49,16 @@ class Frontend:
                  preparer: RequestPreparer | None = None):
         self.config = config
         self.metrics = FrontendMetrics()
-        self.dispatcher = Dispatcher(workers, on_finished=self.metrics.observe_finished)
+        self.dispatcher = Dispatcher(workers, on_finished=self.metrics.observe_finished,
+                                     recovery_timeout_s=config.server.recovery_timeout_s)
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(config.model_name,
                                                               config.model.path, max_len)
         self.grpc_port = self.http_port = 0
         self._grpc = self._health = self._uvicorn = None
         self._tasks: list[asyncio.Task] = []
+        self._serving: bool | None = None   # what health last said
+        self._stopping = False
 
     async def start(self) -> None:
         s = self.config.server
@@ -64,7 +68,8 @@ class Frontend:
             service, s.host, s.grpc_port, self.config.api_key)
         sock = bind_socket(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
-        app = build_app(self.dispatcher, self.preparer, self.metrics, self.config.api_key)
+        app = build_app(self.dispatcher, self.preparer, self.metrics, self.config.api_key,
+                        is_ready=lambda: self.dispatcher.serving and not self._stopping)
         self._uvicorn = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning",
                                                         lifespan="off", timeout_keep_alive=30))
         self._tasks = [asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
@@ -75,6 +80,7 @@ class Frontend:
             await asyncio.sleep(0.01)
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        self._stopping = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._uvicorn is not None:
@@ -89,6 +95,22 @@ class Frontend:
         while True:
             try:
                 self.metrics.observe_loads(await self.dispatcher.poll_loads())
+                await self._report_health()
             except Exception:
                 log.exception("polling worker loads failed")
             await asyncio.sleep(LOAD_POLL_S)
+
+    async def _report_health(self) -> None:
+        """gRPC health follows the pools: NOT_SERVING while one has no healthy worker."""
+        serving = self.dispatcher.serving
+        if serving == self._serving or self._stopping or self._health is None:
+            return
+        if self._serving is not None or not serving:
+            log.warning("cluster %s", "serving again" if serving else
+                        "NOT serving: no healthy " +
+                        " or ".join(self.dispatcher.registry.missing_roles()) + " worker")
+        self._serving = serving
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)

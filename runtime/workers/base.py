@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 
 from runtime.engine import Engine
 from runtime.workers.config import WorkerConfig
@@ -30,8 +32,9 @@ class Worker:
         self.config = config
         self.name = config.name
         self.engine = engine or Engine(config.engine)
+        self.incarnation = uuid.uuid4().hex[:12]
         self.streams = OutputStreams(config.stream_idle_timeout_s)
-        self._load = WorkerLoad(self.name, self.role)
+        self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
         self.loop = StepLoop(f"{self.role}-{self.name}", self._step,
                              self.engine.has_unfinished_requests, self._dispatch,
                              self._fail_all)
@@ -43,14 +46,25 @@ class Worker:
         return self._load
 
     def info(self) -> dict:
-        """Name, role, and where the KV receiver listens (decode workers); a readiness probe."""
+        """Name, role, incarnation, and where the KV receiver listens (decode workers); a
+        readiness probe."""
         return {"name": self.name, "role": self.role, "kv_address": self.kv_address,
+                "incarnation": self.incarnation,
                 "max_model_len": self.engine.max_model_len,
                 "num_total_blocks": self.engine.block_manager.num_blocks}
 
     @property
     def kv_address(self) -> str:
         return ""
+
+    def num_open_streams(self) -> int:
+        """Requests whose event stream is open here (each holds a streaming call's thread
+        while it is read); 0 on an idle worker."""
+        return len(self.streams)
+
+    def pid(self) -> int:
+        """The worker's process id (for operators and fault-injection tests)."""
+        return os.getpid()
 
     def num_free_blocks(self) -> int:
         return self.loop.call(lambda: self.engine.block_manager.num_free_blocks)
@@ -88,4 +102,5 @@ class Worker:
         self._load = WorkerLoad(self.name, self.role, num_queued_prompt_tokens=queued,
                                 num_running=len(s.running), num_waiting=len(s.waiting),
                                 num_free_blocks=bm.num_free_blocks,
-                                num_total_blocks=bm.num_blocks)
+                                num_total_blocks=bm.num_blocks,
+                                incarnation=self.incarnation)

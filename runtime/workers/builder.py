@@ -13,13 +13,25 @@ from runtime.workers.config import WorkerConfig
 
 @dataclass(frozen=True)
 class WorkerHandle:
-    """A started worker actor and what the frontend needs to route to it."""
+    """A started worker actor and what the frontend needs to route to it. `kv_address` and
+    `incarnation` belong to one process of the actor: a restarted actor has new ones
+    (`refreshed` reads them)."""
 
     name: str
     role: str
     actor: object               # ray.actor.ActorHandle
     kv_address: str = ""        # decode workers: their KV receiver
     max_model_len: int = 0
+    incarnation: str = ""
+
+    @classmethod
+    def from_info(cls, actor, info: dict) -> "WorkerHandle":
+        return cls(info["name"], info["role"], actor, info["kv_address"],
+                   info["max_model_len"], info["incarnation"])
+
+    async def refreshed(self) -> "WorkerHandle":
+        """This handle with the addresses of the actor's current process."""
+        return WorkerHandle.from_info(self.actor, await self.actor.info.remote())
 
 
 def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig:
@@ -33,10 +45,13 @@ def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig
 
 
 def actor_options(pool: PoolConfig) -> dict:
-    """Ray actor options of one worker of `pool`: placement and concurrency. Actors stay
-    unnamed so two clusters can share one Ray cluster."""
+    """Ray actor options of one worker of `pool`: placement, concurrency and restarts. Actors
+    stay unnamed so two clusters can share one Ray cluster. Ray restarts a dead worker
+    (`pool.max_restarts` times); its calls are never retried by Ray, since the frontend
+    resumes the requests in flight itself."""
     options = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus,
-               "max_concurrency": pool.max_concurrency, "max_restarts": 0}
+               "max_concurrency": pool.max_concurrency, "max_restarts": pool.max_restarts,
+               "max_task_retries": 0}
     if pool.accelerator_type:
         options["accelerator_type"] = pool.accelerator_type
     if pool.resources:
@@ -59,8 +74,7 @@ def start_workers(cluster: ClusterConfig, timeout_s: float = 600.0) -> list[Work
     except BaseException:
         stop_workers([WorkerHandle(n, r, a) for n, r, a in actors])
         raise
-    return [WorkerHandle(n, r, a, info["kv_address"], info["max_model_len"])
-            for (n, r, a), info in zip(actors, infos)]
+    return [WorkerHandle.from_info(a, info) for (_, _, a), info in zip(actors, infos)]
 
 
 def stop_workers(workers: list[WorkerHandle], timeout_s: float = 10.0) -> None:

@@ -75,8 +75,17 @@ class PrefillWorker(Worker):
             event = HandoffEvent(request_id, False, code=error.code.name, message=error.message)
         else:
             event = HandoffEvent(request_id, False, code="INTERNAL", message=str(error))
+        # Through the loop: the callback may fire inside the step that produced the request's
+        # first token (a request that ends on it) or on gRPC's thread before that step's
+        # outputs are dispatched, and the handoff event ends the stream; queued behind them,
+        # it cannot overtake the token.
+        queued = self.loop.submit(self._handoff_settled, request_id, event)
+        if queued.done() and queued.exception() is not None:   # the loop is stopped
+            self.streams.put(request_id, event)
+
+    def _handoff_settled(self, request_id: str, event: HandoffEvent) -> None:
         self.streams.put(request_id, event)
-        self.loop.submit(self._update_load)
+        self._update_load()
 
 
 __all__ = ["PrefillWorker", "TokenEvent"]

@@ -40,6 +40,10 @@ class OutputStreams:
         with self._lock:
             self._queues.pop(request_id, None)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queues)
+
     def __contains__(self, request_id: str) -> bool:
         with self._lock:
             return request_id in self._queues

@@ -1,0 +1,80 @@
+"""The cluster's workers as the frontend sees them: handles, health and loads."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from runtime.workers.builder import WorkerHandle
+from scheduler.router import Router, WorkerLoad
+
+log = logging.getLogger(__name__)
+# A worker that does not report its load within this is taken as down: a restarting actor
+# queues calls until its model is loaded again, so its poll would otherwise just wait.
+LOAD_TIMEOUT_S = 2.0
+
+
+class WorkerRegistry:
+    """Handles of the cluster's workers, their health and their load snapshots.
+
+    `poll()` asks every worker for its load and hands it to the router. A worker that fails
+    or is slow to answer is reported unhealthy, so nothing is routed to it; one that
+    answers from a new process (Ray restarted it) has its handle re-read, since a restarted
+    decode worker's KV receiver listens on a new port. `mark_down` takes a worker out of
+    routing at once when a request saw it die, until a poll finds it answering again.
+    """
+
+    def __init__(self, workers: list[WorkerHandle], router: Router | None = None):
+        self.handles = {w.name: w for w in workers}
+        self.router = router or Router()
+        self.mode = "colocated" if any(w.role == "colocated" for w in workers) else "disaggregated"
+        self._needed = ("colocated",) if self.mode == "colocated" else ("prefill", "decode")
+        for w in workers:
+            self.router.report(WorkerLoad(w.name, w.role, incarnation=w.incarnation))
+
+    def __getitem__(self, name: str) -> WorkerHandle:
+        return self.handles[name]
+
+    @property
+    def serving(self) -> bool:
+        """Every pool the request path needs has a healthy worker."""
+        healthy = {w.role for w in self.router.loads() if w.healthy}
+        return all(role in healthy for role in self._needed)
+
+    def missing_roles(self) -> list[str]:
+        healthy = {w.role for w in self.router.loads() if w.healthy}
+        return [role for role in self._needed if role not in healthy]
+
+    def mark_down(self, name: str) -> None:
+        handle = self.handles[name]
+        self.router.report(WorkerLoad(name, handle.role, healthy=False,
+                                      incarnation=handle.incarnation))
+
+    async def poll(self) -> list[WorkerLoad]:
+        """Every worker's load snapshot (unhealthy ones for those that did not answer)."""
+        names = list(self.handles)
+        results = await asyncio.gather(*(self._poll_one(n) for n in names))
+        for load in results:
+            self.router.report(load)
+        return self.router.loads()
+
+    async def _poll_one(self, name: str) -> WorkerLoad:
+        handle = self.handles[name]
+        try:
+            load = await asyncio.wait_for(_ref(handle.actor.load.remote()), LOAD_TIMEOUT_S)
+            if load.incarnation != handle.incarnation:
+                fresh = await asyncio.wait_for(handle.refreshed(), LOAD_TIMEOUT_S)
+                log.warning("worker %s is back in a new process (%s, was %s)%s", name,
+                            fresh.incarnation, handle.incarnation,
+                            f"; KV receiver at {fresh.kv_address}" if fresh.kv_address else "")
+                self.handles[name] = handle = fresh
+                if load.incarnation != fresh.incarnation:   # restarted again meanwhile
+                    raise RuntimeError("the worker restarted while being looked up")
+            return load
+        except Exception as e:
+            level = logging.DEBUG if isinstance(e, asyncio.TimeoutError) else logging.WARNING
+            log.log(level, "worker %s did not report its load: %r", name, e)
+            return WorkerLoad(name, handle.role, healthy=False, incarnation=handle.incarnation)
+
+
+async def _ref(ref):
+    return await ref
