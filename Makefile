@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TANDEM_HOME ?= $(HOME)/.cache/tandem
 
-.PHONY: install install-vllm model proto run test test-slow bench bench-decode bench-kv bench-kernels clean
+.PHONY: install install-vllm model proto run test test-slow chaos bench bench-decode bench-kv bench-kernels clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ test: install model
 
 test-slow: install model
 	$(PY) -m pytest -q -m slow --timeout=3600
+
+# Faults injected into real local clusters (worker death, shutdown under load, ...): the fast
+# ones also run in `make test`; this runs all of them.
+chaos: install model
+	$(PY) -m pytest -q -m chaos --timeout=1800 tests/chaos
 
 # vLLM runs too when `make install-vllm` has been done; otherwise it is reported as skipped.
 bench: install model

@@ -42,12 +42,15 @@ class ServerConfig:
 
     `recovery_timeout_s`: how long a request whose worker died waits for a healthy one (the
     restarted worker, or another of its pool) before it ends with UNAVAILABLE.
+    `shutdown_grace_s`: on SIGINT/SIGTERM, how long requests in flight may run on before they
+    are ended with UNAVAILABLE (new ones are refused at once; a second signal ends it).
     """
 
     host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_port: int = 8000
     recovery_timeout_s: float = 20.0
+    shutdown_grace_s: float = 5.0
 
 
 @dataclass(frozen=True)

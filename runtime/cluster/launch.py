@@ -86,10 +86,17 @@ async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
             if on_ready is not None:
                 await on_ready(frontend)
             await stop.wait()
-        log.info("stopping")
     finally:
+        # A second signal cuts the grace period short; it never skips the clean-up.
+        hurry = frontend.dispatcher.hurry if frontend is not None else (lambda: None)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if frontend is not None:
-            await frontend.stop()
-        await loop.run_in_executor(None, cluster.stop)
+            loop.add_signal_handler(sig, hurry)
+        try:
+            if frontend is not None:
+                log.info("stopping: %d requests in flight get up to %.0f s to finish",
+                         frontend.dispatcher.num_in_flight, config.server.shutdown_grace_s)
+                await frontend.stop()
+            await loop.run_in_executor(None, cluster.stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

@@ -80,6 +80,7 @@ class ServerSection(_Strict):
     grpc_port: int = Field(50051, ge=0, le=65535)
     http_port: int = Field(8000, ge=0, le=65535)
     recovery_timeout_s: float = Field(20.0, gt=0)
+    shutdown_grace_s: float = Field(5.0, ge=0)
 
 
 class AuthSection(_Strict):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -40,6 +41,8 @@ class _Attempt:
         self.req = req
         self.key = key            # the request's id on the workers, unique in the cluster
         self.recover_by: float | None = None   # set once a worker died under it
+        self.running: tuple[str, tuple[WorkerHandle, ...]] = ("", ())   # key on which workers
+        self.shut_down = False    # ended by the server's shutdown
         self.arrival = time.monotonic()
         self.first_sent: float | None = None
         self.token_ids: list[int] = []
@@ -58,6 +61,8 @@ class _Attempt:
             self.timings.decode_s = ev.decode_s
         self.token_ids += ev.new_token_ids
         out = GenerationChunk(self.req.request_id, list(ev.new_token_ids), ev.delta_text)
+        if ev.finished and ev.finish_reason == "abort" and self.shut_down:
+            raise _shutting_down()
         if ev.finished:
             self.finish_reason = ev.finish_reason
             out.finish_reason, out.usage, out.timings = ev.finish_reason, self.usage, self.timings
@@ -98,6 +103,9 @@ class Dispatcher:
         self._on_finished = on_finished
         self._keys = itertools.count()
         self._prefix = uuid.uuid4().hex[:6]
+        self._attempts: dict[str, _Attempt] = {}
+        self._closing = False
+        self._hurry = asyncio.Event()
 
     @property
     def workers(self) -> dict[str, WorkerHandle]:
@@ -112,8 +120,11 @@ class Dispatcher:
         return await self.registry.poll()
 
     async def generate(self, req: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+        if self._closing:
+            raise _shutting_down()
         self.num_in_flight += 1
         attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
+        self._attempts[attempt.key] = attempt
         try:
             async for chunk in self._recovering(attempt):
                 yield chunk
@@ -121,12 +132,41 @@ class Dispatcher:
                 self._on_finished(attempt.timings, attempt.usage, attempt.finish_reason)
         finally:
             self.num_in_flight -= 1
+            del self._attempts[attempt.key]
+
+    async def drain(self, grace_s: float) -> None:
+        """Shutdown: refuse new requests (UNAVAILABLE), let those in flight finish for up to
+        `grace_s` (or until `hurry()`), then end the rest with UNAVAILABLE by aborting them
+        on their workers, which frees their blocks; returns once they have ended (or after
+        a few more seconds)."""
+        self._closing = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle_or_hurried(), grace_s)
+        for a in list(self._attempts.values()):
+            a.shut_down = True
+            key, workers = a.running
+            for worker in workers:
+                _abort(worker, key)
+        if self._attempts:
+            log.warning("shutting down: ending %d requests still in flight", len(self._attempts))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle_or_hurried(), 3.0)
+
+    def hurry(self) -> None:
+        """End the drain's grace period now (a second Ctrl-C)."""
+        self._hurry.set()
+
+    async def _idle_or_hurried(self) -> None:
+        while self._attempts and not self._hurry.is_set():
+            await asyncio.sleep(0.05)
 
     async def _recovering(self, a: _Attempt):
         """Runs the request, resuming it after a worker death or a failed handoff."""
         tried: set[str] = set()
         handoff_retries = 0
         for number in itertools.count():
+            if a.shut_down:
+                raise _shutting_down()
             sub = self._continuation(a, number)
             failure: HandoffEvent | WorkerLost | None = None
             try:
@@ -172,6 +212,7 @@ class Dispatcher:
         n = len(sub.prompt_token_ids)
         worker = await self._pick(a, lambda x: self.router.pick_colocated(n, x), tried)
         a.timings.prefill_worker = a.timings.decode_worker = worker.name
+        a.running = (sub.request_id, (worker,))
         done = False
         try:
             gen = worker.actor.generate.remote(sub.request_id, sub.prompt_token_ids, sub.params)
@@ -208,6 +249,7 @@ class Dispatcher:
         keeps anything of the request: the decode side's stream is aborted unless it
         finished, the prefill side's unless its stream ended."""
         rid = sub.request_id
+        a.running = (rid, (prefill, decode))
         decode_gen = decode.actor.stream.remote(rid)
         prefill_open = decode_open = True
         try:
@@ -253,7 +295,7 @@ class Dispatcher:
                         raise
                     return self.workers[choose(frozenset())]
             except NoWorkerError:
-                if a.recover_by is None or time.monotonic() >= a.recover_by:
+                if a.recover_by is None or time.monotonic() >= a.recover_by or a.shut_down:
                     break
             await asyncio.sleep(0.1)
         missing = " and ".join(self.registry.missing_roles()) or "matching"
@@ -261,6 +303,11 @@ class Dispatcher:
                   if a.recover_by is not None else "")
         raise ServingError("UNAVAILABLE", f"no healthy {missing} worker{waited}; retry in "
                            f"{RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
+
+
+def _shutting_down() -> ServingError:
+    return ServingError("UNAVAILABLE", "the server is shutting down; retry the request on "
+                        "another replica", retry_after_s=RETRY_AFTER_S)
 
 
 def _abort(worker: WorkerHandle, request_id: str) -> None:

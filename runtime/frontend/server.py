@@ -70,8 +70,11 @@ class Frontend:
         self.http_port = sock.getsockname()[1]
         app = build_app(self.dispatcher, self.preparer, self.metrics, self.config.api_key,
                         is_ready=lambda: self.dispatcher.serving and not self._stopping)
+        # The dispatcher has ended every request before uvicorn is told to exit; its own
+        # timeout only bounds connections that are slow to close.
         self._uvicorn = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning",
-                                                        lifespan="off", timeout_keep_alive=30))
+                                                        lifespan="off", timeout_keep_alive=30,
+                                                        timeout_graceful_shutdown=2))
         self._tasks = [asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
                        asyncio.create_task(self._poll_loads())]
         while not self._uvicorn.started:
@@ -79,14 +82,19 @@ class Frontend:
                 self._tasks[0].result()   # re-raises uvicorn's start-up error
             await asyncio.sleep(0.01)
 
-    async def stop(self, grace_s: float = 2.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Health goes NOT_SERVING, new requests are refused, those in flight get `grace_s`
+        (default: the config's `shutdown_grace_s`) to finish and are then ended with
+        UNAVAILABLE; then both servers close."""
         self._stopping = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        await self.dispatcher.drain(self.config.server.shutdown_grace_s if grace_s is None
+                                    else grace_s)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._grpc is not None:
-            await self._grpc.stop(grace_s)
+            await self._grpc.stop(1.0)
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
