@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from runtime.faults import FaultConfig
 from runtime.kv_transfer import KVTransferConfig
 
 POOL_ROLES = ("prefill", "decode", "colocated")
@@ -69,6 +70,7 @@ class ClusterConfig:
 
     `served_name` is the model name requests must use (None: the path as given, as vLLM
     does). `api_key` None leaves the public API open; the KV channel always needs `kv.secret`.
+    `faults` are injected into every worker (chaos tests and drills; none by default).
     """
 
     model: ModelConfig
@@ -84,6 +86,7 @@ class ClusterConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     api_key: str | None = None
     ray: RayConfig = field(default_factory=RayConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         sizes = {p.role: p.replicas for p in self.pools}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig, ServerConfig
 from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from runtime.faults import FaultConfig
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
 
 
@@ -96,6 +97,16 @@ class RaySection(_Strict):
     namespace: str = "tandem"
 
 
+class FaultsSection(_Strict):
+    kill_at: str | None = None
+    kv_delay_s: float = Field(0.0, ge=0)
+    kv_drop_chunk: bool = False
+    kv_corrupt_chunk: bool = False
+    kv_stall_s: float = Field(0.0, ge=0)
+    kv_refuse_blocks: bool = False
+    times: int = Field(1, ge=1)
+
+
 class ClusterFile(_Strict):
     model: ModelSection = ModelSection()
     engine: EngineSection = EngineSection()
@@ -104,6 +115,7 @@ class ClusterFile(_Strict):
     server: ServerSection = ServerSection()
     auth: AuthSection = AuthSection()
     ray: RaySection = RaySection()
+    faults: FaultsSection = FaultsSection()
 
 
 class ConfigError(ValueError):
@@ -142,7 +154,8 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
         kv_advertise_host=kv.advertise_host,
         server=ServerConfig(**f.server.model_dump()),
         api_key=_secret(f.auth.api_key, f.auth.api_key_env),
-        ray=RayConfig(**f.ray.model_dump()))
+        ray=RayConfig(**f.ray.model_dump()),
+        faults=FaultConfig(**f.faults.model_dump()))
 
 
 def parse_cluster_config(data: dict | None, model: str | None = None,

@@ -20,8 +20,9 @@ from runtime.workers.events import HandoffEvent, TokenEvent
 from scheduler.router import NoWorkerError, Router, WorkerLoad
 
 log = logging.getLogger(__name__)
-# Handoff failures worth another prefill/decode pair; others (a bad request) are final.
-RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL"}
+# Handoff failures worth another prefill/decode pair (DATA_LOSS: a chunk corrupted or lost
+# on the link); others (a bad request, a model mismatch) are final.
+RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL", "DATA_LOSS"}
 # What clients are told to wait before retrying a request refused for want of a worker.
 RETRY_AFTER_S = 5
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from runtime.engine import Engine, NoFreeBlocksError
+from runtime.faults import Faults
 from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer._proto import kv_transfer_pb2_grpc as pb_grpc
@@ -57,8 +58,9 @@ class KVReceiver(pb_grpc.KVTransferServicer):
     """
 
     def __init__(self, engine: Engine, engine_thread: EngineThread, config: KVTransferConfig,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, faults: Faults | None = None):
         self.engine = engine
+        self.faults = faults or Faults()
         self.engine_thread = engine_thread
         self.config = config
         self.fingerprint = fingerprint or model_fingerprint(engine.config.model.path)
@@ -119,6 +121,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                                               "a second header in one handoff",
                                               assembly.request_id)
                     assembly = self._open(header)
+                    self.faults.at("kv.header_received")
                     self._reserve(assembly)
                     reserved = True
                 elif assembly is None:
@@ -174,6 +177,10 @@ class KVReceiver(pb_grpc.KVTransferServicer):
 
     def _reserve(self, assembly: KVAssembly) -> None:
         rid, num_tokens = assembly.request_id, assembly.spec.num_tokens
+
+        if self.faults.fire("kv_refuse_blocks"):
+            raise KVTransferError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  "decode side cannot hold the KV now (injected fault)", rid)
 
         def reserve():  # on the engine thread
             if rid in self.engine.requests:

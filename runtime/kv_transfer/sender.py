@@ -11,12 +11,14 @@ import torch
 
 from kernels.kv_pack import pack_kv
 from runtime.engine import Engine, KVHandle, RequestOutput
+from runtime.faults import Faults
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer.auth import make_channel, secret_metadata
 from runtime.kv_transfer.config import KVTransferConfig
 from runtime.kv_transfer.engine_thread import EngineThread
 from runtime.kv_transfer.errors import KVTransferError
+from runtime.kv_transfer.fault_stream import with_faults
 from runtime.kv_transfer.fingerprint import model_fingerprint
 from runtime.kv_transfer.handles import state_to_proto
 from runtime.kv_transfer.outbox import ByteBudget, Outbox
@@ -90,8 +92,10 @@ class KVSender:
     """
 
     def __init__(self, engine: Engine, engine_thread: EngineThread, config: KVTransferConfig,
-                 channel_factory=None, fingerprint: str | None = None):
+                 channel_factory=None, fingerprint: str | None = None,
+                 faults: Faults | None = None):
         self.engine = engine
+        self.faults = faults
         self.engine_thread = engine_thread
         self.config = config
         self.fingerprint = fingerprint or model_fingerprint(engine.config.model.path)
@@ -301,6 +305,8 @@ class KVSender:
         handoff = channel.stream_unary(HANDOFF_METHOD, request_serializer=None,
                                        response_deserializer=pb.HandoffAck.FromString)
         h.started = time.perf_counter()
+        if self.faults is not None and self.faults.config.kv_stream:
+            messages = with_faults(messages, self.faults)
         # gRPC's own thread pulls `messages`, encoding each chunk as it goes: the transport
         # still writes the previous one meanwhile, and an encoder thread ahead of it cost more
         # in thread hops than it overlapped (94 MB handoffs 25-40% slower on 2 cores).

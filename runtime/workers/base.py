@@ -5,7 +5,10 @@ import logging
 import os
 import uuid
 
+import ray
+
 from runtime.engine import Engine
+from runtime.faults import FaultConfig, Faults
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
 from runtime.workers.step_loop import StepLoop
@@ -33,6 +36,7 @@ class Worker:
         self.name = config.name
         self.engine = engine or Engine(config.engine)
         self.incarnation = uuid.uuid4().hex[:12]
+        self.faults = Faults(config.faults, first_process=not _restarted_by_ray())
         self.streams = OutputStreams(config.stream_idle_timeout_s)
         self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
         self.loop = StepLoop(f"{self.role}-{self.name}", self._step,
@@ -61,6 +65,13 @@ class Worker:
         """Requests whose event stream is open here (each holds a streaming call's thread
         while it is read); 0 on an idle worker."""
         return len(self.streams)
+
+    def set_faults(self, faults: FaultConfig) -> dict[str, int]:
+        """Inject these faults from now on (chaos tests), replacing the configured ones;
+        returns how often the replaced ones fired."""
+        fired = self.faults.fired
+        self.faults.configure(faults)
+        return fired
 
     def pid(self) -> int:
         """The worker's process id (for operators and fault-injection tests)."""
@@ -104,3 +115,11 @@ class Worker:
                                 num_free_blocks=bm.num_free_blocks,
                                 num_total_blocks=bm.num_blocks,
                                 incarnation=self.incarnation)
+
+
+def _restarted_by_ray() -> bool:
+    """True inside a Ray actor process that replaced a dead one."""
+    if not ray.is_initialized():
+        return False
+    context = ray.get_runtime_context()
+    return context.get_actor_id() is not None and context.was_current_actor_reconstructed

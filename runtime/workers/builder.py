@@ -41,7 +41,7 @@ def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig
     return WorkerConfig(name=f"{role}-{index}", engine=engine,
                         kv=cluster.kv if role != "colocated" else None,
                         kv_bind_host=cluster.kv_bind_host,
-                        kv_advertise_host=cluster.kv_advertise_host)
+                        kv_advertise_host=cluster.kv_advertise_host, faults=cluster.faults)
 
 
 def actor_options(pool: PoolConfig) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.config import EngineConfig
+from runtime.faults import FaultConfig
 from runtime.kv_transfer import KVTransferConfig
 
 
@@ -14,6 +15,7 @@ class WorkerConfig:
     Decode workers bind their KV receiver on `kv_bind_host:kv_port` (port 0: ephemeral) and
     advertise `kv_advertise_host` (None: the bind host, or the node's IP when binding all
     interfaces). `stream_idle_timeout_s` closes a stream that sees no event for that long.
+    `faults`: injected faults (chaos tests; none by default).
     """
 
     name: str
@@ -23,6 +25,7 @@ class WorkerConfig:
     kv_port: int = 0
     kv_advertise_host: str | None = None
     stream_idle_timeout_s: float = 600.0
+    faults: FaultConfig = FaultConfig()
 
     def __post_init__(self) -> None:
         if self.engine.role in ("prefill", "decode") and self.kv is None:

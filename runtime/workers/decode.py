@@ -28,7 +28,7 @@ class DecodeWorker(Worker):
         super().__init__(config, engine)
         # Aborts that may overtake their request's KV import: a late import is dropped.
         self._cancelled: OrderedDict[str, None] = OrderedDict()
-        self.receiver = KVReceiver(self.engine, self.loop, config.kv)
+        self.receiver = KVReceiver(self.engine, self.loop, config.kv, faults=self.faults)
         port = self.receiver.start(f"{config.kv_bind_host}:{config.kv_port}")
         self._kv_address = f"{self._advertise_host()}:{port}"
 
@@ -60,6 +60,8 @@ class DecodeWorker(Worker):
         for out in kept:
             self.streams.put(out.request_id, TokenEvent.from_output(out, False), create=True)
         self._update_load()
+        if kept:
+            self.faults.at("decode.token")
 
     def _abort(self, request_id: str) -> None:
         if not self.engine.abort(request_id):

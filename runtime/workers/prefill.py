@@ -23,7 +23,7 @@ class PrefillWorker(Worker):
 
     def __init__(self, config: WorkerConfig, engine: Engine | None = None):
         super().__init__(config, engine)
-        self.sender = KVSender(self.engine, self.loop, config.kv)
+        self.sender = KVSender(self.engine, self.loop, config.kv, faults=self.faults)
 
     def prefill(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                 target: str) -> Iterator[list]:
@@ -45,6 +45,7 @@ class PrefillWorker(Worker):
                 raise
             future.add_done_callback(lambda f: self._handoff_done(request_id, f))
             self._update_load()
+            self.faults.at("prefill.admitted")
 
         try:
             self.loop.call(start)
@@ -59,6 +60,11 @@ class PrefillWorker(Worker):
 
     def _step(self) -> list:
         return self.sender.step()
+
+    def _dispatch(self, outputs: list) -> None:
+        super()._dispatch(outputs)
+        if outputs:
+            self.faults.at("prefill.first_token")
 
     def _abort(self, request_id: str) -> None:
         # A routed request's cancel goes through the sender: it cancels the call in flight,
