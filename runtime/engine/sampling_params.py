@@ -7,6 +7,11 @@ from dataclasses import dataclass
 # Temperatures below this are treated as greedy, as in vLLM: dividing by them would overflow.
 SAMPLING_EPS = 1e-5
 MAX_LOGPROBS = 20
+# What the KV handoff's wire (proto/kv_transfer.proto SamplingParams) holds: a value past these
+# would overflow there after the prompt was computed, so it is refused here, before any work.
+UINT32_MAX = 2**32 - 1          # max_tokens, stop_token_ids
+INT32_MAX = 2**31 - 1           # top_k (past the vocabulary it filters nothing anyway)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1   # seed
 
 
 def _is_int(value: object) -> bool:
@@ -15,6 +20,18 @@ def _is_int(value: object) -> bool:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def lone_surrogate_at(text: str) -> int | None:
+    """The index of the first lone surrogate (U+D800-U+DFFF) in `text`, or None.
+
+    JSON's \\ud800 escapes and Python strings can hold one; UTF-8, protobuf and the
+    tokenizers cannot, so text carrying one is refused where it enters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 @dataclass(frozen=True)
@@ -31,7 +48,9 @@ class SamplingParams:
     - `logprobs` N returns the sampled token's logprob and the top-N logprobs per token,
       taken from the raw logits (before temperature and filters).
 
-    Invalid values raise ValueError naming the field, the value and what is allowed.
+    Invalid values raise ValueError naming the field, the value and what is allowed. Integers
+    are bounded by what the KV handoff's wire holds (max_tokens and stop_token_ids uint32,
+    top_k int32, seed int64), and stop strings must be valid Unicode (no lone surrogates).
     `stop` accepts a str or list and `stop_token_ids` a list; both are stored as tuples.
     """
 
@@ -49,20 +68,25 @@ class SamplingParams:
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= UINT32_MAX:
+            raise ValueError(f"max_tokens must be an int >= 1 and <= {UINT32_MAX}, "
+                             f"got {self.max_tokens!r}")
         if not _is_real(self.temperature) or not math.isfinite(self.temperature):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not _is_int(self.top_k) or not (self.top_k >= 1 or self.top_k in (0, -1)):
-            raise ValueError(f"top_k must be an int >= 1, or 0 or -1 to disable, got {self.top_k!r}")
+        if not _is_int(self.top_k) or not (1 <= self.top_k <= INT32_MAX or self.top_k in (0, -1)):
+            raise ValueError(f"top_k must be an int >= 1 and <= {INT32_MAX}, or 0 or -1 to "
+                             f"disable, got {self.top_k!r}")
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not _is_real(self.min_p) or not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if self.seed is not None and (
+            not _is_int(self.seed) or not INT64_MIN <= self.seed <= INT64_MAX
+        ):
+            raise ValueError(f"seed must be None or an int in [{INT64_MIN}, {INT64_MAX}], "
+                             f"got {self.seed!r}")
         self._normalise_stop()
         self._normalise_stop_token_ids()
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
@@ -86,6 +110,10 @@ class SamplingParams:
             # An empty stop string would match at every position and end every request at once.
             if not isinstance(s, str) or not s:
                 raise ValueError(f"stop must contain only non-empty strings, got {s!r} in {stop!r}")
+            at = lone_surrogate_at(s)
+            if at is not None:
+                raise ValueError(f"stop strings must be valid Unicode: {s!r} has a lone "
+                                 f"surrogate at index {at}")
         object.__setattr__(self, "stop", tuple(stop))
 
     def _normalise_stop_token_ids(self) -> None:
@@ -93,10 +121,9 @@ class SamplingParams:
         if not isinstance(ids, (list, tuple)):
             raise ValueError(f"stop_token_ids must be a list of ints, got {ids!r}")
         for t in ids:
-            if not _is_int(t) or t < 0:
-                raise ValueError(
-                    f"stop_token_ids must contain only ints >= 0, got {t!r} in {ids!r}"
-                )
+            if not _is_int(t) or not 0 <= t <= UINT32_MAX:
+                raise ValueError(f"stop_token_ids must contain only ints >= 0 and <= "
+                                 f"{UINT32_MAX}, got {t!r} in {ids!r}")
         object.__setattr__(self, "stop_token_ids", tuple(ids))
 
     @property
