@@ -6,6 +6,7 @@ import time
 import uuid
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -58,6 +59,50 @@ class ApiKeyCheck(grpc.aio.ServerInterceptor):
         return self._deny_stream if handler and handler.response_streaming else self._deny_unary
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are no valid message (see `RejectUndecodable`)."""
+
+    def __init__(self, error: DecodeError):
+        self.error = error
+
+
+class RejectUndecodable(grpc.aio.ServerInterceptor):
+    """INVALID_ARGUMENT for a Tandem request that does not parse (corrupt wire format, a
+    string field that is no valid UTF-8); grpc's own answer would be UNKNOWN."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if (handler is None or not details.method.startswith(f"/{SERVICE_NAME}/")
+                or handler.request_streaming or handler.request_deserializer is None):
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes):
+            try:
+                return parse(data)
+            except DecodeError as e:
+                return _Undecodable(e)
+
+        async def check(request, context):
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request is not a valid message of {details.method}: "
+                                    f"{request.error} (strings must be UTF-8)")
+
+        if handler.response_streaming:
+            async def guarded_stream(request, context):
+                await check(request, context)
+                async for response in handler.unary_stream(request, context):
+                    yield response
+            return handler._replace(request_deserializer=deserialize,
+                                    unary_stream=guarded_stream)
+
+        async def guarded_unary(request, context):
+            await check(request, context)
+            return await handler.unary_unary(request, context)
+        return handler._replace(request_deserializer=deserialize, unary_unary=guarded_unary)
+
+
 class TandemService(pb_grpc.TandemServicer):
     """Generate / ListModels / ClusterStatus over a `Dispatcher`."""
 
@@ -68,8 +113,11 @@ class TandemService(pb_grpc.TandemServicer):
         self.started = time.monotonic()
 
     def prepare(self, request: pb.GenerateRequest) -> PreparedRequest:
+        """The request validated and tokenized (blocking: `Generate` runs it on the
+        preparer's thread)."""
         p = self.preparer
         p.check_model(request.model)
+        p.check_request_id(request.request_id)
         kind = request.WhichOneof("input")
         if kind is None:
             raise InvalidRequest("the request has no input: set prompt, chat or prompt_token_ids")
@@ -83,7 +131,7 @@ class TandemService(pb_grpc.TandemServicer):
 
     async def Generate(self, request, context):
         try:
-            req = self.prepare(request)
+            req = await self.preparer.run(self.prepare, request)
             async for chunk in self.dispatcher.generate(req):
                 yield to_response(chunk)
         except InvalidRequest as e:
@@ -134,8 +182,11 @@ async def start_grpc_server(service: TandemService, host: str, port: int,
                             api_key: str | None = None) -> tuple[grpc.aio.Server, int,
                                                                   health.aio.HealthServicer]:
     """Serve the API, grpc.health.v1 (SERVING for "" and the Tandem service) and reflection.
-    Returns the server, its bound port (port 0: ephemeral) and the health servicer."""
-    server = grpc.aio.server(interceptors=[ApiKeyCheck(api_key)] if api_key else None)
+    Returns the server, its bound port (port 0: ephemeral) and the health servicer.
+    A message past the preparer's `limits.max_request_bytes` gets RESOURCE_EXHAUSTED."""
+    interceptors = [RejectUndecodable()] + ([ApiKeyCheck(api_key)] if api_key else [])
+    options = [("grpc.max_receive_message_length", service.preparer.limits.max_request_bytes)]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_TandemServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,25 +4,60 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from runtime.frontend.metrics import CONTENT_TYPE_LATEST
-from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest
+from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import ServingError
+
+log = logging.getLogger(__name__)
 
 _HTTP_STATUS = {"UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 503, "DEADLINE_EXCEEDED": 504,
                 "UNAUTHENTICATED": 401, "INVALID_ARGUMENT": 400}
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
-                                   "code": status}}, status_code=status)
+class _AsciiJSON(JSONResponse):
+    # A message may quote what the client sent, lone surrogates included: escaped, they encode.
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   headers: dict | None = None) -> JSONResponse:
+    return _AsciiJSON({"error": {"message": message, "type": kind, "param": None,
+                                 "code": status}}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's JSON body, at most `limit` bytes (413 past it; 415 for another type)."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise HTTPException(415, f"send the body as JSON with 'Content-Type: application/json', "
+                                 f"not {kind!r}")
+    too_large = HTTPException(413, f"the request body is larger than {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(400, "the client closed the connection before the body "
+                                 "ended") from None
+    return b"".join(chunks)
 
 
 def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
@@ -52,6 +87,19 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
         metrics.errors.labels("INVALID_ARGUMENT").inc()
         return error_response(400, str(exc))
 
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request, exc: HTTPException):
+        if exc.status_code in (400, 413, 415):
+            metrics.errors.labels("INVALID_ARGUMENT").inc()
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        metrics.errors.labels("INTERNAL").inc()
+        return error_response(500, "internal error: the request failed on the server, "
+                                   "not because of what it sent", "server_error")
+
     @app.exception_handler(ServingError)
     async def on_serving_error(request, exc: ServingError):
         metrics.errors.labels(exc.code).inc()
@@ -75,30 +123,28 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
             "id": preparer.model_name, "object": "model", "created": 0, "owned_by": "tandem",
             "root": preparer.model_path, "max_model_len": preparer.max_model_len}]}
 
+    # The bodies are read here, then parsed, tokenized and checked on the preparer's thread:
+    # a long prompt must not hold the event loop that answers every other request.
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            if len(prompt) != 1:
-                raise InvalidRequest("send one prompt per request (batched prompts are not "
-                                     "supported)")
-            prompt = prompt[0]
-        req = _prepare(body, prompt=prompt if isinstance(prompt, str) else None,
-                       token_ids=prompt if isinstance(prompt, list) else None)
+    async def completions(request: Request):
+        raw = await read_body(request, preparer.limits.max_request_bytes)
+        body, req = await preparer.run(_prepare, raw, CompletionRequest)
         return await _respond(body, req, "cmpl", "text_completion", _completion_choice)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
-        req = _prepare(body, messages=body.messages)
+    async def chat_completions(request: Request):
+        raw = await read_body(request, preparer.limits.max_request_bytes)
+        body, req = await preparer.run(_prepare, raw, ChatCompletionRequest)
         return await _respond(body, req, "chatcmpl", "chat.completion", _chat_choice)
 
-    def _prepare(body, **inputs) -> PreparedRequest:
+    def _prepare(raw: bytes, schema) -> tuple:
+        body = parse_body(raw, schema)
         preparer.check_model(body.model)
         if body.n != 1:
             raise InvalidRequest("n must be 1")
-        ids = preparer.prompt_ids(**inputs)
+        ids = preparer.prompt_ids(**body.prompt_inputs())
         params = preparer.sampling_params(len(ids), **body.sampling_fields())
-        return PreparedRequest(f"{uuid.uuid4().hex}", tuple(ids), params)
+        return body, PreparedRequest(f"{uuid.uuid4().hex}", tuple(ids), params)
 
     async def _respond(body, req: PreparedRequest, prefix: str, obj: str, choice):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
@@ -135,6 +181,9 @@ async def _sse(head, obj, first, stream, choice, include_usage):
             chunk = await anext(stream, None)
     except (InvalidRequest, ServingError) as e:   # headers are gone: report in the stream
         yield event({"error": {"message": str(e), "type": "server_error"}})
+    except Exception:   # a bug: still end the stream cleanly rather than drop the connection
+        log.exception("streaming a response failed")
+        yield event({"error": {"message": "internal error", "type": "server_error"}})
     finally:   # a client that went away cancels us here: abort the request on the workers
         await stream.aclose()
     if include_usage and last is not None and last.usage is not None:
