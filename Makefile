@@ -33,10 +33,16 @@ run: model
 	$(PY) -m runtime.cli serve --config runtime/configs/local.yaml --demo
 
 test: install model
-	$(PY) -m pytest -q -m "not slow" --timeout=900
+	$(PY) -m pytest -q -m "not slow and not fuzz" --timeout=900
 
 test-slow: install model
 	$(PY) -m pytest -q -m slow --timeout=3600
+
+# Over 10,000 hostile HTTP bodies and gRPC messages against a local tiny-model cluster (minutes);
+# prints the answers counted by endpoint and status. A fast slice of it runs in `make test`.
+.PHONY: fuzz
+fuzz: install
+	$(PY) -m pytest -q -m fuzz -p no:cacheprovider --timeout=3600 tests/e2e/test_fuzz_api.py
 
 # Faults injected into real local clusters (worker death, shutdown under load, ...): the fast
 # ones also run in `make test`; this runs all of them.
