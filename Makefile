@@ -49,6 +49,14 @@ fuzz: install
 chaos: install model
 	$(PY) -m pytest -q -m chaos --timeout=1800 tests/chaos
 
+# Steady mixed load on the local SmolLM2 cluster (SOAK_MINUTES, default 30): RSS per worker,
+# errors and latency over time, with a plot, in soak-results/. Not part of `make test`.
+SOAK_MINUTES ?= 30
+.PHONY: soak
+soak: install model
+	$(PY) -m pip install -q -e '.[soak]'
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES) --out soak-results
+
 # vLLM runs too when `make install-vllm` has been done; otherwise it is reported as skipped.
 bench: install model
 	$(PY) benchmarks/offline.py --engine tandem --engine hf --engine vllm --num-prompts 32 --input-len 256 --output-len 128 --dtype bfloat16

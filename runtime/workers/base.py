@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import warnings
 
+import psutil
 import ray
 
 from runtime.engine import Engine
@@ -73,6 +75,10 @@ class Worker:
         self.faults.configure(faults)
         return fired
 
+    def rss_bytes(self) -> int:
+        """The worker process's resident memory (for soak runs and operators)."""
+        return psutil.Process().memory_info().rss
+
     def pid(self) -> int:
         """The worker's process id (for operators and fault-injection tests)."""
         return os.getpid()
@@ -122,4 +128,8 @@ def _restarted_by_ray() -> bool:
     if not ray.is_initialized():
         return False
     context = ray.get_runtime_context()
-    return context.get_actor_id() is not None and context.was_current_actor_reconstructed
+    if context.get_actor_id() is None:
+        return False
+    with warnings.catch_warnings():   # the property reads Ray's deprecated `actor_id` itself
+        warnings.simplefilter("ignore")
+        return bool(context.was_current_actor_reconstructed)
