@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from runtime.serve_cli import add_serve_parser
+from runtime.serve_cli import add_serve_parser, add_tls_arguments
 
 
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--timeout", type=float, default=120.0, help="with --url: the deadline (s)")
     gen.add_argument("--timings", action="store_true",
                      help="with --url: print the timing breakdown to stderr")
+    add_tls_arguments(gen)
     gen.set_defaults(func=_cmd_generate)
     add_serve_parser(sub)
     return parser

@@ -24,7 +24,17 @@ def add_serve_parser(sub) -> None:
     status = sub.add_parser("status", help="health and load of a running cluster")
     status.add_argument("--url", default="127.0.0.1:50051", help="the frontend's gRPC HOST:PORT")
     status.add_argument("--api-key", default=os.environ.get("TANDEM_API_KEY"))
+    add_tls_arguments(status)
     status.set_defaults(func=cmd_status)
+
+
+def add_tls_arguments(parser) -> None:
+    """--ca-file / --server-name of the SDK's TLS (a grpcs:// URL turns TLS on too)."""
+    parser.add_argument("--ca-file", default=None,
+                        help="PEM roots to trust for the server's TLS certificate (implies TLS; "
+                             "a grpcs:// URL uses TLS with the system's roots)")
+    parser.add_argument("--server-name", default=None,
+                        help="the name to check the server's certificate against")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,13 +53,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = replace(config, ray=replace(config.ray, address=args.address))
 
     async def ready(frontend) -> None:
-        s = config.server
-        grpc_url, http_url = f"{s.host}:{frontend.grpc_port}", f"http://{s.host}:{frontend.http_port}"
+        grpc_url, http_url = frontend.grpc_url, frontend.http_url
         print(f"tandem: serving {config.model_name!r} ({config.mode}: "
               + ", ".join(f"{p.replicas} {p.role}" for p in config.pools if p.replicas)
               + f") on gRPC {grpc_url} and HTTP {http_url}", flush=True)
         if args.demo:
-            await demo(grpc_url, config.api_key)
+            tls = config.server.tls
+            await demo(grpc_url, config.api_key,
+                       ca_file=tls and (tls.ca_file or tls.cert_file),
+                       server_name=tls and tls.server_name)
         print(usage_text(grpc_url, http_url, config.model_name), flush=True)
 
     try:
@@ -61,12 +73,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def demo(url: str, api_key: str | None) -> None:
+async def demo(url: str, api_key: str | None, ca_file: str | None = None,
+               server_name: str | None = None) -> None:
     """One real request through the SDK, streamed, with its timing breakdown."""
     from runtime.client import AsyncClient
 
     print(f"\n>>> {DEMO_PROMPT}\n", flush=True)
-    async with AsyncClient(url, api_key=api_key) as client:
+    async with AsyncClient(url, api_key=api_key, ca_file=ca_file,
+                           server_name=server_name) as client:
         last = None
         async for chunk in client.stream(messages=[{"role": "user", "content": DEMO_PROMPT}],
                                          max_tokens=64, temperature=0.0):
@@ -94,7 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from runtime.client import Client, TandemError
 
     try:
-        with Client(args.url, api_key=args.api_key, timeout=10) as client:
+        with Client(args.url, api_key=args.api_key, timeout=10, ca_file=args.ca_file,
+                    server_name=args.server_name) as client:
             health = client.health()
             status = client.cluster_status()
     except TandemError as e:
@@ -123,7 +138,8 @@ def generate_remote(args: argparse.Namespace) -> int:
         kwargs["prompt"] = args.prompt
     last = None
     try:
-        with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        with Client(args.url, api_key=args.api_key, timeout=args.timeout,
+                    ca_file=args.ca_file, server_name=args.server_name) as client:
             for chunk in client.stream(**kwargs):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()

@@ -26,15 +26,3 @@ class RetryPolicy:
     def should_retry(self, err: grpc.RpcError, attempt: int) -> bool:
         code = err.code() if callable(getattr(err, "code", None)) else None
         return code == grpc.StatusCode.UNAVAILABLE and attempt < self.max_attempts
-
-
-def channel_target(url: str) -> str:
-    """'HOST:PORT', accepting an optional grpc:// prefix."""
-    for prefix in ("grpc://", "http://"):
-        if url.startswith(prefix):
-            return url[len(prefix):]
-    return url
-
-
-def call_metadata(api_key: str | None) -> tuple:
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()

@@ -9,7 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
-from runtime.client._retry import RetryPolicy, call_metadata, channel_target
+from runtime.client._channel import call_metadata, open_channel
+from runtime.client._retry import RetryPolicy
 from runtime.client.errors import error_from_rpc
 from runtime.client.results import (Completion, CompletionBuilder, StreamChunk, build_request,
                                     chunk_from_proto)
@@ -24,11 +25,14 @@ class Client:
     model's chat template applied server-side) or `prompt_token_ids`; sampling keywords use
     vLLM's names (max_tokens, temperature, top_p, top_k, min_p, seed, stop, ...).
     Breaking out of `stream()` cancels the request, which frees its KV blocks on the cluster.
+    TLS: a grpcs:// URL, `tls=True` or a `ca_file` (PEM roots for a private CA; default the
+    system's); `server_name` overrides the name checked against the server's certificate.
     """
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float | None = 60.0,
-                 retry: RetryPolicy = RetryPolicy()):
-        self._channel = grpc.insecure_channel(channel_target(url))
+                 retry: RetryPolicy = RetryPolicy(), tls: bool | None = None,
+                 ca_file: str | None = None, server_name: str | None = None):
+        self._channel = open_channel(url, tls=tls, ca_file=ca_file, server_name=server_name)
         self._stub = pb_grpc.TandemStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = call_metadata(api_key)

@@ -30,11 +30,11 @@ class BackgroundServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.config.server.host}:{self.frontend.grpc_port}"
+        return self.frontend.grpc_url
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.server.host}:{self.frontend.http_port}"
+        return self.frontend.http_url
 
     def start(self) -> "BackgroundServer":
         from runtime.frontend.server import Frontend

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from runtime.faults import FaultConfig
-from runtime.kv_transfer import KVTransferConfig
+from runtime.kv_transfer import KVTransferConfig, TLSConfig
 
 POOL_ROLES = ("prefill", "decode", "colocated")
 
@@ -45,6 +45,10 @@ class ServerConfig:
     restarted worker, or another of its pool) before it ends with UNAVAILABLE.
     `shutdown_grace_s`: on SIGINT/SIGTERM, how long requests in flight may run on before they
     are ended with UNAVAILABLE (new ones are refused at once; a second signal ends it).
+    `max_streams_per_key`: requests one API key may have in flight (all clients together
+    when the API is open); past it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
+    `tls`: serve both ports over TLS with `cert_file` + `key_file` (PEM); `ca_file` and
+    `server_name` are what local clients (the `--demo` request) trust and check.
     """
 
     host: str = "127.0.0.1"
@@ -52,6 +56,12 @@ class ServerConfig:
     http_port: int = 8000
     recovery_timeout_s: float = 20.0
     shutdown_grace_s: float = 5.0
+    max_streams_per_key: int = 512
+    tls: TLSConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.tls is not None and not (self.tls.cert_file and self.tls.key_file):
+            raise ValueError("server.tls needs cert_file and key_file")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ class ServerSection(_Strict):
     http_port: int = Field(8000, ge=0, le=65535)
     recovery_timeout_s: float = Field(20.0, gt=0)
     shutdown_grace_s: float = Field(5.0, ge=0)
+    max_streams_per_key: int = Field(512, ge=0)
+    tls: TLSSection | None = None
 
 
 class AuthSection(_Strict):
@@ -126,6 +128,10 @@ def _secret(value: str | None, env: str | None) -> str | None:
     return value or (os.environ.get(env) if env else None) or None
 
 
+def _tls(section: TLSSection | None) -> TLSConfig | None:
+    return TLSConfig(**section.model_dump()) if section else None
+
+
 def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> ClusterConfig:
     """The validated file as frozen configs; `model_path` is the resolved local directory."""
     e, kv = f.engine, f.kv_transfer
@@ -136,7 +142,7 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
                                   ("colocated", f.pools.colocated)))
     # Without a configured secret, one per `serve`: every worker gets it through its config.
     kv_secret = _secret(f.auth.kv_secret, f.auth.kv_secret_env) or secrets.token_urlsafe(32)
-    tls = TLSConfig(**kv.tls.model_dump()) if kv.tls else None
+    tls = _tls(kv.tls)
     return ClusterConfig(
         model=ModelConfig(path=model_path, dtype=f.model.dtype,
                           max_model_len=f.model.max_model_len),
@@ -152,7 +158,7 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
                                   enable_chunked_prefill=e.enable_chunked_prefill),
         num_threads=e.num_threads, seed=e.seed, kv_bind_host=kv.bind_host,
         kv_advertise_host=kv.advertise_host,
-        server=ServerConfig(**f.server.model_dump()),
+        server=ServerConfig(**f.server.model_dump(exclude={"tls"}), tls=_tls(f.server.tls)),
         api_key=_secret(f.auth.api_key, f.auth.api_key_env),
         ray=RayConfig(**f.ray.model_dump()),
         faults=FaultConfig(**f.faults.model_dump()))

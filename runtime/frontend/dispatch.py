@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import time
@@ -95,12 +96,15 @@ class Dispatcher:
     """
 
     def __init__(self, workers: list[WorkerHandle], router: Router | None = None,
-                 on_finished=None, recovery_timeout_s: float = 20.0):
+                 on_finished=None, recovery_timeout_s: float = 20.0,
+                 max_streams_per_key: int = 0):
         self.registry = WorkerRegistry(workers, router)
         self.router = self.registry.router
         self.mode = self.registry.mode
         self.recovery_timeout_s = recovery_timeout_s
+        self.max_streams_per_key = max_streams_per_key
         self.num_in_flight = 0
+        self._per_key: dict[str, int] = {}
         self._on_finished = on_finished
         self._keys = itertools.count()
         self._prefix = uuid.uuid4().hex[:6]
@@ -120,9 +124,18 @@ class Dispatcher:
         """Ask every worker for its load snapshot and hand them to the router."""
         return await self.registry.poll()
 
-    async def generate(self, req: PreparedRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, req: PreparedRequest,
+                       client_key: str = "") -> AsyncIterator[GenerationChunk]:
+        """The request's chunks. `client_key` names who sent it (see `client_key`): each
+        may have `max_streams_per_key` requests in flight; past that RESOURCE_EXHAUSTED."""
         if self._closing:
             raise _shutting_down()
+        held = self._per_key.get(client_key, 0)
+        if self.max_streams_per_key and held >= self.max_streams_per_key:
+            raise ServingError("RESOURCE_EXHAUSTED", f"this API key has {held} requests in "
+                               f"flight, the most the server allows at once; retry when one "
+                               f"has ended", retry_after_s=1)
+        self._per_key[client_key] = held + 1
         self.num_in_flight += 1
         attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
         self._attempts[attempt.key] = attempt
@@ -134,6 +147,9 @@ class Dispatcher:
         finally:
             self.num_in_flight -= 1
             del self._attempts[attempt.key]
+            self._per_key[client_key] -= 1
+            if not self._per_key[client_key]:
+                del self._per_key[client_key]
 
     async def drain(self, grace_s: float) -> None:
         """Shutdown: refuse new requests (UNAVAILABLE), let those in flight finish for up to
@@ -304,6 +320,12 @@ class Dispatcher:
                   if a.recover_by is not None else "")
         raise ServingError("UNAVAILABLE", f"no healthy {missing} worker{waited}; retry in "
                            f"{RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
+
+
+def client_key(authorization: str) -> str:
+    """Who sent a request, for per-key limits: a digest of its Authorization value (never
+    the key itself), "" without one."""
+    return hashlib.sha256(authorization.encode()).hexdigest()[:16] if authorization else ""
 
 
 def _shutting_down() -> ServingError:

@@ -12,8 +12,11 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
+from runtime.frontend.dispatch import client_key
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
+from runtime.kv_transfer import TLSConfig
+from runtime.kv_transfer.auth import server_credentials
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tandem"].full_name
 _FINISH = {"stop": pb.STOP, "length": pb.LENGTH, "abort": pb.ABORT}
@@ -132,7 +135,8 @@ class TandemService(pb_grpc.TandemServicer):
     async def Generate(self, request, context):
         try:
             req = await self.preparer.run(self.prepare, request)
-            async for chunk in self.dispatcher.generate(req):
+            key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
+            async for chunk in self.dispatcher.generate(req, key):
                 yield to_response(chunk)
         except InvalidRequest as e:
             self._count_error("INVALID_ARGUMENT")
@@ -179,10 +183,11 @@ def to_response(chunk) -> pb.GenerateResponse:
 
 
 async def start_grpc_server(service: TandemService, host: str, port: int,
-                            api_key: str | None = None) -> tuple[grpc.aio.Server, int,
-                                                                  health.aio.HealthServicer]:
-    """Serve the API, grpc.health.v1 (SERVING for "" and the Tandem service) and reflection.
-    Returns the server, its bound port (port 0: ephemeral) and the health servicer.
+                            api_key: str | None = None, tls: TLSConfig | None = None
+                            ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Serve the API, grpc.health.v1 (SERVING for "" and the Tandem service) and reflection,
+    over TLS when `tls` is given. Returns the server, its bound port (port 0: ephemeral) and
+    the health servicer.
     A message past the preparer's `limits.max_request_bytes` gets RESOURCE_EXHAUSTED."""
     interceptors = [RejectUndecodable()] + ([ApiKeyCheck(api_key)] if api_key else [])
     options = [("grpc.max_receive_message_length", service.preparer.limits.max_request_bytes)]
@@ -193,7 +198,9 @@ async def start_grpc_server(service: TandemService, host: str, port: int,
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, server_credentials(tls)) if tls
+             else server.add_insecure_port(address))
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

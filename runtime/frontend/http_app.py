@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from runtime.frontend.dispatch import client_key
 from runtime.frontend.metrics import CONTENT_TYPE_LATEST
 from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
@@ -21,7 +22,8 @@ from runtime.frontend.results import ServingError
 
 log = logging.getLogger(__name__)
 
-_HTTP_STATUS = {"UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 503, "DEADLINE_EXCEEDED": 504,
+# RESOURCE_EXHAUSTED: the cluster or this API key is at capacity: 429 with Retry-After.
+_HTTP_STATUS = {"UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 429, "DEADLINE_EXCEEDED": 504,
                 "UNAUTHENTICATED": 401, "INVALID_ARGUMENT": 400}
 
 
@@ -66,9 +68,11 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
     app = FastAPI(title="Tandem", docs_url=None, redoc_url=None)
     expected = f"Bearer {api_key}".encode() if api_key else None
 
+    # /health stays open for load balancers; the API and /metrics need the key when one is set.
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
-        if expected and request.url.path.startswith("/v1/"):
+        path = request.url.path
+        if expected and (path.startswith("/v1/") or path == "/metrics"):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return error_response(401, "missing or wrong API key: send "
@@ -129,13 +133,14 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
     async def completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
         body, req = await preparer.run(_prepare, raw, CompletionRequest)
-        return await _respond(body, req, "cmpl", "text_completion", _completion_choice)
+        return await _respond(request, body, req, "cmpl", "text_completion",
+                              _completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
         body, req = await preparer.run(_prepare, raw, ChatCompletionRequest)
-        return await _respond(body, req, "chatcmpl", "chat.completion", _chat_choice)
+        return await _respond(request, body, req, "chatcmpl", "chat.completion", _chat_choice)
 
     def _prepare(raw: bytes, schema) -> tuple:
         body = parse_body(raw, schema)
@@ -146,10 +151,11 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
         params = preparer.sampling_params(len(ids), **body.sampling_fields())
         return body, PreparedRequest(f"{uuid.uuid4().hex}", tuple(ids), params)
 
-    async def _respond(body, req: PreparedRequest, prefix: str, obj: str, choice):
+    async def _respond(request: Request, body, req: PreparedRequest, prefix: str, obj: str,
+                       choice):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
         head = {"id": rid, "created": created, "model": preparer.model_name}
-        stream = dispatcher.generate(req)
+        stream = dispatcher.generate(req, client_key(request.headers.get("authorization", "")))
         if not body.stream:
             text, last = [], None
             async for chunk in stream:

@@ -49,8 +49,10 @@ class Frontend:
                  preparer: RequestPreparer | None = None):
         self.config = config
         self.metrics = FrontendMetrics()
+        s = config.server
         self.dispatcher = Dispatcher(workers, on_finished=self.metrics.observe_finished,
-                                     recovery_timeout_s=config.server.recovery_timeout_s)
+                                     recovery_timeout_s=s.recovery_timeout_s,
+                                     max_streams_per_key=s.max_streams_per_key)
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(config.model_name,
                                                               config.model.path, max_len)
@@ -60,21 +62,33 @@ class Frontend:
         self._serving: bool | None = None   # what health last said
         self._stopping = False
 
+    @property
+    def grpc_url(self) -> str:
+        """Where clients reach the gRPC API: HOST:PORT, grpcs://HOST:PORT over TLS."""
+        s = self.config.server
+        return f"{'grpcs://' if s.tls else ''}{s.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        s = self.config.server
+        return f"{'https' if s.tls else 'http'}://{s.host}:{self.http_port}"
+
     async def start(self) -> None:
         s = self.config.server
         await self.dispatcher.poll_loads()
         service = TandemService(self.dispatcher, self.preparer, self.metrics)
         self._grpc, self.grpc_port, self._health = await start_grpc_server(
-            service, s.host, s.grpc_port, self.config.api_key)
+            service, s.host, s.grpc_port, self.config.api_key, s.tls)
         sock = bind_socket(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
         app = build_app(self.dispatcher, self.preparer, self.metrics, self.config.api_key,
                         is_ready=lambda: self.dispatcher.serving and not self._stopping)
         # The dispatcher has ended every request before uvicorn is told to exit; its own
         # timeout only bounds connections that are slow to close.
+        tls = {"ssl_certfile": s.tls.cert_file, "ssl_keyfile": s.tls.key_file} if s.tls else {}
         self._uvicorn = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning",
                                                         lifespan="off", timeout_keep_alive=30,
-                                                        timeout_graceful_shutdown=2))
+                                                        timeout_graceful_shutdown=2, **tls))
         self._tasks = [asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
                        asyncio.create_task(self._poll_loads())]
         while not self._uvicorn.started:

@@ -47,7 +47,7 @@ class FakeDispatcher:
     async def poll_loads(self) -> list:
         return []
 
-    async def generate(self, req: PreparedRequest):
+    async def generate(self, req: PreparedRequest, client_key: str = ""):
         try:
             check_admissible(req, self.preparer)
         except Exception as e:

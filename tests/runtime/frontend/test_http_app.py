@@ -215,7 +215,7 @@ class FailingMidStream:
     async def poll_loads(self):
         return []
 
-    async def generate(self, req):
+    async def generate(self, req, client_key=""):
         yield GenerationChunk(req.request_id, [7], "a")
         raise RuntimeError("boom")
 

@@ -10,6 +10,7 @@ from runtime.kv_transfer import KVTransferError
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 
 from kv_handoff_helpers import GREEDY, PROMPTS, SECRET, config
+from tls_helpers import self_signed_cert
 
 
 def wait_for(cond, timeout=10.0):
@@ -238,35 +239,6 @@ def test_tls_handoff(make_pair, colocated_reference, tmp_path):
         pair.p_thread.call(plain.step)
     assert error_of(future).code == grpc.StatusCode.UNAVAILABLE
     plain.close()
-
-
-def self_signed_cert(folder):
-    x509 = pytest.importorskip("cryptography.x509")
-    import datetime
-    import ipaddress
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def mid_stream(make_pair):
