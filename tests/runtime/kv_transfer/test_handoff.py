@@ -34,14 +34,21 @@ def assert_clean(pair, start):
     assert not pair.d_thread.call(pair.decode.has_unfinished_requests)
 
 
+# The prefill engine on the CPU, or on a GPU handing off to a CPU decode engine (mixed
+# hardware: a GPU cache packs on the device; layer-wise KV is staged on a side stream).
+PREFILL_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("prefill_device", PREFILL_DEVICES)
 @pytest.mark.parametrize("layerwise_min_tokens,chunk_bytes,budget", [
     (10**9, 1 << 20, 2048),   # every prompt after its prefill, small ones in one message
     (1, 4096, 16),            # every prompt layer by layer over chunked-prefill steps
     (40, 2048, 64),           # mixed, with chunks split by tokens
 ])
 def test_handoff_equals_colocated(make_pair, colocated_reference, layerwise_min_tokens,
-                                  chunk_bytes, budget):
-    pair = make_pair(prefill_kw={"budget": budget},
+                                  chunk_bytes, budget, prefill_device):
+    pair = make_pair(prefill_kw={"budget": budget, "device": prefill_device},
                      sender_cfg=config(layerwise_min_tokens=layerwise_min_tokens,
                                        chunk_bytes=chunk_bytes))
     start = pair.free_blocks()
@@ -57,12 +64,14 @@ def test_handoff_equals_colocated(make_pair, colocated_reference, layerwise_min_
     assert pair.free_blocks() == start
 
 
-def test_send_converts_dtype_and_block_size_exactly(make_pair):
-    pair = make_pair(prefill_kw={"dtype": "bfloat16", "block_size": 4},
+@pytest.mark.parametrize("prefill_device", PREFILL_DEVICES)
+def test_send_converts_dtype_and_block_size_exactly(make_pair, prefill_device):
+    pair = make_pair(prefill_kw={"dtype": "bfloat16", "block_size": 4, "device": prefill_device},
                      decode_kw={"dtype": "float32", "block_size": 16})
     prompt = PROMPTS[6]
     out = pair.p_thread.call(pair.prefill.generate, prompt_token_ids=[prompt], params=GREEDY)[0]
-    sent = pair.p_thread.call(lambda: list(pair.prefill.export_kv(out.request_id)))
+    sent = pair.p_thread.call(lambda: [(layer, k.cpu(), v.cpu()) for layer, k, v
+                                       in pair.prefill.export_kv(out.request_id)])
     result = pair.sender.send(out.kv_handle, pair.target).result(timeout=30)
     layers, kv_heads, head_dim, bf16 = 2, 2, 16, 2
     assert result.num_bytes == layers * 2 * len(prompt) * kv_heads * head_dim * bf16
