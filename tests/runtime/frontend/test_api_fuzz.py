@@ -36,7 +36,7 @@ def counts(frontend):
 @pytest.mark.parametrize("path,bodies", [
     ("/v1/completions", lambda p: fz.completion_bodies("tiny", p.vocab_size)),
     ("/v1/chat/completions", lambda p: fz.chat_bodies("tiny")),
-])
+], ids=["completions", "chat"])
 def test_http_fuzz_gets_4xx_json_or_a_complete_answer(http, tiny_preparer, counts, path,
                                                       bodies):
     fz.run_fuzz(fz.http_requests(bodies(tiny_preparer)),
