@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from runtime.faults import FaultConfig
+from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
 
 POOL_ROLES = ("prefill", "decode", "colocated")
@@ -81,6 +82,7 @@ class ClusterConfig:
     `served_name` is the model name requests must use (None: the path as given, as vLLM
     does). `api_key` None leaves the public API open; the KV channel always needs `kv.secret`.
     `faults` are injected into every worker (chaos tests and drills; none by default).
+    `limits` bound what one request may carry (see `RequestLimits`).
     """
 
     model: ModelConfig
@@ -97,6 +99,7 @@ class ClusterConfig:
     api_key: str | None = None
     ray: RayConfig = field(default_factory=RayConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         sizes = {p.role: p.replicas for p in self.pools}

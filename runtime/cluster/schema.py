@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig, ServerConfig
 from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from runtime.faults import FaultConfig
+from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
 
 
@@ -118,6 +119,8 @@ class ClusterFile(_Strict):
     auth: AuthSection = AuthSection()
     ray: RaySection = RaySection()
     faults: FaultsSection = FaultsSection()
+    # The frozen config itself: pydantic checks its field names and types.
+    limits: RequestLimits = RequestLimits()
 
 
 class ConfigError(ValueError):
@@ -161,7 +164,7 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
         server=ServerConfig(**f.server.model_dump(exclude={"tls"}), tls=_tls(f.server.tls)),
         api_key=_secret(f.auth.api_key, f.auth.api_key_env),
         ray=RayConfig(**f.ray.model_dump()),
-        faults=FaultConfig(**f.faults.model_dump()))
+        faults=FaultConfig(**f.faults.model_dump()), limits=f.limits)
 
 
 def parse_cluster_config(data: dict | None, model: str | None = None,

@@ -5,7 +5,7 @@ import asyncio
 import functools
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from runtime.engine import SamplingParams
@@ -41,6 +41,12 @@ class RequestLimits:
     max_stop_token_ids: int = 256
     max_request_id_chars: int = 128
     max_request_bytes: int = 8 << 20
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value < 1:
+                raise ValueError(f"limits.{f.name} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ class Frontend:
                                      max_streams_per_key=s.max_streams_per_key)
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(config.model_name,
-                                                              config.model.path, max_len)
+                                                              config.model.path, max_len,
+                                                              config.limits)
         self.grpc_port = self.http_port = 0
         self._grpc = self._health = self._uvicorn = None
         self._tasks: list[asyncio.Task] = []

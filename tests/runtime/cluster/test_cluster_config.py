@@ -54,7 +54,32 @@ def test_pool_placement_becomes_ray_actor_options():
      "kv_transfer.encoding"),
     ({"pools": {"colocated": {"replicas": -1}}}, "pools.colocated.replicas"),
     ({}, "pools: Field required"),
+    ({"pools": {"colocated": {"replicas": 1}}, "limits": {"max_stop_string": 4}},
+     "limits.max_stop_string: Unexpected keyword argument"),
+    ({"pools": {"colocated": {"replicas": 1}}, "limits": {"max_request_bytes": 0}},
+     "limits.max_request_bytes must be >= 1, got 0"),
+    ({"pools": {"colocated": {"replicas": 1}}, "server": {"tls": {"cert_file": "c.pem"}}},
+     "server.tls needs cert_file and key_file"),
+    ({"pools": {"colocated": {"replicas": 1}}, "faults": {"kill_at": "nowhere"}},
+     "faults.kill_at must be one of"),
 ])
 def test_bad_configs_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         parse_cluster_config(data, resolve_model=fake_resolve)
+
+
+def test_reliability_limits_and_faults_reach_their_configs():
+    c = parse_cluster_config({
+        "pools": {"prefill": {"replicas": 1, "max_restarts": 3}, "decode": {"replicas": 1}},
+        "server": {"recovery_timeout_s": 7, "shutdown_grace_s": 2, "max_streams_per_key": 9,
+                   "tls": {"cert_file": "c.pem", "key_file": "k.pem"}},
+        "limits": {"max_stop_strings": 4, "max_request_bytes": 1024},
+        "faults": {"kv_drop_chunk": True, "times": 2}}, resolve_model=fake_resolve)
+    s = c.server
+    assert (s.recovery_timeout_s, s.shutdown_grace_s, s.max_streams_per_key) == (7, 2, 9)
+    assert (s.tls.cert_file, s.tls.key_file) == ("c.pem", "k.pem")
+    assert actor_options(c.pool("prefill"))["max_restarts"] == 3
+    assert actor_options(c.pool("decode"))["max_restarts"] == -1
+    assert (c.limits.max_stop_strings, c.limits.max_request_bytes) == (4, 1024)
+    assert c.limits.max_chat_messages == 1024   # the rest keep their defaults
+    assert worker_config(c, "decode", 0).faults.kv_drop_chunk
