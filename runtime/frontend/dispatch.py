@@ -18,6 +18,7 @@ from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import GenerationChunk, ServingError, Timings, Usage
 from runtime.workers.builder import WorkerHandle
 from runtime.workers.events import HandoffEvent, TokenEvent
+from runtime.workers.streams import StreamTimeout
 from scheduler.router import NoWorkerError, Router, WorkerLoad
 
 log = logging.getLogger(__name__)
@@ -341,7 +342,9 @@ def _abort(worker: WorkerHandle, request_id: str) -> None:
 
 async def _get(ref, worker: WorkerHandle, a: _Attempt):
     """A worker's event batch. A dead worker is WorkerLost; a request the engine refused is
-    InvalidRequest; anything else is INTERNAL, its details logged, not sent to the client."""
+    InvalidRequest; a stream the worker closed for want of output (its idle timeout, the
+    deadline of every stage on a worker) is DEADLINE_EXCEEDED; anything else is INTERNAL, its
+    details logged, not sent to the client."""
     try:
         return await ref
     except RayActorError as e:
@@ -350,6 +353,10 @@ async def _get(ref, worker: WorkerHandle, a: _Attempt):
         cause = e.cause if getattr(e, "cause", None) is not None else e
         if isinstance(cause, ValueError):
             raise InvalidRequest(str(cause)) from None
+        if isinstance(cause, StreamTimeout):
+            log.warning("request %s: %s on worker %s", a.key, cause, worker.name)
+            raise ServingError("DEADLINE_EXCEEDED", f"request {a.req.request_id} produced no "
+                               f"output within the worker's idle limit") from None
         log.error("request %s failed on worker %s: %s", a.key, worker.name, e)
         raise ServingError("INTERNAL", f"internal error while serving request "
                            f"{a.req.request_id}; the server log has the details") from None
