@@ -1,7 +1,7 @@
 """Frozen configuration of the engine layers, composed from the CLI/config file downwards."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 ROLES = ("colocated", "prefill", "decode")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -87,3 +87,47 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine knobs as a cluster file gives them: its shared `engine` section, and each pool's
+    `engine` overrides (a GPU prefill pool in bfloat16 beside a CPU decode pool, say).
+
+    Every field is a field of `ModelConfig`, `CacheConfig`, `SchedulerConfig` or
+    `EngineConfig`, by the same name; None leaves it to the layer below: a pool's override,
+    then the shared section, then that config's own default (declared there, once).
+    """
+
+    dtype: str | None = None
+    device: str | None = None
+    enforce_eager: bool | None = None
+    block_size: int | None = None
+    num_blocks: int | None = None
+    memory_gib: float | None = None
+    enable_prefix_caching: bool | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool | None = None
+    num_threads: int | None = None
+    seed: int | None = None
+
+    def over(self, base: "EngineSettings") -> "EngineSettings":
+        """`base` with the fields set here taking precedence."""
+        return replace(base, **self._set())
+
+    def engine_config(self, model: ModelConfig, role: str) -> EngineConfig:
+        """The engine's frozen config: `model` (its path and context) with these settings,
+        every unset knob at its config's default. ValueError names a bad value."""
+        values = self._set()
+
+        def pick(cls) -> dict:
+            return {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        return EngineConfig(model=replace(model, **pick(ModelConfig)),
+                            cache=CacheConfig(**pick(CacheConfig)),
+                            scheduler=SchedulerConfig(**pick(SchedulerConfig)), role=role,
+                            **pick(EngineConfig))
+
+    def _set(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from runtime.config import EngineConfig, EngineSettings, ModelConfig
 from runtime.faults import FaultConfig
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
@@ -19,7 +19,8 @@ class PoolConfig:
     decode can be pinned to different hardware (e.g. `accelerator_type: H100` for prefill,
     `resources: {decode_host: 1}` for decode). `max_concurrency` bounds the requests a worker
     streams at once (each holds one of its actor threads). Ray restarts a dead worker up to
-    `max_restarts` times (-1: without limit).
+    `max_restarts` times (-1: without limit). `engine` overrides the cluster's shared engine
+    settings for this pool's workers (its device, dtype, cache, batching, threads).
     """
 
     role: str
@@ -30,6 +31,7 @@ class PoolConfig:
     resources: tuple[tuple[str, float], ...] = ()
     max_concurrency: int = 128
     max_restarts: int = -1
+    engine: EngineSettings = EngineSettings()
 
     def __post_init__(self) -> None:
         if self.role not in POOL_ROLES:
@@ -81,6 +83,7 @@ class ClusterConfig:
 
     `served_name` is the model name requests must use (None: the path as given, as vLLM
     does). `api_key` None leaves the public API open; the KV channel always needs `kv.secret`.
+    `engine` holds the engine settings every pool shares (each pool may override them).
     `faults` are injected into every worker (chaos tests and drills; none by default).
     `limits` bound what one request may carry (see `RequestLimits`).
     """
@@ -89,10 +92,7 @@ class ClusterConfig:
     pools: tuple[PoolConfig, ...]
     kv: KVTransferConfig
     served_name: str | None = None
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    num_threads: int | None = 1
-    seed: int = 0
+    engine: EngineSettings = field(default_factory=EngineSettings)
     kv_bind_host: str = "127.0.0.1"
     kv_advertise_host: str | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -114,6 +114,22 @@ class ClusterConfig:
         if not disagg and sizes.get("colocated", 0) < 1:
             raise ValueError("no workers: set pools.prefill/decode.replicas or "
                              "pools.colocated.replicas")
+        for pool in self.pools:
+            if pool.replicas:
+                self.engine_config(pool.role)   # a bad value fails here, named by its pool
+
+    def engine_config(self, role: str) -> EngineConfig:
+        """The engine config of `role`'s workers: the pool's overrides over the shared
+        settings over each config's defaults. ValueError names the pool and the value."""
+        pool = self.pool(role)
+        try:
+            config = pool.engine.over(self.engine).engine_config(self.model, role)
+        except ValueError as e:
+            raise ValueError(f"pools.{role}: {e}") from None
+        if config.model.device.startswith("cuda") and pool.num_gpus <= 0:
+            raise ValueError(f"pools.{role}: device {config.model.device!r} needs the pool's "
+                             f"num_gpus >= 1 (Ray gives a worker only the GPUs it reserves)")
+        return config
 
     @property
     def mode(self) -> str:

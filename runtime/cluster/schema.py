@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig, ServerConfig
-from runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from runtime.config import EngineSettings, ModelConfig
 from runtime.faults import FaultConfig
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
@@ -27,20 +27,7 @@ class _Strict(BaseModel):
 class ModelSection(_Strict):
     path: str | None = None
     served_name: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_model_len: int | None = Field(None, ge=1)
-
-
-class EngineSection(_Strict):
-    block_size: int = Field(16, ge=1)
-    num_blocks: int | None = Field(None, ge=1)
-    memory_gib: float = Field(0.5, gt=0)
-    enable_prefix_caching: bool = True
-    max_num_seqs: int = Field(64, ge=1)
-    max_num_batched_tokens: int = Field(512, ge=1)
-    enable_chunked_prefill: bool = True
-    num_threads: int | None = Field(1, ge=1)
-    seed: int = 0
 
 
 class PoolSection(_Strict):
@@ -51,6 +38,8 @@ class PoolSection(_Strict):
     resources: dict[str, float] = {}
     max_concurrency: int = Field(128, ge=1)
     max_restarts: int = Field(-1, ge=-1)
+    # The frozen settings themselves: pydantic checks names and types, the configs the values.
+    engine: EngineSettings = EngineSettings()
 
 
 class PoolsSection(_Strict):
@@ -112,7 +101,7 @@ class FaultsSection(_Strict):
 
 class ClusterFile(_Strict):
     model: ModelSection = ModelSection()
-    engine: EngineSection = EngineSection()
+    engine: EngineSettings = EngineSettings()
     pools: PoolsSection
     kv_transfer: KVSection = KVSection()
     server: ServerSection = ServerSection()
@@ -137,29 +126,22 @@ def _tls(section: TLSSection | None) -> TLSConfig | None:
 
 def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> ClusterConfig:
     """The validated file as frozen configs; `model_path` is the resolved local directory."""
-    e, kv = f.engine, f.kv_transfer
+    kv = f.kv_transfer
     pools = tuple(PoolConfig(role, p.replicas, p.num_cpus, p.num_gpus, p.accelerator_type,
                              tuple(sorted(p.resources.items())), p.max_concurrency,
-                             p.max_restarts)
+                             p.max_restarts, p.engine)
                   for role, p in (("prefill", f.pools.prefill), ("decode", f.pools.decode),
                                   ("colocated", f.pools.colocated)))
     # Without a configured secret, one per `serve`: every worker gets it through its config.
     kv_secret = _secret(f.auth.kv_secret, f.auth.kv_secret_env) or secrets.token_urlsafe(32)
     tls = _tls(kv.tls)
     return ClusterConfig(
-        model=ModelConfig(path=model_path, dtype=f.model.dtype,
-                          max_model_len=f.model.max_model_len),
+        model=ModelConfig(path=model_path, max_model_len=f.model.max_model_len),
         pools=pools,
         kv=KVTransferConfig(secret=kv_secret, encoding=kv.encoding, chunk_bytes=kv.chunk_bytes,
                             max_inflight_bytes=kv.max_inflight_bytes, deadline_s=kv.deadline_s,
                             layerwise_min_tokens=kv.layerwise_min_tokens, tls=tls),
-        served_name=served_name,
-        cache=CacheConfig(block_size=e.block_size, num_blocks=e.num_blocks,
-                          memory_gib=e.memory_gib, enable_prefix_caching=e.enable_prefix_caching),
-        scheduler=SchedulerConfig(max_num_seqs=e.max_num_seqs,
-                                  max_num_batched_tokens=e.max_num_batched_tokens,
-                                  enable_chunked_prefill=e.enable_chunked_prefill),
-        num_threads=e.num_threads, seed=e.seed, kv_bind_host=kv.bind_host,
+        served_name=served_name, engine=f.engine, kv_bind_host=kv.bind_host,
         kv_advertise_host=kv.advertise_host,
         server=ServerConfig(**f.server.model_dump(exclude={"tls"}), tls=_tls(f.server.tls)),
         api_key=_secret(f.auth.api_key, f.auth.api_key_env),

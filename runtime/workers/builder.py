@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import ray
 
 from runtime.cluster.config import ClusterConfig, PoolConfig
-from runtime.config import EngineConfig
 from runtime.workers import WORKER_CLASSES
 from runtime.workers.config import WorkerConfig
 
@@ -35,10 +34,7 @@ class WorkerHandle:
 
 
 def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig:
-    engine = EngineConfig(model=cluster.model, cache=cluster.cache,
-                          scheduler=cluster.scheduler, role=role, seed=cluster.seed,
-                          num_threads=cluster.num_threads)
-    return WorkerConfig(name=f"{role}-{index}", engine=engine,
+    return WorkerConfig(name=f"{role}-{index}", engine=cluster.engine_config(role),
                         kv=cluster.kv if role != "colocated" else None,
                         kv_bind_host=cluster.kv_bind_host,
                         kv_advertise_host=cluster.kv_advertise_host, faults=cluster.faults)

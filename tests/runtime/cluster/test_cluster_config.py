@@ -13,10 +13,49 @@ def fake_resolve(path):
     return path or "/models/default"
 
 
-@pytest.mark.parametrize("name", ["local", "colocated", "multinode"])
-def test_every_example_config_loads(name):
+def engine_of(config, role):
+    e = worker_config(config, role, 0).engine
+    return (e.model.device, e.model.dtype, e.cache.block_size, e.cache.memory_gib,
+            e.scheduler.max_num_seqs, e.scheduler.max_num_batched_tokens, e.num_threads,
+            e.model.enforce_eager)
+
+
+# Per example and role: device, dtype, block size, cache GiB, max seqs, batched tokens,
+# threads, enforce_eager, as each worker's engine would get them.
+EXAMPLES = {
+    "local": {"prefill": ("cpu", "float32", 16, 0.25, 64, 512, 1, False),
+              "decode": ("cpu", "float32", 16, 0.25, 64, 512, 1, False)},
+    "colocated": {"colocated": ("cpu", "float32", 16, 0.5, 64, 512, 2, False)},
+    "multinode": {"prefill": ("cuda", "bfloat16", 16, 40, 32, 8192, None, True),
+                  "decode": ("cuda", "bfloat16", 16, 16, 256, 256, None, False)},
+    "hetero": {"prefill": ("cuda", "bfloat16", 16, 8, 64, 8192, None, False),
+               "decode": ("cpu", "bfloat16", 32, 4, 128, 512, 16, False)},
+}
+
+
+def test_the_examples_are_the_ones_shipped():
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_example_config_gives_each_worker_its_engine(name):
     config = load_cluster_config(CONFIGS / f"{name}.yaml", resolve_model=fake_resolve)
     assert config.mode == ("colocated" if name == "colocated" else "disaggregated")
+    assert {role: engine_of(config, role) for role in EXAMPLES[name]} == EXAMPLES[name]
+
+
+def test_engine_settings_reach_every_knob_of_the_engine_configs_and_nothing_else():
+    from dataclasses import fields
+
+    from runtime.config import (CacheConfig, EngineConfig, EngineSettings, ModelConfig,
+                                SchedulerConfig)
+    settings = {f.name for f in fields(EngineSettings)}
+    knobs = ({f.name for f in fields(CacheConfig)} | {f.name for f in fields(SchedulerConfig)}
+             | {"dtype", "device", "enforce_eager", "seed", "num_threads"})
+    assert settings == knobs
+    every = set().union(*({f.name for f in fields(c)} for c in (
+        ModelConfig, CacheConfig, SchedulerConfig, EngineConfig)))
+    assert settings <= every
 
 
 def test_local_example_is_one_prefill_and_one_decode_worker_on_cpu(monkeypatch):
@@ -49,7 +88,7 @@ def test_pool_placement_becomes_ray_actor_options():
     ({"pools": {"prefill": {"replicas": 1}}}, "pools.decode.replicas >= 1"),
     ({"pools": {"colocated": {"replicas": 0}}}, "no workers"),
     ({"pools": {"colocated": {"replicas": 1}}, "engine": {"blok_size": 8}},
-     "engine.blok_size: Extra inputs are not permitted"),
+     "engine.blok_size: Unexpected keyword argument"),
     ({"pools": {"colocated": {"replicas": 1}}, "kv_transfer": {"encoding": "zip"}},
      "kv_transfer.encoding"),
     ({"pools": {"colocated": {"replicas": -1}}}, "pools.colocated.replicas"),
@@ -62,6 +101,14 @@ def test_pool_placement_becomes_ray_actor_options():
      "server.tls needs cert_file and key_file"),
     ({"pools": {"colocated": {"replicas": 1}}, "faults": {"kill_at": "nowhere"}},
      "faults.kill_at must be one of"),
+    ({"pools": {"colocated": {"replicas": 1, "engine": {"device": "cuda"}}}},
+     "pools.colocated: device 'cuda' needs the pool's num_gpus >= 1"),
+    ({"pools": {"prefill": {"replicas": 1, "engine": {"dtype": "int4"}},
+                "decode": {"replicas": 1}}}, "pools.prefill: dtype must be one of"),
+    ({"pools": {"colocated": {"replicas": 1}}, "engine": {"block_size": 0}},
+     "pools.colocated: block_size must be >= 1, got 0"),
+    ({"pools": {"colocated": {"replicas": 1, "engine": {"max_num_seqs": "many"}}}},
+     "pools.colocated.engine.max_num_seqs"),
 ])
 def test_bad_configs_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
