@@ -17,6 +17,20 @@ def add_serve_parser(sub) -> None:
                        help="join this Ray cluster ('auto' or ray://HOST:10001) instead of "
                             "the config's ray.address (default: an embedded local Ray)")
     serve.add_argument("--model", default=None, help="override model.path of the config")
+    serve.add_argument("--served-model-name", default=None,
+                       help="override model.served_name (the name requests must use)")
+    serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="override engine.dtype (every pool that does not set its own)")
+    serve.add_argument("--host", default=None, help="override server.host")
+    serve.add_argument("--port", type=int, default=None,
+                       help="override server.http_port (the OpenAI HTTP port)")
+    serve.add_argument("--grpc-port", type=int, default=None, help="override server.grpc_port")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--print-config", action="store_true",
+                       help="print the resolved configuration (file, TANDEM_<SECTION>__<FIELD> "
+                            "variables and these flags; defaults filled in, secrets masked) "
+                            "and the engine config of each pool's workers, then exit")
     serve.add_argument("--demo", action="store_true",
                        help="once healthy, send one request through the SDK and print it")
     serve.set_defaults(func=cmd_serve)
@@ -37,20 +51,37 @@ def add_tls_arguments(parser) -> None:
                         help="the name to check the server's certificate against")
 
 
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The `serve` flags that were given, in the cluster file's shape."""
+    flags = {"model": {"path": args.model, "served_name": args.served_model_name},
+             "engine": {"dtype": args.dtype},
+             "server": {"host": args.host, "http_port": args.port, "grpc_port": args.grpc_port},
+             "ray": {"address": args.address}}
+    return {section: given for section, values in flags.items()
+            if (given := {k: v for k, v in values.items() if v is not None})}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    import yaml
 
     from runtime.cluster import ConfigError, load_cluster_config
     from runtime.cluster.launch import serve_until_signalled
+    from runtime.cluster.overrides import resolved_view
+    from runtime.model_store import DEFAULT_MODEL_NAME
 
-    logging.basicConfig(level=logging.INFO, format="tandem: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="tandem: %(message)s")
     try:
-        config = load_cluster_config(args.config, model=args.model)
+        # Reviewing a deployment must not fetch or open its model: the path stays as given.
+        config = load_cluster_config(
+            args.config, overrides=flag_overrides(args),
+            resolve_model=(lambda path: path or DEFAULT_MODEL_NAME) if args.print_config
+            else None)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.address:
-        config = replace(config, ray=replace(config.ray, address=args.address))
+    if args.print_config:
+        print(yaml.safe_dump(resolved_view(config), sort_keys=False), end="")
+        return 0
 
     async def ready(frontend) -> None:
         grpc_url, http_url = frontend.grpc_url, frontend.http_url

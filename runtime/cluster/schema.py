@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig, ServerConfig
+from runtime.cluster.overrides import OverrideError, env_overrides, merged
 from runtime.config import EngineSettings, ModelConfig
 from runtime.faults import FaultConfig
 from runtime.frontend.requests import RequestLimits
@@ -150,19 +152,27 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
 
 
 def parse_cluster_config(data: dict | None, model: str | None = None,
-                         resolve_model=None) -> ClusterConfig:
+                         resolve_model=None, overrides: dict | None = None,
+                         environ: Mapping[str, str] | None = None) -> ClusterConfig:
     """Validate a parsed YAML mapping into a `ClusterConfig`; ConfigError names each bad field.
 
-    `model` overrides `model.path`. `resolve_model(path_or_None) -> Path` turns the model entry
-    into a local directory (default: `runtime.model_store.resolve_model`, which fetches the
-    default model once). The served name defaults to the path as given, as vLLM's does, or
-    to the default model's name.
+    Over the mapping go, in this order, the `TANDEM_<SECTION>__<FIELD>` variables of
+    `environ` (default: the process's environment) and `overrides` (the command line's, in
+    the file's shape). `model` overrides `model.path`. `resolve_model(path_or_None) -> Path`
+    turns the model entry into a local directory (default:
+    `runtime.model_store.resolve_model`, which fetches the default model once). The served
+    name defaults to the path as given, as vLLM's does, or to the default model's name.
     """
     from runtime.model_store import DEFAULT_MODEL_NAME
     if resolve_model is None:
         from runtime.model_store import resolve_model
     try:
-        f = ClusterFile.model_validate(data or {})
+        data = merged(merged(data or {}, env_overrides(
+            os.environ if environ is None else environ)), overrides or {})
+    except OverrideError as e:
+        raise ConfigError(f"invalid cluster config: {e}") from None
+    try:
+        f = ClusterFile.model_validate(data)
     except ValidationError as e:
         lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError("invalid cluster config:\n" + "\n".join(lines)) from None
@@ -175,10 +185,11 @@ def parse_cluster_config(data: dict | None, model: str | None = None,
 
 
 def load_cluster_config(path: str | Path, model: str | None = None,
-                        resolve_model=None) -> ClusterConfig:
+                        resolve_model=None, overrides: dict | None = None,
+                        environ: Mapping[str, str] | None = None) -> ClusterConfig:
     """Read a cluster YAML file; see `parse_cluster_config`."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read cluster config {path}: {e}") from None
-    return parse_cluster_config(data, model, resolve_model)
+    return parse_cluster_config(data, model, resolve_model, overrides, environ)
