@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention import check_decode_inputs
+from kernels.attention_inputs import check_decode_inputs
 from kernels.triton.common import pow2, sm_count
 
 _MIN_SPLIT_TOKENS = 256   # below this a split's fixed cost (q load, partial write) dominates

@@ -6,6 +6,7 @@ import threading
 
 from runtime.cluster.config import ClusterConfig
 from runtime.cluster.launch import Cluster
+from runtime.frontend.server import Frontend
 
 
 class BackgroundServer:
@@ -37,12 +38,10 @@ class BackgroundServer:
         return self.frontend.http_url
 
     def start(self) -> "BackgroundServer":
-        from runtime.frontend.server import Frontend
-
         workers = self.cluster.start()
         self._thread.start()
         try:
-            self.frontend = Frontend(self.config, workers)
+            self.frontend = Frontend(self.config.frontend_config(), workers)
             self.run(self.frontend.start())
         except BaseException:
             self.stop()

@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 
 from runtime.config import EngineConfig, EngineSettings, ModelConfig
 from runtime.faults import FaultConfig
+from runtime.frontend.config import FrontendConfig, ServerConfig
 from runtime.frontend.requests import RequestLimits
-from runtime.kv_transfer import KVTransferConfig, TLSConfig
+from runtime.kv_transfer import KVTransferConfig
 
 POOL_ROLES = ("prefill", "decode", "colocated")
 
@@ -38,33 +39,6 @@ class PoolConfig:
             raise ValueError(f"pool role must be one of {POOL_ROLES}, got {self.role!r}")
         if self.replicas < 0:
             raise ValueError(f"pools.{self.role}.replicas must be >= 0, got {self.replicas}")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Where the frontend listens: gRPC (public API, health, reflection) and HTTP (OpenAI).
-
-    `recovery_timeout_s`: how long a request whose worker died waits for a healthy one (the
-    restarted worker, or another of its pool) before it ends with UNAVAILABLE.
-    `shutdown_grace_s`: on SIGINT/SIGTERM, how long requests in flight may run on before they
-    are ended with UNAVAILABLE (new ones are refused at once; a second signal ends it).
-    `max_streams_per_key`: requests one API key may have in flight (all clients together
-    when the API is open); past it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
-    `tls`: serve both ports over TLS with `cert_file` + `key_file` (PEM); `ca_file` and
-    `server_name` are what local clients (the `--demo` request) trust and check.
-    """
-
-    host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    http_port: int = 8000
-    recovery_timeout_s: float = 20.0
-    shutdown_grace_s: float = 5.0
-    max_streams_per_key: int = 512
-    tls: TLSConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.tls is not None and not (self.tls.cert_file and self.tls.key_file):
-            raise ValueError("server.tls needs cert_file and key_file")
 
 
 @dataclass(frozen=True)
@@ -144,3 +118,7 @@ class ClusterConfig:
     @property
     def model_name(self) -> str:
         return self.served_name or self.model.path
+
+    def frontend_config(self) -> FrontendConfig:
+        return FrontendConfig(self.model_name, self.model.path, self.server, self.api_key,
+                              self.limits)

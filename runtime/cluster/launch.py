@@ -8,8 +8,10 @@ import signal
 
 import ray
 
+from runtime.cluster.actors import start_workers, stop_workers
 from runtime.cluster.config import ClusterConfig
-from runtime.workers.builder import WorkerHandle, start_workers, stop_workers
+from runtime.frontend.server import Frontend
+from runtime.workers.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ class Cluster:
 async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
     """Start the cluster and its frontend; serve until SIGINT/SIGTERM, then stop cleanly.
     `on_ready(frontend)` (a coroutine function) runs once both ports are up."""
-    from runtime.frontend.server import Frontend
-
     cluster = Cluster(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -81,7 +81,7 @@ async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
             loop.add_signal_handler(sig, stop.set)
         workers = await loop.run_in_executor(None, cluster.start)
         if not stop.is_set():
-            frontend = Frontend(config, workers)
+            frontend = Frontend(config.frontend_config(), workers)
             await frontend.start()
             if on_ready is not None:
                 await on_ready(frontend)

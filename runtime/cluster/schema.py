@@ -14,12 +14,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig, ServerConfig
+from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig
+from runtime.frontend.config import ServerConfig
 from runtime.cluster.overrides import OverrideError, env_overrides, merged
 from runtime.config import EngineSettings, ModelConfig
 from runtime.faults import FaultConfig
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
+from runtime.model_store import DEFAULT_MODEL_NAME
+from runtime.model_store import resolve_model as resolve_default_model
 
 
 class _Strict(BaseModel):
@@ -163,9 +166,7 @@ def parse_cluster_config(data: dict | None, model: str | None = None,
     `runtime.model_store.resolve_model`, which fetches the default model once). The served
     name defaults to the path as given, as vLLM's does, or to the default model's name.
     """
-    from runtime.model_store import DEFAULT_MODEL_NAME
-    if resolve_model is None:
-        from runtime.model_store import resolve_model
+    resolve_model = resolve_model or resolve_default_model
     try:
         data = merged(merged(data or {}, env_overrides(
             os.environ if environ is None else environ)), overrides or {})

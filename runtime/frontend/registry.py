@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from runtime.workers.builder import WorkerHandle
+from runtime.workers.handle import WorkerHandle
 from scheduler.router import Router, WorkerLoad
 
 log = logging.getLogger(__name__)

@@ -9,13 +9,13 @@ import socket
 import uvicorn
 from grpc_health.v1 import health_pb2
 
-from runtime.cluster.config import ClusterConfig
+from runtime.frontend.config import FrontendConfig
 from runtime.frontend.dispatch import Dispatcher
 from runtime.frontend.grpc_service import SERVICE_NAME, TandemService, start_grpc_server
 from runtime.frontend.http_app import build_app
 from runtime.frontend.metrics import FrontendMetrics
 from runtime.frontend.requests import RequestPreparer
-from runtime.workers.builder import WorkerHandle
+from runtime.workers.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
 LOAD_POLL_S = 0.2
@@ -45,7 +45,7 @@ class Frontend:
     `grpc_port` / `http_port` hold the bound ports once started.
     """
 
-    def __init__(self, config: ClusterConfig, workers: list[WorkerHandle],
+    def __init__(self, config: FrontendConfig, workers: list[WorkerHandle],
                  preparer: RequestPreparer | None = None):
         self.config = config
         self.metrics = FrontendMetrics()
@@ -55,7 +55,7 @@ class Frontend:
                                      max_streams_per_key=s.max_streams_per_key)
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(config.model_name,
-                                                              config.model.path, max_len,
+                                                              config.model_path, max_len,
                                                               config.limits)
         self.grpc_port = self.http_port = 0
         self._grpc = self._health = self._uvicorn = None

@@ -1,4 +1,5 @@
-"""Workers: plain classes around the engine's roles; `builder` makes them Ray actors."""
+"""Workers: plain classes around the engine's roles (`runtime.cluster.actors` makes them Ray
+actors)."""
 from runtime.workers.colocated import ColocatedWorker
 from runtime.workers.config import WorkerConfig
 from runtime.workers.decode import DecodeWorker

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from runtime.cluster import ConfigError, load_cluster_config, parse_cluster_config
-from runtime.workers.builder import actor_options, worker_config
+from runtime.cluster.actors import actor_options, worker_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "runtime" / "configs"
 

@@ -9,7 +9,7 @@ from runtime.engine import SamplingParams
 from runtime.frontend.dispatch import WorkerLost, _Attempt, _get
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import ServingError
-from runtime.workers.builder import WorkerHandle
+from runtime.workers.handle import WorkerHandle
 from runtime.workers.streams import StreamTimeout
 
 WORKER = WorkerHandle("decode-0", "decode", actor=None)

@@ -1,36 +1,12 @@
 """The one place where workers become Ray actors, placed by their pool's resources."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import ray
 
 from runtime.cluster.config import ClusterConfig, PoolConfig
 from runtime.workers import WORKER_CLASSES
 from runtime.workers.config import WorkerConfig
-
-
-@dataclass(frozen=True)
-class WorkerHandle:
-    """A started worker actor and what the frontend needs to route to it. `kv_address` and
-    `incarnation` belong to one process of the actor: a restarted actor has new ones
-    (`refreshed` reads them)."""
-
-    name: str
-    role: str
-    actor: object               # ray.actor.ActorHandle
-    kv_address: str = ""        # decode workers: their KV receiver
-    max_model_len: int = 0
-    incarnation: str = ""
-
-    @classmethod
-    def from_info(cls, actor, info: dict) -> "WorkerHandle":
-        return cls(info["name"], info["role"], actor, info["kv_address"],
-                   info["max_model_len"], info["incarnation"])
-
-    async def refreshed(self) -> "WorkerHandle":
-        """This handle with the addresses of the actor's current process."""
-        return WorkerHandle.from_info(self.actor, await self.actor.info.remote())
+from runtime.workers.handle import WorkerHandle
 
 
 def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig:
