@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pb2
 import torch
 import xxhash
 
@@ -191,8 +192,19 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _number(message_type, name: str) -> int:
+    """A field's number, from the contract (proto/kv_transfer.proto) as compiled."""
+    return message_type.DESCRIPTOR.fields_by_name[name].number
+
+
 def _key(message_type, name: str, wire_type: int) -> bytes:
-    return _varint(message_type.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
+    return _varint(_number(message_type, name) << 3 | wire_type)
+
+
+def _reserved_numbers(message_type) -> frozenset[int]:
+    proto = descriptor_pb2.DescriptorProto()
+    message_type.DESCRIPTOR.CopyToProto(proto)
+    return frozenset(n for r in proto.reserved_range for n in range(r.start, r.end))
 
 
 # Field keys of a chunk message, once (a handoff writes one message per chunk).
@@ -391,10 +403,16 @@ def _fields(buf: memoryview, pos: int, end: int):
         yield number, wire_type, value
 
 
-_CHUNK_INTS = {1: "index", 2: "layer_start", 3: "layer_end", 4: "token_start", 5: "token_end"}
+# The parser's field numbers, read from the contract like the writer's keys.
+_HEADER, _CHUNKS, _TRAILER = (_number(pb.HandoffMessage, n) for n in ("header", "chunks",
+                                                                       "trailer"))
+_CHUNK_INTS = {_number(pb.Chunk, n): n for n in ("index", "layer_start", "layer_end",
+                                                 "token_start", "token_end")}
+_DATA, _SCALES, _XXH3 = (_number(pb.Chunk, n) for n in ("data", "scales", "xxh3"))
+_LAST_CHUNK_FIELD = max(f.number for f in pb.Chunk.DESCRIPTOR.fields)
 # Skipped like any unknown field, as protobuf does: v1's CRC-32C, so that a v1 sender reaches
 # the header's version check (FAILED_PRECONDITION) instead of a parse error.
-_RESERVED_CHUNK_FIELDS = frozenset({8})
+_RESERVED_CHUNK_FIELDS = _reserved_numbers(pb.Chunk)
 
 
 def _parse_chunk(buf: memoryview) -> ChunkView:
@@ -402,13 +420,13 @@ def _parse_chunk(buf: memoryview) -> ChunkView:
     for number, wire_type, value in _fields(buf, 0, len(buf)):
         if number in _CHUNK_INTS and wire_type == 0:
             setattr(chunk, _CHUNK_INTS[number], value & 0xFFFFFFFF)   # uint32, as protobuf
-        elif number == 6 and wire_type == 2:
+        elif number == _DATA and wire_type == 2:
             chunk.data = value
-        elif number == 7 and wire_type == 2:
+        elif number == _SCALES and wire_type == 2:
             chunk.scales = value
-        elif number == 9 and wire_type == 1:
+        elif number == _XXH3 and wire_type == 1:
             chunk.xxh3 = value
-        elif number <= 9 and number not in _RESERVED_CHUNK_FIELDS:
+        elif number <= _LAST_CHUNK_FIELD and number not in _RESERVED_CHUNK_FIELDS:
             raise _malformed(f"chunk field {number} has wire type {wire_type}")
     return chunk
 
@@ -423,13 +441,13 @@ def parse_message(message) -> tuple[pb.Header | None, list[ChunkView], pb.Traile
     buf = memoryview(message).cast("B")
     headers, chunks, trailers = [], [], []
     for number, wire_type, value in _fields(buf, 0, len(buf)):
-        if number in (1, 2, 3) and wire_type != 2:
+        if number in (_HEADER, _CHUNKS, _TRAILER) and wire_type != 2:
             raise _malformed(f"field {number} has wire type {wire_type}")
-        if number == 1:
+        if number == _HEADER:
             headers.append(bytes(value))
-        elif number == 2:
+        elif number == _CHUNKS:
             chunks.append(_parse_chunk(value))
-        elif number == 3:
+        elif number == _TRAILER:
             trailers.append(bytes(value))
     try:
         header = pb.Header.FromString(b"".join(headers)) if headers else None
