@@ -60,7 +60,8 @@ def serve(args) -> None:
 
     import grpc
 
-    from runtime.kv_transfer import EngineThread, KVReceiver, KVTransferConfig
+    from runtime.engine import EngineThread
+    from runtime.kv_transfer import KVReceiver, KVTransferConfig
     from runtime.kv_transfer.receiver import server_options
 
     engine = make_engine(args.model, "decode", args.num_blocks)
@@ -228,7 +229,8 @@ def prompt_of(n: int, seed: int) -> list[int]:
 
 
 def throughput_table(model: Path, name: str, lengths, concurrency, rows) -> None:
-    from runtime.kv_transfer import EngineThread, KVSender, KVTransferConfig
+    from runtime.engine import EngineThread
+    from runtime.kv_transfer import KVSender, KVTransferConfig
 
     max_len = max(lengths)
     decode = DecodeSide(model, num_blocks=max(concurrency) * (max_len // 16 + 2) + 64)
@@ -307,7 +309,8 @@ def timed_handoff(prefill, thread, sender, prompt, target) -> tuple[float, float
 
 
 def overlap_and_crossover(model: Path, lengths, crossover_lengths, report) -> None:
-    from runtime.kv_transfer import EngineThread, KVSender, KVTransferConfig
+    from runtime.engine import EngineThread
+    from runtime.kv_transfer import KVSender, KVTransferConfig
 
     max_len = max(lengths + crossover_lengths)
     decode = DecodeSide(model, num_blocks=2 * max_len // 16 + 64)

@@ -50,7 +50,7 @@ def start_workers(cluster: ClusterConfig, timeout_s: float = 600.0) -> list[Work
 
 
 def stop_workers(workers: list[WorkerHandle], timeout_s: float = 10.0) -> None:
-    """Close each worker (stops its KV receiver and step loop), then kill its actor."""
+    """Close each worker (stops its KV receiver and engine thread), then kill its actor."""
     refs = [w.actor.close.remote() for w in workers]
     try:
         ray.wait(refs, num_returns=len(refs), timeout=timeout_s)

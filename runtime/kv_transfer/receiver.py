@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from runtime.engine import Engine, NoFreeBlocksError
+from runtime.engine import Engine, EngineThread, NoFreeBlocksError
 from runtime.faults import Faults
 from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
@@ -14,7 +14,6 @@ from runtime.kv_transfer._proto import kv_transfer_pb2_grpc as pb_grpc
 from runtime.kv_transfer.assembly import KVAssembly
 from runtime.kv_transfer.auth import SecretCheck, server_credentials
 from runtime.kv_transfer.config import KVTransferConfig
-from runtime.kv_transfer.engine_thread import EngineThread
 from runtime.kv_transfer.errors import KVTransferError
 from runtime.kv_transfer.fingerprint import model_fingerprint
 from runtime.kv_transfer.wire import CONTRACT_VERSION, parse_message, spec_from_header

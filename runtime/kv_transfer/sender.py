@@ -10,13 +10,12 @@ import grpc
 import torch
 
 from kernels.kv_pack import pack_kv
-from runtime.engine import Engine, KVHandle, RequestOutput
+from runtime.engine import Engine, EngineThread, KVHandle, RequestOutput
 from runtime.faults import Faults
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer.auth import make_channel, secret_metadata
 from runtime.kv_transfer.config import KVTransferConfig
-from runtime.kv_transfer.engine_thread import EngineThread
 from runtime.kv_transfer.errors import KVTransferError
 from runtime.kv_transfer.fault_stream import with_faults
 from runtime.kv_transfer.fingerprint import model_fingerprint

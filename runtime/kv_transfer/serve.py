@@ -16,9 +16,8 @@ import threading
 import time
 
 from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
-from runtime.engine import Engine
+from runtime.engine import Engine, EngineThread
 from runtime.kv_transfer.config import KVTransferConfig
-from runtime.kv_transfer.engine_thread import EngineThread
 from runtime.kv_transfer.receiver import KVReceiver
 
 

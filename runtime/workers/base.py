@@ -1,4 +1,4 @@
-"""What every worker shares: an engine on its own step loop, output streams, load reports."""
+"""What every worker shares: an engine on its own engine thread, output streams, load reports."""
 from __future__ import annotations
 
 import logging
@@ -9,11 +9,10 @@ import warnings
 import psutil
 import ray
 
-from runtime.engine import Engine
+from runtime.engine import Engine, EngineThread
 from runtime.faults import FaultConfig, Faults
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
-from runtime.workers.step_loop import StepLoop
 from runtime.workers.streams import OutputStreams
 from scheduler.router import WorkerLoad
 
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 class Worker:
     """A plain class around one engine role; the Ray builder turns it into an actor.
 
-    Every engine call runs on the worker's `StepLoop` thread. Public methods are safe to
+    Every engine call runs on the worker's `EngineThread`, which steps the engine. Public methods are safe to
     call from any thread (Ray runs a threaded actor's calls concurrently); streaming methods
     block their calling thread while they wait for events.
     """
@@ -41,7 +40,7 @@ class Worker:
         self.faults = Faults(config.faults, first_process=not _restarted_by_ray())
         self.streams = OutputStreams(config.stream_idle_timeout_s)
         self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
-        self.loop = StepLoop(f"{self.role}-{self.name}", self._step,
+        self.loop = EngineThread(f"{self.role}-{self.name}", self._step,
                              self.engine.has_unfinished_requests, self._dispatch,
                              self._fail_all)
         self.loop.call(self._update_load)

@@ -1,4 +1,4 @@
-"""Per-request event queues between a worker's step loop and the calls streaming them out."""
+"""Per-request event queues between a worker's engine thread and the calls streaming them out."""
 from __future__ import annotations
 
 import queue
@@ -11,7 +11,7 @@ class StreamTimeout(RuntimeError):
 
 
 class OutputStreams:
-    """One queue per request id. The step loop `put`s events; `drain` (on a streaming call's
+    """One queue per request id. The engine thread `put`s events; `drain` (on a streaming call's
     thread) yields them in batches: everything queued at the time, so a slow reader gets
     fewer, larger messages instead of falling behind. A stream ends after the batch holding
     its terminal event and is then forgotten."""

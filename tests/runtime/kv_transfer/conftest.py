@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from kv_handoff_helpers import GREEDY, PROMPTS, Pair, config, make_engine
-from runtime.kv_transfer import EngineThread, KVReceiver, KVSender
+from runtime.engine import EngineThread
+from runtime.kv_transfer import KVReceiver, KVSender
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tiny_model
-from runtime.engine import Engine, SamplingParams
-from runtime.kv_transfer import EngineThread, KVReceiver, KVSender, KVTransferConfig
+from runtime.engine import Engine, EngineThread, SamplingParams
+from runtime.kv_transfer import KVReceiver, KVSender, KVTransferConfig
 
 SECRET = "test-cluster-secret"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)

@@ -8,8 +8,8 @@ third of the tokens by that measure, always at near-ties (bf16 logits often tie 
 """
 import pytest
 
-from runtime.engine import SamplingParams
-from runtime.kv_transfer import EngineThread, KVReceiver, KVSender
+from runtime.engine import EngineThread, SamplingParams
+from runtime.kv_transfer import KVReceiver, KVSender
 
 from kv_handoff_helpers import config, make_engine
 

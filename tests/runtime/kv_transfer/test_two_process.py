@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.kv_transfer import EngineThread, KVSender
+from runtime.engine import EngineThread
+from runtime.kv_transfer import KVSender
 
 from kv_handoff_helpers import GREEDY, PROMPTS, SECRET, config, make_engine
 

@@ -11,23 +11,25 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
-class StepLoop:
-    """Runs every call that touches one engine on a single thread, and steps the engine.
+class EngineThread:
+    """Runs every call that touches one engine on a single thread, and may step the engine.
 
     Calls submitted from any thread (new requests, aborts, the KV receiver's imports, the KV
     sender's releases) run in submission order between two steps, so none races a forward
-    pass; the engine is not thread-safe. While `has_work()` is true the loop calls `step()`
-    after each batch of calls and hands the outputs to `on_outputs` (on this thread); when
-    idle it sleeps on the call queue, so an idle worker costs no CPU.
-
-    It has `EngineThread`'s interface (`submit`, `call`, `close`), so `KVSender` and
-    `KVReceiver` submit their engine calls here too. A `step` that raises is reported to
-    `on_error` (on this thread), which must leave the engine without work it cannot step.
+    pass; the engine is not thread-safe. Given a `step`, while `has_work()` is true the
+    thread calls `step()` after each batch of calls and hands the outputs to `on_outputs` (on
+    this thread); a `step` that raises is reported to `on_error` (on this thread), which must
+    leave the engine without work it cannot step. Without one it only runs the calls (whoever
+    drives the engine submits its steps). When idle it sleeps on the call queue, so an idle
+    worker costs no CPU.
     """
 
-    def __init__(self, name: str, step: Callable[[], list], has_work: Callable[[], bool],
-                 on_outputs: Callable[[list], None], on_error: Callable[[Exception], None]):
-        self._step, self._has_work = step, has_work
+    def __init__(self, name: str = "engine", step: Callable[[], list] | None = None,
+                 has_work: Callable[[], bool] = lambda: False,
+                 on_outputs: Callable[[list], None] = lambda outputs: None,
+                 on_error: Callable[[Exception], None] = lambda error: None):
+        self._step = step
+        self._has_work = (lambda: False) if step is None else has_work
         self._on_outputs, self._on_error = on_outputs, on_error
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._stopped = False
@@ -37,7 +39,7 @@ class StepLoop:
     def submit(self, fn, *args, **kwargs) -> Future:
         future: Future = Future()
         if self._stopped:
-            future.set_exception(RuntimeError("the worker's step loop is stopped"))
+            future.set_exception(RuntimeError("the engine thread is stopped"))
             return future
         self._calls.put((future, fn, args, kwargs))
         return future
@@ -94,4 +96,4 @@ class StepLoop:
             except queue.Empty:
                 return
             if item is not _STOP:
-                item[0].set_exception(RuntimeError("the worker's step loop is stopped"))
+                item[0].set_exception(RuntimeError("the engine thread is stopped"))

@@ -1,10 +1,10 @@
-"""The step loop: calls run in order between steps on one thread; idle costs no steps."""
+"""The engine thread: calls run in order between steps on one thread; idle costs no steps."""
 import threading
 import time
 
 import pytest
 
-from runtime.workers.step_loop import StepLoop
+from runtime.engine import EngineThread
 
 
 def test_calls_and_steps_share_one_thread_and_stop_cleanly():
@@ -18,7 +18,7 @@ def test_calls_and_steps_share_one_thread_and_stop_cleanly():
         return [seen[-1]]
 
     outputs = []
-    loop = StepLoop("t", step, lambda: bool(work), outputs.extend, errors.append)
+    loop = EngineThread("t", step, lambda: bool(work), outputs.extend, errors.append)
     loop.call(work.extend, ["a", "b"])
     time.sleep(0.2)
     assert outputs == ["a", "b"] and not work
@@ -36,7 +36,7 @@ def test_calls_and_steps_share_one_thread_and_stop_cleanly():
 
 def test_idle_loop_does_not_step():
     steps = []
-    loop = StepLoop("idle", lambda: steps.append(1), lambda: False, lambda o: None,
+    loop = EngineThread("idle", lambda: steps.append(1), lambda: False, lambda o: None,
                     lambda e: None)
     time.sleep(0.1)
     loop.close()
