@@ -50,6 +50,7 @@ class Load:
         self.rng = random.Random(seed)
         self.finished: list[tuple[float, float, float]] = []   # (end, ttft s, e2e s)
         self.errors: dict[str, int] = {}
+        self.t0 = time.monotonic()
 
     def prompt(self) -> tuple[str, int]:
         n = self.rng.randint(8, 200)
@@ -70,6 +71,9 @@ class Load:
                 except (TandemError, httpx.HTTPError, RuntimeError) as e:
                     name = type(e).__name__
                     self.errors[name] = self.errors.get(name, 0) + 1
+                    print(f"error at {time.monotonic() - self.t0:.0f} s ({('gRPC', 'HTTP "
+                          f"stream', 'HTTP')[kind % 3]}): {name}: {e}", file=sys.stderr,
+                          flush=True)
                 kind += 1
 
     @staticmethod
