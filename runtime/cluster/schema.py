@@ -61,14 +61,26 @@ class TLSSection(_Strict):
 
 
 class KVSection(_Strict):
-    encoding: Literal["raw", "int8", "fp8"] = "raw"
-    chunk_bytes: int = Field(4 << 20, ge=1)
-    max_inflight_bytes: int = Field(64 << 20, ge=1)
-    deadline_s: float = Field(30.0, gt=0)
-    layerwise_min_tokens: int | None = Field(None, ge=1)   # None: GPU prefill 512, CPU never
+    # The transfer's knobs: None leaves KVTransferConfig's default (declared there, once).
+    encoding: Literal["raw", "int8", "fp8"] | None = None
+    group_tokens: int | None = None
+    chunk_bytes: int | None = None
+    max_inflight_bytes: int | None = None
+    deadline_s: float | None = None
+    layerwise_min_tokens: int | None = None   # None: GPU prefill engines 512, CPU ones never
+    max_concurrent_handoffs: int | None = None
+    # Where the decode workers' receivers listen, and TLS on the channel.
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     tls: TLSSection | None = None
+
+    def transfer_config(self, secret: str) -> KVTransferConfig:
+        knobs = self.model_dump(exclude={"bind_host", "advertise_host", "tls"},
+                                exclude_none=True)
+        try:
+            return KVTransferConfig(secret=secret, tls=_tls(self.tls), **knobs)
+        except ValueError as e:
+            raise ValueError(f"kv_transfer.{e}") from None
 
 
 class ServerSection(_Strict):
@@ -139,13 +151,10 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
                                   ("colocated", f.pools.colocated)))
     # Without a configured secret, one per `serve`: every worker gets it through its config.
     kv_secret = _secret(f.auth.kv_secret, f.auth.kv_secret_env) or secrets.token_urlsafe(32)
-    tls = _tls(kv.tls)
     return ClusterConfig(
         model=ModelConfig(path=model_path, max_model_len=f.model.max_model_len),
         pools=pools,
-        kv=KVTransferConfig(secret=kv_secret, encoding=kv.encoding, chunk_bytes=kv.chunk_bytes,
-                            max_inflight_bytes=kv.max_inflight_bytes, deadline_s=kv.deadline_s,
-                            layerwise_min_tokens=kv.layerwise_min_tokens, tls=tls),
+        kv=kv.transfer_config(kv_secret),
         served_name=served_name, engine=f.engine, kv_bind_host=kv.bind_host,
         kv_advertise_host=kv.advertise_host,
         server=ServerConfig(**f.server.model_dump(exclude={"tls"}), tls=_tls(f.server.tls)),

@@ -109,6 +109,8 @@ def test_pool_placement_becomes_ray_actor_options():
      "pools.colocated: block_size must be >= 1, got 0"),
     ({"pools": {"colocated": {"replicas": 1, "engine": {"max_num_seqs": "many"}}}},
      "pools.colocated.engine.max_num_seqs"),
+    ({"pools": {"colocated": {"replicas": 1}}, "kv_transfer": {"chunk_bytes": 0}},
+     "kv_transfer.chunk_bytes must be >= 1, got 0"),
 ])
 def test_bad_configs_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
@@ -130,3 +132,16 @@ def test_reliability_limits_and_faults_reach_their_configs():
     assert (c.limits.max_stop_strings, c.limits.max_request_bytes) == (4, 1024)
     assert c.limits.max_chat_messages == 1024   # the rest keep their defaults
     assert worker_config(c, "decode", 0).faults.kv_drop_chunk
+
+
+def test_every_kv_transfer_knob_is_reachable_and_unset_ones_keep_their_defaults():
+    from dataclasses import fields
+
+    from runtime.cluster.schema import KVSection
+    from runtime.kv_transfer import KVTransferConfig
+    knobs = {f.name for f in fields(KVTransferConfig)} - {"secret", "tls"}
+    assert knobs <= set(KVSection.model_fields)
+    c = parse_cluster_config({"pools": {"colocated": {"replicas": 1}}, "kv_transfer": {
+        "group_tokens": 32, "max_concurrent_handoffs": 8}}, resolve_model=fake_resolve)
+    assert (c.kv.group_tokens, c.kv.max_concurrent_handoffs) == (32, 8)
+    assert c.kv.chunk_bytes == KVTransferConfig(secret="s").chunk_bytes
