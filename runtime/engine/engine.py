@@ -21,6 +21,7 @@ from runtime.engine.batch_scheduler import BatchScheduler
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runtime.engine.cuda_runner import make_runner
+from runtime.engine.kv_port import KVPort
 from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling_params import SamplingParams
@@ -76,6 +77,7 @@ class Engine:
         self.config = config
         self.runner = make_runner(config.model, config.cache, config.num_threads,
                                   config.scheduler.max_num_seqs)
+        self.kv = KVPort(self.runner, config)   # all the KV transfer uses of the runner
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model.path)
         g = self.runner.geometry
         self.max_model_len = min(config.model.max_model_len or g.max_position_embeddings,

@@ -3,21 +3,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from runtime.workers.handle import WorkerHandle
 from scheduler.router import Router, WorkerLoad
 
 log = logging.getLogger(__name__)
-# A worker that does not report its load within this is taken as down: a restarting actor
-# queues calls until its model is loaded again, so its poll would otherwise just wait.
+# How long one poll waits for a worker's load report.
 LOAD_TIMEOUT_S = 2.0
+# A worker whose polls time out this long in a row is taken as down. Only that long: a
+# worker busy on two shared cores can take seconds to answer and is still serving. A dead or
+# restarting one fails its poll at once (Ray: ActorDiedError / ActorUnavailableError).
+SILENT_DOWN_S = 10.0
 
 
 class WorkerRegistry:
     """Handles of the cluster's workers, their health and their load snapshots.
 
-    `poll()` asks every worker for its load and hands it to the router. A worker that fails
-    or is slow to answer is reported unhealthy, so nothing is routed to it; one that
+    `poll()` asks every worker for its load and hands it to the router. A worker whose poll
+    fails (dead, restarting) is reported unhealthy, so nothing is routed to it, and so is
+    one silent for `SILENT_DOWN_S`; a slow answer alone keeps its last report. One that
     answers from a new process (Ray restarted it) has its handle re-read, since a restarted
     decode worker's KV receiver listens on a new port. `mark_down` takes a worker out of
     routing at once when a request saw it die, until a poll finds it answering again.
@@ -26,6 +31,7 @@ class WorkerRegistry:
     def __init__(self, workers: list[WorkerHandle], router: Router | None = None):
         self.handles = {w.name: w for w in workers}
         self.router = router or Router()
+        self._heard = {w.name: time.monotonic() for w in workers}   # last answer per worker
         self.mode = "colocated" if any(w.role == "colocated" for w in workers) else "disaggregated"
         self._needed = ("colocated",) if self.mode == "colocated" else ("prefill", "decode")
         for w in workers:
@@ -54,10 +60,13 @@ class WorkerRegistry:
         names = list(self.handles)
         results = await asyncio.gather(*(self._poll_one(n) for n in names))
         for load in results:
-            self.router.report(load)
+            if load is not None:
+                self.router.report(load)
         return self.router.loads()
 
-    async def _poll_one(self, name: str) -> WorkerLoad:
+    async def _poll_one(self, name: str) -> WorkerLoad | None:
+        """The worker's report; an unhealthy one if it failed or has been silent too long;
+        None (keep the last) if it is only slow."""
         handle = self.handles[name]
         try:
             load = await asyncio.wait_for(_ref(handle.actor.load.remote()), LOAD_TIMEOUT_S)
@@ -69,11 +78,16 @@ class WorkerRegistry:
                 self.handles[name] = handle = fresh
                 if load.incarnation != fresh.incarnation:   # restarted again meanwhile
                     raise RuntimeError("the worker restarted while being looked up")
+            self._heard[name] = time.monotonic()
             return load
+        except asyncio.TimeoutError:
+            silent = time.monotonic() - self._heard[name]
+            if silent < SILENT_DOWN_S:
+                return None
+            log.warning("worker %s has not reported its load for %.0f s", name, silent)
         except Exception as e:
-            level = logging.DEBUG if isinstance(e, asyncio.TimeoutError) else logging.WARNING
-            log.log(level, "worker %s did not report its load: %r", name, e)
-            return WorkerLoad(name, handle.role, healthy=False, incarnation=handle.incarnation)
+            log.warning("worker %s did not report its load: %r", name, e)
+        return WorkerLoad(name, handle.role, healthy=False, incarnation=handle.incarnation)
 
 
 async def _ref(ref):

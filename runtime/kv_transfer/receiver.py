@@ -62,8 +62,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         self.faults = faults or Faults()
         self.engine_thread = engine_thread
         self.config = config
-        self.fingerprint = fingerprint or model_fingerprint(engine.config.model.path)
-        self.geometry = engine.runner.geometry
+        self.fingerprint = fingerprint or model_fingerprint(engine.kv.model_path)
         keep_message_buffers_on_heap()
         self._lock = threading.Lock()
         self._active: set[str] = set()   # request ids of the handoffs in progress
@@ -157,7 +156,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                                   f"model mismatch: sender fingerprint "
                                   f"{header.model_fingerprint or '(none)'}, receiver fingerprint "
                                   f"{self.fingerprint}", rid)
-        g = self.geometry
+        g = self.engine.kv
         if (header.num_layers, header.num_kv_heads, header.head_dim) != (
                 g.num_layers, g.num_kv_heads, g.head_dim):
             raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -172,7 +171,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                 raise KVTransferError(grpc.StatusCode.ALREADY_EXISTS,
                                       f"request {rid!r} is already on this decode worker", rid)
             self._active.add(rid)
-        return KVAssembly(header, spec, self.engine.runner.dtype)
+        return KVAssembly(header, spec, self.engine.kv.dtype)
 
     def _reserve(self, assembly: KVAssembly) -> None:
         rid, num_tokens = assembly.request_id, assembly.spec.num_tokens

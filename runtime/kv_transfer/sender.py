@@ -97,7 +97,7 @@ class KVSender:
         self.faults = faults
         self.engine_thread = engine_thread
         self.config = config
-        self.fingerprint = fingerprint or model_fingerprint(engine.config.model.path)
+        self.fingerprint = fingerprint or model_fingerprint(engine.kv.model_path)
         keep_message_buffers_on_heap()
         self._channel_factory = channel_factory or (lambda t: make_channel(t, config))
         self._channels: dict[str, grpc.Channel] = {}
@@ -107,7 +107,7 @@ class KVSender:
         self._spans: list = []
         self._tables: dict[str, torch.Tensor] = {}
         self.layerwise_min_tokens = config.layerwise_min_tokens
-        if self.layerwise_min_tokens is None and engine.runner.kv_cache.is_cuda:
+        if self.layerwise_min_tokens is None and engine.kv.on_gpu:
             self.layerwise_min_tokens = GPU_LAYERWISE_MIN_TOKENS
 
     # -- the API --------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class KVSender:
                            and self._get(s.request_id) is not None]
             self._tables = {s.request_id: torch.tensor(s.block_table, dtype=torch.long)
                             for s in self._spans}
-        last = layer == self.engine.runner.geometry.num_layers - 1
+        last = layer == self.engine.kv.num_layers - 1
         for s in self._spans:
             h = self._get(s.request_id)
             if h is None or s.end <= h.next_token:
@@ -182,8 +182,8 @@ class KVSender:
                 self._open_stream(h, s.num_prompt_tokens, layerwise=True)
             # Copied out now: preemption could hand these blocks to another request before
             # the chunk is encoded (on a GPU the copy lands while later layers compute).
-            staged = self.engine.runner.stage_kv(layer, self._tables[s.request_id],
-                                                 h.next_token, s.end)
+            staged = self.engine.kv.stage(layer, self._tables[s.request_id], h.next_token,
+                                          s.end)
             self._stage(h, layer, h.next_token, s.end, staged, last)
             if last:
                 h.next_token = s.end
@@ -213,9 +213,9 @@ class KVSender:
 
     # -- building the stream --------------------------------------------------------------
     def _spec(self, num_tokens: int) -> WireSpec:
-        g = self.engine.runner.geometry
-        group = self.config.group_tokens or self.engine.config.cache.block_size
-        return WireSpec(self.engine.runner.dtype, g.num_layers, g.num_kv_heads, g.head_dim,
+        kv = self.engine.kv
+        group = self.config.group_tokens or kv.block_size
+        return WireSpec(kv.dtype, kv.num_layers, kv.num_kv_heads, kv.head_dim,
                         num_tokens, self.config.encoding, group)
 
     def _open_stream(self, h: _Handoff, num_tokens: int, layerwise: bool) -> None:
@@ -228,7 +228,7 @@ class KVSender:
     # Messages go out serialized (bytes): chunks skip protobuf's copies (wire.chunk_message).
     def _header(self, h: _Handoff) -> bytes:
         header = make_header(h.request_id, self.fingerprint, h.spec,
-                             self.engine.config.cache.block_size)
+                             self.engine.kv.block_size)
         return pb.HandoffMessage(header=header).SerializeToString()
 
     def _encode_staged(self, h: _Handoff, l0: int, staged: list, start: int, a: int,
@@ -277,7 +277,7 @@ class KVSender:
     def _prefilled_messages(self, h: _Handoff, handle: KVHandle, table: torch.Tensor):
         """Header, chunks and trailer of a prefilled request, read from its held blocks on
         the call's own thread; all in one message when the KV fits one chunk."""
-        spec, cache = h.spec, self.engine.runner.kv_cache
+        spec, cache = h.spec, self.engine.kv.cache
         total = spec.num_tokens
         per_layer = total * spec.layer_token_bytes()
         group = max(1, min(spec.num_layers, int(self.config.chunk_bytes // max(per_layer, 1))))
