@@ -71,9 +71,9 @@ class Load:
                 except (TandemError, httpx.HTTPError, RuntimeError) as e:
                     name = type(e).__name__
                     self.errors[name] = self.errors.get(name, 0) + 1
-                    print(f"error at {time.monotonic() - self.t0:.0f} s ({('gRPC', 'HTTP "
-                          f"stream', 'HTTP')[kind % 3]}): {name}: {e}", file=sys.stderr,
-                          flush=True)
+                    api = ("gRPC", "HTTP stream", "HTTP")[kind % 3]
+                    print(f"error at {time.monotonic() - self.t0:.0f} s ({api}): {name}: {e}",
+                          file=sys.stderr, flush=True)
                 kind += 1
 
     @staticmethod
