@@ -4,4 +4,5 @@ from runtime.engine.engine_thread import EngineThread
 from runtime.engine.outputs import KVHandle, RequestOutput
 from runtime.engine.sampling_params import SamplingParams
 
-__all__ = ["Engine", "EngineThread", "KVHandle", "NoFreeBlocksError", "RequestOutput", "SamplingParams"]
+__all__ = ["Engine", "EngineThread", "KVHandle", "NoFreeBlocksError", "RequestOutput",
+           "SamplingParams"]

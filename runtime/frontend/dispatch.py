@@ -16,8 +16,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from runtime.frontend.registry import WorkerRegistry
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import GenerationChunk, ServingError, Timings, Usage
-from runtime.workers.handle import WorkerHandle
 from runtime.workers.events import HandoffEvent, TokenEvent
+from runtime.workers.handle import WorkerHandle
 from runtime.workers.streams import StreamTimeout
 from scheduler.router import NoWorkerError, Router, WorkerLoad
 

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 class Worker:
     """A plain class around one engine role; the Ray builder turns it into an actor.
 
-    Every engine call runs on the worker's `EngineThread`, which steps the engine. Public methods are safe to
-    call from any thread (Ray runs a threaded actor's calls concurrently); streaming methods
-    block their calling thread while they wait for events.
+    Every engine call runs on the worker's `EngineThread`, which steps the engine. Public
+    methods are safe to call from any thread (Ray runs a threaded actor's calls
+    concurrently); streaming methods block their calling thread while they wait for events.
     """
 
     role = ""
