@@ -1,10 +1,10 @@
 """The model runner on a CUDA GPU: fused Triton forward, CUDA-graph decode, pinned KV staging.
 
-Same interface as `ModelRunner` (the engine cannot tell them apart): `execute`, `read_kv`
-and `write_kv` take and return what the CPU runner does, so the scheduler, sampler and KV
-handoff code stay device-agnostic. Differences: weights and KV cache live on the GPU, the
-forward is `forward_fused`, decode-only steps replay CUDA graphs, and handoff KV moves
-through pinned host memory on a side stream.
+A sibling of `CpuModelRunner` under `ModelRunner` (the engine cannot tell them apart):
+`execute`, `read_kv` and `write_kv` take and return what the CPU runner does, so the
+scheduler, sampler and KV handoff code stay device-agnostic. Differences: weights and KV cache
+live on the GPU, the forward is `forward_fused`, decode-only steps replay CUDA graphs, and
+handoff KV moves through pinned host memory on a side stream.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from runtime.engine.fused_forward import forward_fused
 from runtime.engine.kv_staging import PinnedKVStager, StagedKV
 from runtime.engine.model import AttentionMetadata, ModelWeights
 from runtime.engine.model_runner import ModelRunner
+from runtime.engine.sequence import Sequence
 
 
 def weights_to(w: ModelWeights, device: torch.device) -> ModelWeights:
@@ -49,22 +50,14 @@ class CudaModelRunner(ModelRunner):
     def __init__(self, model: ModelConfig, cache: CacheConfig, num_threads: int | None = None,
                  device: str | torch.device = "cuda", max_num_seqs: int = 256,
                  cuda_graphs: bool = True):
-        # The parent loads config and weights; a 1-block host cache keeps its allocation small.
-        super().__init__(model, dataclasses.replace(cache, num_blocks=1), num_threads)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"CudaModelRunner needs a CUDA device, got {self.device}")
+        super().__init__(model, cache, num_threads)
         g = self.geometry
-        if cache.num_blocks:
-            self.num_blocks = cache.num_blocks
-        else:
-            bytes_per_block = g.kv_bytes_per_token * self.dtype.itemsize * cache.block_size
-            self.num_blocks = max(1, int(cache.memory_gib * 2**30) // bytes_per_block)
         self.weights = weights_to(self.weights, self.device)
         # One block more than the block manager hands out: the graphs' padding rows write there.
-        self.kv_cache = torch.zeros(g.num_layers, 2, self.num_blocks + 1, cache.block_size,
-                                    g.num_kv_heads, g.head_dim, dtype=self.dtype,
-                                    device=self.device)
+        self.kv_cache = self._empty_cache(self.num_blocks + 1, self.device)
         self.stager = PinnedKVStager(self.device)
         self.graphs = None
         max_len = min(model.max_model_len or g.max_position_embeddings, g.max_position_embeddings)
@@ -82,7 +75,7 @@ class CudaModelRunner(ModelRunner):
                                    decode_context_lens=to(meta.decode_context_lens))
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, layer_done=None):
+    def execute(self, batch: ScheduledBatch, layer_done=None) -> tuple[list[Sequence], torch.Tensor]:
         sampled, (input_ids, positions, meta, logits_idx) = self.prepare(batch)
         decode_only = not meta.prefills and meta.num_decode > 0
         if decode_only and self.graphs is not None and \
@@ -111,24 +104,26 @@ class CudaModelRunner(ModelRunner):
                            num_tokens).wait()
         return kv[0], kv[1]
 
-    def write_kv(self, block_table: list[int], layer_start: int, kv: torch.Tensor,
-                 start: int = 0) -> None:
-        """As `ModelRunner.write_kv`; host KV goes up through pinned memory on the side stream,
-        and the next forward waits for it on the GPU, not on the host."""
+    def write_kv(self, block_table: list[int] | torch.Tensor, layer_start: int,
+                 kv: torch.Tensor, start: int = 0) -> None:
+        """Host KV goes up through pinned memory on the side stream, and the next forward
+        waits for it on the GPU, not on the host."""
+        self._check_kv(block_table, layer_start, kv, start)
         if kv.is_cuda:
-            super().write_kv(block_table, layer_start, kv, start)
+            self._scatter(block_table, layer_start, kv, start)
             return
         host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
         host.copy_(kv)
         with self.stager.side_stream():
-            dev = host.to(self.device, non_blocking=True)
-            super().write_kv(block_table, layer_start, dev, start)
+            self._scatter(block_table, layer_start, host.to(self.device, non_blocking=True),
+                          start)
 
+    def _scatter(self, block_table, layer_start: int, kv: torch.Tensor, start: int) -> None:
+        # index_copy_ stays on the current stream; nothing here waits on the host.
+        slots = self._token_slots(block_table, start, kv.shape[2]).to(self.device)
+        kv = kv.to(self.device, self.dtype)
+        layers = self.kv_cache[layer_start:layer_start + kv.shape[0]]
+        for layer_cache, layer_kv in zip(layers, kv):
+            for i in range(2):
+                layer_cache[i].view(-1, *layer_cache.shape[3:]).index_copy_(0, slots, layer_kv[i])
 
-def make_runner(model: ModelConfig, cache: CacheConfig, num_threads: int | None = None,
-                max_num_seqs: int = 256) -> ModelRunner:
-    """The runner for `model.device`: `ModelRunner` on the CPU, `CudaModelRunner` on CUDA."""
-    if torch.device(model.device).type == "cpu":
-        return ModelRunner(model, cache, num_threads)
-    return CudaModelRunner(model, cache, num_threads, device=model.device,
-                           max_num_seqs=max_num_seqs, cuda_graphs=not model.enforce_eager)

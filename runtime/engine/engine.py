@@ -20,7 +20,7 @@ from runtime.config import EngineConfig
 from runtime.engine.batch_scheduler import BatchScheduler
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
-from runtime.engine.cuda_runner import make_runner
+from runtime.engine.runners import make_runner
 from runtime.engine.kv_port import KVPort
 from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings
 from runtime.engine.sampler import Sampler
