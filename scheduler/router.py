@@ -6,32 +6,30 @@ it for targets; the scheduler issue refines the policy behind the same interface
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class WorkerLoad:
-    """One worker's load snapshot, as it reports it after its engine steps.
-
-    `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed (prefill work
-    ahead of a new request). `num_running`: sequences holding KV blocks and decoding.
-    `incarnation` names the worker process that reported it: it changes when the worker is
-    restarted, so whoever routes to it knows to look up its new addresses.
-    """
-
-    name: str
-    role: str                          # "prefill" | "decode" | "colocated"
-    num_queued_prompt_tokens: int = 0
-    num_running: int = 0
-    num_waiting: int = 0
-    num_free_blocks: int = 0
-    num_total_blocks: int = 0
-    healthy: bool = True
-    incarnation: str = ""
+from scheduler.load import LoadSnapshot
 
 
 class NoWorkerError(RuntimeError):
     """No healthy worker of the asked role is registered."""
+
+
+@dataclass
+class _Entry:
+    """A worker's last snapshot plus what was routed to it since."""
+
+    load: LoadSnapshot
+    prompt_tokens: int = 0
+    seqs: int = 0
+
+    @property
+    def queued_prompt_tokens(self) -> int:
+        return self.load.num_queued_prompt_tokens + self.prompt_tokens
+
+    @property
+    def seqs_ahead(self) -> int:
+        return self.load.num_running + self.load.num_waiting + self.seqs
 
 
 class Router:
@@ -44,60 +42,57 @@ class Router:
     """
 
     def __init__(self) -> None:
-        self._loads: dict[str, WorkerLoad] = {}
+        self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
-    def report(self, load: WorkerLoad) -> None:
+    def report(self, load: LoadSnapshot) -> None:
         with self._lock:
-            self._loads[load.name] = load
+            self._entries[load.name] = _Entry(load)
 
     def remove(self, name: str) -> None:
         with self._lock:
-            self._loads.pop(name, None)
+            self._entries.pop(name, None)
 
-    def loads(self) -> list[WorkerLoad]:
+    def loads(self) -> list[LoadSnapshot]:
+        """The last snapshot of every worker, by name (without the charges since)."""
         with self._lock:
-            return sorted(self._loads.values(), key=lambda w: w.name)
+            return [self._entries[n].load for n in sorted(self._entries)]
 
     def pick_prefill(self, num_prompt_tokens: int, exclude: frozenset[str] = frozenset()) -> str:
-        """The prefill (or colocated) worker with the fewest prompt tokens queued."""
-        return self._pick(("prefill",), exclude, _prefill_key,
-                          lambda w: replace(w, num_queued_prompt_tokens=
-                                            w.num_queued_prompt_tokens + num_prompt_tokens))
+        """The prefill worker with the fewest prompt tokens queued."""
+        return self._pick("prefill", exclude, _prefill_key, num_prompt_tokens, 0)
 
     def pick_decode(self, exclude: frozenset[str] = frozenset()) -> str:
-        """The decode worker with the fewest running sequences, then the most free blocks."""
-        return self._pick(("decode",), exclude, _decode_key,
-                          lambda w: replace(w, num_running=w.num_running + 1))
+        """The decode worker with the fewest sequences, then the most free blocks."""
+        return self._pick("decode", exclude, _decode_key, 0, 1)
 
     def pick_colocated(self, num_prompt_tokens: int,
                        exclude: frozenset[str] = frozenset()) -> str:
-        """The colocated worker with the least work ahead: queued prompt tokens, then running."""
-        return self._pick(("colocated",), exclude, _colocated_key,
-                          lambda w: replace(w, num_queued_prompt_tokens=
-                                            w.num_queued_prompt_tokens + num_prompt_tokens,
-                                            num_running=w.num_running + 1))
+        """The colocated worker with the least work ahead: queued prompt tokens, then
+        sequences."""
+        return self._pick("colocated", exclude, _colocated_key, num_prompt_tokens, 1)
 
-    def _pick(self, roles, exclude, key, charge) -> str:
+    def _pick(self, role: str, exclude: frozenset[str], key, prompt_tokens: int,
+              seqs: int) -> str:
         with self._lock:
-            candidates = [w for w in self._loads.values()
-                          if w.role in roles and w.healthy and w.name not in exclude]
+            candidates = [e for e in self._entries.values() if e.load.role == role
+                          and e.load.healthy and e.load.name not in exclude]
             if not candidates:
-                raise NoWorkerError(f"no healthy {'/'.join(roles)} worker"
+                raise NoWorkerError(f"no healthy {role} worker"
                                     + (f" outside {sorted(exclude)}" if exclude else ""))
             best = min(candidates, key=key)
-            self._loads[best.name] = charge(best)
-            return best.name
+            best.prompt_tokens += prompt_tokens
+            best.seqs += seqs
+            return best.load.name
 
 
-def _prefill_key(w: WorkerLoad):
-    return (w.num_queued_prompt_tokens, w.num_waiting, w.name)
+def _prefill_key(e: _Entry):
+    return (e.queued_prompt_tokens, e.load.num_waiting, e.load.name)
 
 
-def _decode_key(w: WorkerLoad):
-    return (w.num_running + w.num_waiting, -w.num_free_blocks, w.name)
+def _decode_key(e: _Entry):
+    return (e.seqs_ahead, -e.load.num_free_blocks, e.load.name)
 
 
-def _colocated_key(w: WorkerLoad):
-    return (w.num_queued_prompt_tokens, w.num_running + w.num_waiting, -w.num_free_blocks,
-            w.name)
+def _colocated_key(e: _Entry):
+    return (e.queued_prompt_tokens, e.seqs_ahead, -e.load.num_free_blocks, e.load.name)

@@ -19,7 +19,8 @@ from runtime.frontend.results import GenerationChunk, ServingError, Timings, Usa
 from runtime.workers.events import HandoffEvent, TokenEvent
 from runtime.workers.handle import WorkerHandle
 from runtime.workers.streams import StreamTimeout
-from scheduler.router import NoWorkerError, Router, WorkerLoad
+from runtime.workers.load import WorkerLoad
+from scheduler.router import NoWorkerError, Router
 
 log = logging.getLogger(__name__)
 # Handoff failures worth another prefill/decode pair (DATA_LOSS: a chunk corrupted or lost

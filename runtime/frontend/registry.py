@@ -6,7 +6,8 @@ import logging
 import time
 
 from runtime.workers.handle import WorkerHandle
-from scheduler.router import Router, WorkerLoad
+from runtime.workers.load import WorkerLoad
+from scheduler.router import Router
 
 log = logging.getLogger(__name__)
 # How long one poll waits for a worker's load report.
@@ -34,8 +35,9 @@ class WorkerRegistry:
         self._heard = {w.name: time.monotonic() for w in workers}   # last answer per worker
         self.mode = "colocated" if any(w.role == "colocated" for w in workers) else "disaggregated"
         self._needed = ("colocated",) if self.mode == "colocated" else ("prefill", "decode")
+        self._loads: dict[str, WorkerLoad] = {}   # the last report of each worker, by name
         for w in workers:
-            self.router.report(WorkerLoad(w.name, w.role, incarnation=w.incarnation))
+            self._report(WorkerLoad(w.name, w.role, incarnation=w.incarnation))
 
     def __getitem__(self, name: str) -> WorkerHandle:
         return self.handles[name]
@@ -43,17 +45,17 @@ class WorkerRegistry:
     @property
     def serving(self) -> bool:
         """Every pool the request path needs has a healthy worker."""
-        healthy = {w.role for w in self.router.loads() if w.healthy}
+        healthy = {w.role for w in self._loads.values() if w.healthy}
         return all(role in healthy for role in self._needed)
 
     def missing_roles(self) -> list[str]:
-        healthy = {w.role for w in self.router.loads() if w.healthy}
+        healthy = {w.role for w in self._loads.values() if w.healthy}
         return [role for role in self._needed if role not in healthy]
 
     def mark_down(self, name: str) -> None:
         handle = self.handles[name]
-        self.router.report(WorkerLoad(name, handle.role, healthy=False,
-                                      incarnation=handle.incarnation))
+        self._report(WorkerLoad(name, handle.role, healthy=False,
+                                incarnation=handle.incarnation))
 
     async def poll(self) -> list[WorkerLoad]:
         """Every worker's load snapshot (unhealthy ones for those that did not answer)."""
@@ -61,8 +63,12 @@ class WorkerRegistry:
         results = await asyncio.gather(*(self._poll_one(n) for n in names))
         for load in results:
             if load is not None:
-                self.router.report(load)
-        return self.router.loads()
+                self._report(load)
+        return [self._loads[n] for n in sorted(self._loads)]
+
+    def _report(self, load: WorkerLoad) -> None:
+        self._loads[load.name] = load
+        self.router.report(load)
 
     async def _poll_one(self, name: str) -> WorkerLoad | None:
         """The worker's report; an unhealthy one if it failed or has been silent too long;

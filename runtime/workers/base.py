@@ -14,7 +14,7 @@ from runtime.faults import FaultConfig, Faults
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
 from runtime.workers.streams import OutputStreams
-from scheduler.router import WorkerLoad
+from runtime.workers.load import WorkerLoad
 
 log = logging.getLogger(__name__)
 

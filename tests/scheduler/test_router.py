@@ -1,10 +1,24 @@
 """Least-loaded routing from load snapshots, with charges between reports."""
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
-from scheduler.router import NoWorkerError, Router, WorkerLoad
+from scheduler import NoWorkerError, Router
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """Any object with a LoadSnapshot's attributes will do: the scheduler knows no runtime."""
+
+    name: str
+    role: str
+    num_queued_prompt_tokens: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    num_free_blocks: int = 0
+    healthy: bool = True
 
 
 def test_picks_least_loaded_and_charges_between_reports():
@@ -38,7 +52,7 @@ def test_unhealthy_and_excluded_workers_are_skipped():
 
 
 def test_scheduler_imports_no_torch_and_nothing_of_runtime():
-    code = ("import sys, scheduler.router; "
+    code = ("import sys, scheduler, scheduler.router; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('runtime')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ from ray.exceptions import ActorUnavailableError
 from runtime.frontend import registry as registry_module
 from runtime.frontend.registry import WorkerRegistry
 from runtime.workers.handle import WorkerHandle
-from scheduler.router import WorkerLoad
+from runtime.workers.load import WorkerLoad
 
 
 class Remote:

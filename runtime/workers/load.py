@@ -1,0 +1,27 @@
+"""The load report a worker publishes after its engine steps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """One worker's load snapshot, as it reports it after its engine steps; the scheduler
+    reads it as a `scheduler.LoadSnapshot`.
+
+    `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed (prefill work
+    ahead of a new request). `num_running`: sequences holding KV blocks and decoding.
+    `healthy` is False in the reports the frontend makes up for a worker that did not answer.
+    `incarnation` names the worker process that reported it: it changes when the worker is
+    restarted, so whoever routes to it knows to look up its new addresses.
+    """
+
+    name: str
+    role: str                          # "prefill" | "decode" | "colocated"
+    num_queued_prompt_tokens: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    num_free_blocks: int = 0
+    num_total_blocks: int = 0
+    healthy: bool = True
+    incarnation: str = ""

@@ -1,0 +1,28 @@
+"""What the scheduler reads of a worker's load: any object with these attributes (the
+runtime's workers report a `runtime.workers.load.WorkerLoad`; tests and simulators pass
+their own)."""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class LoadSnapshot(Protocol):
+    """One worker's state at its last report. `role`: "prefill", "decode" or "colocated".
+    `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed.
+    `num_running` / `num_waiting`: sequences decoding / waiting for blocks or a batch slot.
+    `healthy`: False takes the worker out of routing."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def num_queued_prompt_tokens(self) -> int: ...
+    @property
+    def num_running(self) -> int: ...
+    @property
+    def num_waiting(self) -> int: ...
+    @property
+    def num_free_blocks(self) -> int: ...
+    @property
+    def healthy(self) -> bool: ...
