@@ -11,10 +11,10 @@ Every runner has the same contract: `generate(prompts, output_len)` runs all `pr
 token ids) greedily to exactly `output_len` new tokens each (EOS ignored) and returns the number
 of tokens each one produced, so the caller can check that every engine did the same work.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -32,12 +32,17 @@ class TandemRunner:
         from runtime.engine import Engine, SamplingParams
 
         self._params = SamplingParams
-        self.engine = Engine(EngineConfig(
-            model=ModelConfig(path=spec["model"], dtype=spec["dtype"]),
-            cache=CacheConfig(memory_gib=spec["kv_cache_gib"]),
-            scheduler=SchedulerConfig(max_num_seqs=spec["max_num_seqs"],
-                                      max_num_batched_tokens=spec["max_num_batched_tokens"]),
-            num_threads=spec["threads"]))
+        self.engine = Engine(
+            EngineConfig(
+                model=ModelConfig(path=spec["model"], dtype=spec["dtype"]),
+                cache=CacheConfig(memory_gib=spec["kv_cache_gib"]),
+                scheduler=SchedulerConfig(
+                    max_num_seqs=spec["max_num_seqs"],
+                    max_num_batched_tokens=spec["max_num_batched_tokens"],
+                ),
+                num_threads=spec["threads"],
+            )
+        )
 
     def generate(self, prompts: list[list[int]], output_len: int) -> list[int]:
         params = self._params(max_tokens=output_len, ignore_eos=True, temperature=0.0)
@@ -59,7 +64,8 @@ class HFRunner:
 
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(
-            spec["model"], dtype=getattr(torch, spec["dtype"]), attn_implementation="sdpa").eval()
+            spec["model"], dtype=getattr(torch, spec["dtype"]), attn_implementation="sdpa"
+        ).eval()
         cfg = self.model.generation_config
         self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         self.batch_size = spec.get("hf_batch_size") or None
@@ -68,18 +74,23 @@ class HFRunner:
         torch, counts = self.torch, []
         step = self.batch_size or len(prompts)
         for start in range(0, len(prompts), step):
-            chunk = prompts[start:start + step]
+            chunk = prompts[start : start + step]
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, prompt in enumerate(chunk):
-                ids[row, width - len(prompt):] = torch.tensor(prompt)
-                mask[row, width - len(prompt):] = 1
+                ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                mask[row, width - len(prompt) :] = 1
             with torch.inference_mode():
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
-                    max_new_tokens=output_len, min_new_tokens=output_len,
-                    pad_token_id=self.pad_id)
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=output_len,
+                    min_new_tokens=output_len,
+                    pad_token_id=self.pad_id,
+                )
             counts += [out.shape[1] - width] * len(chunk)
         return counts
 
@@ -99,15 +110,20 @@ class VLLMRunner:
         from vllm.inputs import TokensPrompt
 
         self._params, self._prompt = SamplingParams, TokensPrompt
-        self.llm = LLM(model=spec["model"], dtype=spec["dtype"], seed=0,
-                       kv_cache_memory_bytes=int(spec["kv_cache_gib"] * (1 << 30)),
-                       max_num_seqs=spec["max_num_seqs"],
-                       max_num_batched_tokens=spec["max_num_batched_tokens"])
+        self.llm = LLM(
+            model=spec["model"],
+            dtype=spec["dtype"],
+            seed=0,
+            kv_cache_memory_bytes=int(spec["kv_cache_gib"] * (1 << 30)),
+            max_num_seqs=spec["max_num_seqs"],
+            max_num_batched_tokens=spec["max_num_batched_tokens"],
+        )
 
     def generate(self, prompts: list[list[int]], output_len: int) -> list[int]:
         params = self._params(max_tokens=output_len, ignore_eos=True, temperature=0.0)
-        outs = self.llm.generate([self._prompt(prompt_token_ids=p) for p in prompts], params,
-                                 use_tqdm=False)
+        outs = self.llm.generate(
+            [self._prompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
         return [len(o.outputs[0].token_ids) for o in outs]
 
 
@@ -125,8 +141,12 @@ def run_throughput(runner, spec: dict) -> dict:
     """Warm up, then one timed `generate` over all prompts: its wall time and token counts."""
     runner.generate(spec["warmup_prompts"], spec["warmup_output_len"])
     wall, counts = _timed(runner, spec["prompts"], spec["output_len"])
-    return {"wall_s": wall, "num_prompt_tokens": sum(map(len, spec["prompts"])),
-            "num_output_tokens": sum(counts), "output_lens": sorted(set(counts))}
+    return {
+        "wall_s": wall,
+        "num_prompt_tokens": sum(map(len, spec["prompts"])),
+        "num_output_tokens": sum(counts),
+        "output_lens": sorted(set(counts)),
+    }
 
 
 def run_decode(runner, spec: dict) -> dict:

@@ -33,6 +33,7 @@ threads (default: all cores). On a CPU-only host the transfer's copies, checksum
 compete with the prefill's matmuls for the same cores, so layer-wise streaming has nothing to
 overlap onto there: on a CPU host the transfer hides behind the prefill, but slows it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ sys.path.insert(0, str(REPO))
 SECRET = "kv-bench-secret"
 SINK = "/tandem.bench.Sink/Push"
 MIB = 1 << 20
-REPEATS = 5   # medians: these loopback figures are noisy on shared machines
+REPEATS = 5  # medians: these loopback figures are noisy on shared machines
 ENCODINGS = ("raw", "int8", "fp8")
 
 
@@ -65,12 +66,13 @@ def serve(args) -> None:
     from runtime.kv_transfer.receiver import server_options
 
     engine = make_engine(args.model, "decode", args.num_blocks)
-    engine.runner.kv_cache.fill_(0)   # touch every page once, as a warm server has
+    engine.runner.kv_cache.fill_(0)  # touch every page once, as a warm server has
     commit = engine.commit_import
 
-    def commit_and_drop(handle) -> None:   # a decode worker that never decodes: free at once
+    def commit_and_drop(handle) -> None:  # a decode worker that never decodes: free at once
         commit(handle)
         engine.abort(handle.request_id)
+
     engine.commit_import = commit_and_drop
     thread = EngineThread("decode")
     cfg = KVTransferConfig(secret=SECRET)
@@ -79,13 +81,19 @@ def serve(args) -> None:
 
     def push(request_iterator, context):
         return sum(len(m) for m in request_iterator).to_bytes(8, "little")
+
     sink = grpc.server(ThreadPoolExecutor(max_workers=32), options=server_options(cfg))
-    sink.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "tandem.bench.Sink", {"Push": grpc.stream_unary_rpc_method_handler(push)})])
+    sink.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "tandem.bench.Sink", {"Push": grpc.stream_unary_rpc_method_handler(push)}
+            )
+        ]
+    )
     sink_port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
     print(f"ports {kv_port} {sink_port}", flush=True)
-    for line in sys.stdin:   # "cpu": this process's CPU seconds so far; EOF: stop
+    for line in sys.stdin:  # "cpu": this process's CPU seconds so far; EOF: stop
         print(f"cpu {process_cpu_s()}", flush=True)
     receiver.stop()
     sink.stop(None)
@@ -96,11 +104,15 @@ def make_engine(model: str, role: str, num_blocks: int, prefix: bool = True):
     from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
     from runtime.engine import Engine
 
-    return Engine(EngineConfig(
-        model=ModelConfig(path=model, dtype="bfloat16"),
-        cache=CacheConfig(block_size=16, num_blocks=num_blocks, enable_prefix_caching=prefix),
-        scheduler=SchedulerConfig(max_num_batched_tokens=4096), role=role,
-        num_threads=int(os.environ.get("KV_BENCH_THREADS", "0")) or None))
+    return Engine(
+        EngineConfig(
+            model=ModelConfig(path=model, dtype="bfloat16"),
+            cache=CacheConfig(block_size=16, num_blocks=num_blocks, enable_prefix_caching=prefix),
+            scheduler=SchedulerConfig(max_num_batched_tokens=4096),
+            role=role,
+            num_threads=int(os.environ.get("KV_BENCH_THREADS", "0")) or None,
+        )
+    )
 
 
 def llama8b_shaped(home: Path, tokenizer_dir: Path) -> Path:
@@ -114,13 +126,25 @@ def llama8b_shaped(home: Path, tokenizer_dir: Path) -> Path:
     if (path / "config.json").exists():
         return path
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, num_attention_heads=8, num_key_value_heads=8,
-                      head_dim=128, num_hidden_layers=32, intermediate_size=256,
-                      vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
-                      rope_theta=500000.0)
+    cfg = LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=128,
+        num_hidden_layers=32,
+        intermediate_size=256,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    )
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(str(path))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "generation_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ):
         if (tokenizer_dir / name).exists() and name != "generation_config.json":
             shutil.copy(tokenizer_dir / name, path / name)
     return path
@@ -139,8 +163,12 @@ class DecodeSide:
     def __init__(self, model: Path, num_blocks: int):
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(model), "--num-blocks", str(num_blocks)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         line = self.proc.stdout.readline().split()
         assert line and line[0] == "ports", f"decode side failed to start: {line}"
         self.kv_target = f"127.0.0.1:{line[1]}"
@@ -172,7 +200,7 @@ class Ceiling:
         self.channel = make_channel(target, KVTransferConfig(secret=SECRET))
         self.push = self.channel.stream_unary(SINK)
         self.payloads = {}
-        self.push(iter([self._payload(MIB)] * 64), timeout=60)   # connect, grow the window
+        self.push(iter([self._payload(MIB)] * 64), timeout=60)  # connect, grow the window
 
     def _payload(self, message_bytes: int) -> bytes:
         if message_bytes not in self.payloads:
@@ -185,7 +213,8 @@ class Ceiling:
 
         def messages():
             for i in range(0, nbytes, message_bytes):
-                yield payload[:min(message_bytes, nbytes - i)]
+                yield payload[: min(message_bytes, nbytes - i)]
+
         t0 = time.perf_counter()
         futures = [self.push.future(messages(), timeout=600) for _ in range(streams)]
         assert all(int.from_bytes(f.result(), "little") == nbytes for f in futures)
@@ -238,46 +267,63 @@ def throughput_table(model: Path, name: str, lengths, concurrency, rows) -> None
     thread = EngineThread("prefill")
     message_sizes = sorted({MIB, KVTransferConfig(secret=SECRET).chunk_bytes})
     ceiling = Ceiling(decode.sink_target)
-    senders = {enc: KVSender(prefill, thread, KVTransferConfig(
-        secret=SECRET, encoding=enc, deadline_s=600)) for enc in ENCODINGS}
+    senders = {
+        enc: KVSender(
+            prefill, thread, KVTransferConfig(secret=SECRET, encoding=enc, deadline_s=600)
+        )
+        for enc in ENCODINGS
+    }
     try:
-        warm_up = prompt_of(1024, seed=0)   # each sender's channel connected, as the ceiling's
+        warm_up = prompt_of(1024, seed=0)  # each sender's channel connected, as the ceiling's
         for sender in senders.values():
-            handoffs(prefill, thread, sender, prefilled(prefill, thread, warm_up, 1),
-                     decode.kv_target)
+            handoffs(
+                prefill, thread, sender, prefilled(prefill, thread, warm_up, 1), decode.kv_target
+            )
         per_token = prefill.runner.geometry.kv_bytes_per_token * 2
         for n in lengths:
             prompt = prompt_of(n, seed=n)
-            thread.call(prefill.generate, prompt_token_ids=[prompt])   # fill the prefix cache
+            thread.call(prefill.generate, prompt_token_ids=[prompt])  # fill the prefix cache
             for streams in concurrency:
                 runs = []
                 kv_gb = streams * per_token * n / 1e9
-                for _ in range(REPEATS):   # ceiling and handoffs back to back, each round
+                for _ in range(REPEATS):  # ceiling and handoffs back to back, each round
                     outs = {enc: prefilled(prefill, thread, prompt, streams) for enc in senders}
                     # the faster message size: (GB/s, CPU s) pairs compare by GB/s first
-                    run = {"ceiling": max(with_cpu(decode, ceiling.gbps, per_token * n, streams,
-                                                   size) for size in message_sizes)}
+                    run = {
+                        "ceiling": max(
+                            with_cpu(decode, ceiling.gbps, per_token * n, streams, size)
+                            for size in message_sizes
+                        )
+                    }
                     for enc, sender in senders.items():
-                        run[enc] = with_cpu(decode, handoffs, prefill, thread, sender,
-                                            outs[enc], decode.kv_target)
+                        run[enc] = with_cpu(
+                            decode, handoffs, prefill, thread, sender, outs[enc], decode.kv_target
+                        )
                     runs.append(run)
-                row = {"shape": name, "tokens": n, "streams": streams,
-                       "kv_mib": per_token * n / MIB,
-                       "ceiling_gbps": median(r["ceiling"][0] for r in runs),
-                       "ceiling_cpu_s_per_gb": median(r["ceiling"][1] for r in runs) / kv_gb}
+                row = {
+                    "shape": name,
+                    "tokens": n,
+                    "streams": streams,
+                    "kv_mib": per_token * n / MIB,
+                    "ceiling_gbps": median(r["ceiling"][0] for r in runs),
+                    "ceiling_cpu_s_per_gb": median(r["ceiling"][1] for r in runs) / kv_gb,
+                }
                 for enc in ENCODINGS:
                     row[f"{enc}_gbps"] = median(r[enc][0][0] for r in runs)
                     row[f"{enc}_wire_gbps"] = median(r[enc][0][1] for r in runs)
                     row[f"{enc}_cpu_s_per_gb"] = median(r[enc][1] for r in runs) / kv_gb
                 row["raw_vs_ceiling"] = median(r["raw"][0][0] / r["ceiling"][0] for r in runs)
                 rows.append(row)
-                print(f"{name:>16} {n:>5} tok x{streams:<2} ceiling "
-                      f"{row['ceiling_gbps']:5.2f} GB/s | "
-                      f"raw {row['raw_gbps']:5.2f} ({row['raw_vs_ceiling']:.0%}) | int8 "
-                      f"{row['int8_gbps']:5.2f} (wire {row['int8_wire_gbps']:4.2f}) | fp8 "
-                      f"{row['fp8_gbps']:5.2f} (wire {row['fp8_wire_gbps']:4.2f}) GB/s | CPU "
-                      f"s/GB ceiling {row['ceiling_cpu_s_per_gb']:.2f} raw "
-                      f"{row['raw_cpu_s_per_gb']:.2f}", flush=True)
+                print(
+                    f"{name:>16} {n:>5} tok x{streams:<2} ceiling "
+                    f"{row['ceiling_gbps']:5.2f} GB/s | "
+                    f"raw {row['raw_gbps']:5.2f} ({row['raw_vs_ceiling']:.0%}) | int8 "
+                    f"{row['int8_gbps']:5.2f} (wire {row['int8_wire_gbps']:4.2f}) | fp8 "
+                    f"{row['fp8_gbps']:5.2f} (wire {row['fp8_wire_gbps']:4.2f}) GB/s | CPU "
+                    f"s/GB ceiling {row['ceiling_cpu_s_per_gb']:.2f} raw "
+                    f"{row['raw_cpu_s_per_gb']:.2f}",
+                    flush=True,
+                )
     finally:
         for sender in senders.values():
             sender.close()
@@ -299,8 +345,9 @@ def timed_handoff(prefill, thread, sender, prompt, target) -> tuple[float, float
     while not future.done():
         begun = time.perf_counter()
         outputs = thread.call(sender.step)
-        if prefilled_at is None and any(o.request_id == rid and o.kv_handle is not None
-                                        for o in outputs):
+        if prefilled_at is None and any(
+            o.request_id == rid and o.kv_handle is not None for o in outputs
+        ):
             prefilled_at = time.perf_counter()
             step_s = prefilled_at - begun
     future.result()
@@ -314,41 +361,55 @@ def overlap_and_crossover(model: Path, lengths, crossover_lengths, report) -> No
 
     max_len = max(lengths + crossover_lengths)
     decode = DecodeSide(model, num_blocks=2 * max_len // 16 + 64)
-    prefill = make_engine(str(model), "prefill", num_blocks=2 * max_len // 16 + 64,
-                          prefix=False)
+    prefill = make_engine(str(model), "prefill", num_blocks=2 * max_len // 16 + 64, prefix=False)
     thread = EngineThread("prefill")
     cfg = dict(secret=SECRET, deadline_s=600)
     layerwise = KVSender(prefill, thread, KVTransferConfig(layerwise_min_tokens=1, **cfg))
     oneshot = KVSender(prefill, thread, KVTransferConfig(layerwise_min_tokens=10**9, **cfg))
     try:
-        timed_handoff(prefill, thread, oneshot, prompt_of(64, 0), decode.kv_target)   # warm up
+        timed_handoff(prefill, thread, oneshot, prompt_of(64, 0), decode.kv_target)  # warm up
         for n in lengths:
             prompt = prompt_of(n, seed=7 * n)
             runs = {"layerwise": [], "one_message": []}
-            for _ in range(REPEATS):   # alternating, so a load shift hits both alike
+            for _ in range(REPEATS):  # alternating, so a load shift hits both alike
                 for name, sender in (("layerwise", layerwise), ("one_message", oneshot)):
-                    runs[name].append(timed_handoff(prefill, thread, sender, prompt,
-                                                    decode.kv_target))
-            med = {name: [median(r[i] for r in rs) for i in range(3)]
-                   for name, rs in runs.items()}
+                    runs[name].append(
+                        timed_handoff(prefill, thread, sender, prompt, decode.kv_target)
+                    )
+            med = {name: [median(r[i] for r in rs) for i in range(3)] for name, rs in runs.items()}
             (_, lw_step, lw_tail), (_, one_step, transfer) = med["layerwise"], med["one_message"]
-            row = {"tokens": n, "prefill_s": one_step, "prefill_streaming_s": lw_step,
-                   "transfer_s": transfer, "layerwise_tail_s": lw_tail,
-                   "hidden": 1 - lw_tail / transfer}
+            row = {
+                "tokens": n,
+                "prefill_s": one_step,
+                "prefill_streaming_s": lw_step,
+                "transfer_s": transfer,
+                "layerwise_tail_s": lw_tail,
+                "hidden": 1 - lw_tail / transfer,
+            }
             report["overlap"].append(row)
-            print(f"overlap {n} tok: transfer {transfer * 1e3:.1f} ms after a {one_step:.3f}s "
-                  f"prefill; layer-wise {lw_tail * 1e3:.1f} ms after a {lw_step:.3f}s prefill "
-                  f"({lw_step / one_step - 1:+.0%}): {row['hidden']:.0%} of the transfer "
-                  f"hidden", flush=True)
+            print(
+                f"overlap {n} tok: transfer {transfer * 1e3:.1f} ms after a {one_step:.3f}s "
+                f"prefill; layer-wise {lw_tail * 1e3:.1f} ms after a {lw_step:.3f}s prefill "
+                f"({lw_step / one_step - 1:+.0%}): {row['hidden']:.0%} of the transfer "
+                f"hidden",
+                flush=True,
+            )
         for n in crossover_lengths:
             prompt = prompt_of(n, seed=11 * n)
-            lw = min(timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)[0]
-                     for _ in range(3))
-            one = min(timed_handoff(prefill, thread, oneshot, prompt, decode.kv_target)[0]
-                      for _ in range(3))
+            lw = min(
+                timed_handoff(prefill, thread, layerwise, prompt, decode.kv_target)[0]
+                for _ in range(3)
+            )
+            one = min(
+                timed_handoff(prefill, thread, oneshot, prompt, decode.kv_target)[0]
+                for _ in range(3)
+            )
             report["crossover"].append({"tokens": n, "layerwise_s": lw, "one_message_s": one})
-            print(f"crossover {n:>5} tok: layer-wise {lw * 1e3:8.1f} ms, one message after "
-                  f"prefill {one * 1e3:8.1f} ms", flush=True)
+            print(
+                f"crossover {n:>5} tok: layer-wise {lw * 1e3:8.1f} ms, one message after "
+                f"prefill {one * 1e3:8.1f} ms",
+                flush=True,
+            )
     finally:
         layerwise.close()
         oneshot.close()
@@ -369,16 +430,28 @@ def main() -> None:
 
     smollm2 = fetch_default_model()
     concurrency = [1, 4] if args.quick else [1, 4, 16]
-    report = {"throughput": [], "overlap": [], "crossover": [],
-              "cores": len(os.sched_getaffinity(0))}
-    throughput_table(smollm2, "SmolLM2-135M", [1024] if args.quick else [1024, 4096],
-                     concurrency, report["throughput"])
+    report = {
+        "throughput": [],
+        "overlap": [],
+        "crossover": [],
+        "cores": len(os.sched_getaffinity(0)),
+    }
+    throughput_table(
+        smollm2,
+        "SmolLM2-135M",
+        [1024] if args.quick else [1024, 4096],
+        concurrency,
+        report["throughput"],
+    )
     if not args.quick:
         llama = llama8b_shaped(tandem_home(), smollm2)
         throughput_table(llama, "Llama-3-8B-shape", [1024], concurrency, report["throughput"])
-    overlap_and_crossover(smollm2, [1024] if args.quick else [4096],
-                          [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024, 2048],
-                          report)
+    overlap_and_crossover(
+        smollm2,
+        [1024] if args.quick else [4096],
+        [32, 128, 512] if args.quick else [32, 64, 128, 256, 512, 1024, 2048],
+        report,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

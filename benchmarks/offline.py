@@ -26,6 +26,7 @@ fraction is against the most this machine delivered, never flattered by a slow m
 Each engine runs in its own subprocess (no shared memory or threads; vLLM's own processes);
 an engine that cannot be imported is reported as skipped, with the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,18 +47,26 @@ OK = "ok"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine", action="append", choices=ENGINES,
-                   help="repeatable; default: tandem and hf")
+    p.add_argument(
+        "--engine", action="append", choices=ENGINES, help="repeatable; default: tandem and hf"
+    )
     p.add_argument("--model", help="local HF model dir (default: the embedded SmolLM2)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--input-len", type=int, default=256)
-    p.add_argument("--input-len-dist", metavar="uniform:LO:HI",
-                   help="draw each prompt's length uniformly from [LO, HI] instead")
+    p.add_argument(
+        "--input-len-dist",
+        metavar="uniform:LO:HI",
+        help="draw each prompt's length uniformly from [LO, HI] instead",
+    )
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="torch threads for tandem and hf (default: all cores; vLLM binds its own)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads for tandem and hf (default: all cores; vLLM binds its own)",
+    )
     p.add_argument("--hf-batch-size", type=int, default=0, help="0: all prompts in one batch")
     p.add_argument("--max-num-seqs", type=int, default=256, help="tandem and vllm")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tandem and vllm")
@@ -78,8 +87,9 @@ def model_facts(model: str, dtype: str) -> tuple[list[int], int]:
 
     config = AutoConfig.from_pretrained(model)
     tok = AutoTokenizer.from_pretrained(model)
-    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items()
-                                          if t.special}
+    special = set(tok.all_special_ids) | {
+        i for i, t in tok.added_tokens_decoder.items() if t.special
+    }
     allowed = [i for i in range(min(config.vocab_size, len(tok))) if i not in special]
     with torch.device("meta"):  # shapes only; parameters() yields a tied tensor once
         meta = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
@@ -119,8 +129,12 @@ def run_engine(name: str, spec: dict, verbose: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"tandem-bench-{name}-") as tmp:
         spec_path, result_path, log_path = (Path(tmp) / f for f in ("spec", "result", "log"))
         spec_path.write_text(json.dumps({**spec, "engine": name}))
-        cmd = [sys.executable, str(REPO / "benchmarks" / "_engines.py"), str(spec_path),
-               str(result_path)]
+        cmd = [
+            sys.executable,
+            str(REPO / "benchmarks" / "_engines.py"),
+            str(spec_path),
+            str(result_path),
+        ]
         with open(log_path, "w") as log:
             out = None if verbose else log
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out else None)
@@ -133,15 +147,17 @@ def run_engine(name: str, spec: dict, verbose: bool) -> dict:
 def ratios(results: dict, key: str) -> dict:
     """`a/b` for every pair, `a` named before `b` on the command line."""
     ok = [e for e, r in results.items() if r["status"] == OK]
-    return {f"{a}/{b}": results[a][key] / results[b][key]
-            for i, a in enumerate(ok) for b in ok[i + 1:]}
+    return {
+        f"{a}/{b}": results[a][key] / results[b][key] for i, a in enumerate(ok) for b in ok[i + 1 :]
+    }
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                        enumerate(zip(row, widths))))
+        print(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        )
 
 
 def report_status(results: dict) -> None:
@@ -156,11 +172,22 @@ def throughput(args, results: dict) -> dict:
             r["output_tok_s"] = r["num_output_tokens"] / r["wall_s"]
             r["total_tok_s"] = (r["num_prompt_tokens"] + r["num_output_tokens"]) / r["wall_s"]
             r["req_s"] = args.num_prompts / r["wall_s"]
-    rows = [[n, f"{r['wall_s']:.2f}", f"{r['output_tok_s']:.1f}", f"{r['total_tok_s']:.1f}",
-             f"{r['req_s']:.2f}", str(r["num_output_tokens"]), f"{r['load_avg_1m']:.1f}"]
-            for n, r in results.items() if r["status"] == OK]
-    print_table(["engine", "wall s", "out tok/s", "total tok/s", "req/s", "out tokens",
-                 "load"], rows)
+    rows = [
+        [
+            n,
+            f"{r['wall_s']:.2f}",
+            f"{r['output_tok_s']:.1f}",
+            f"{r['total_tok_s']:.1f}",
+            f"{r['req_s']:.2f}",
+            str(r["num_output_tokens"]),
+            f"{r['load_avg_1m']:.1f}",
+        ]
+        for n, r in results.items()
+        if r["status"] == OK
+    ]
+    print_table(
+        ["engine", "wall s", "out tok/s", "total tok/s", "req/s", "out tokens", "load"], rows
+    )
     report_status(results)
     return ratios(results, "output_tok_s")
 
@@ -170,23 +197,36 @@ def decode_roofline(results: dict, weight_bytes: int, samples: list[float]) -> d
     dram = max(samples)
     cached = copy_bandwidth(weight_bytes // 2)  # src + dst together as large as the weights
     roofline = dram * 1e9 / weight_bytes
-    print(f"memory bandwidth (1 GiB copy, read+write), {len(samples)} samples over the run: "
-          f"{' '.join(f'{b:.1f}' for b in samples)} GB/s, highest {dram:.1f}; with a working "
-          f"set the size of the weights ({weight_bytes / 1e6:.0f} MB): {cached:.1f} GB/s")
+    print(
+        f"memory bandwidth (1 GiB copy, read+write), {len(samples)} samples over the run: "
+        f"{' '.join(f'{b:.1f}' for b in samples)} GB/s, highest {dram:.1f}; with a working "
+        f"set the size of the weights ({weight_bytes / 1e6:.0f} MB): {cached:.1f} GB/s"
+    )
     print(f"roofline: {dram:.1f} GB/s / {weight_bytes / 1e6:.0f} MB = {roofline:.1f} tok/s\n")
     rows = []
     for name, r in results.items():
         if r["status"] == OK:
             r["roofline_fraction"] = r["decode_tok_s"] / roofline
-            rows.append([name, f"{r['first_token_s'] * 1e3:.1f}", f"{r['tpot_s'] * 1e3:.2f}",
-                         f"{r['decode_tok_s']:.1f}", f"{r['roofline_fraction']:.0%}",
-                         f"{r['load_avg_1m']:.1f}"])
+            rows.append(
+                [
+                    name,
+                    f"{r['first_token_s'] * 1e3:.1f}",
+                    f"{r['tpot_s'] * 1e3:.2f}",
+                    f"{r['decode_tok_s']:.1f}",
+                    f"{r['roofline_fraction']:.0%}",
+                    f"{r['load_avg_1m']:.1f}",
+                ]
+            )
     print_table(["engine", "T(1) ms", "TPOT ms", "decode tok/s", "of roofline", "load"], rows)
     report_status(results)
-    return {"bandwidth_gb_s": dram, "bandwidth_samples_gb_s": samples,
-            "weight_set_bandwidth_gb_s": cached,
-            "weight_bytes": weight_bytes, "roofline_tok_s": roofline,
-            "ratios": ratios(results, "decode_tok_s")}
+    return {
+        "bandwidth_gb_s": dram,
+        "bandwidth_samples_gb_s": samples,
+        "weight_set_bandwidth_gb_s": cached,
+        "weight_bytes": weight_bytes,
+        "roofline_tok_s": roofline,
+        "ratios": ratios(results, "decode_tok_s"),
+    }
 
 
 def main(argv=None) -> None:
@@ -198,26 +238,42 @@ def main(argv=None) -> None:
     engines = list(dict.fromkeys(args.engine or ["tandem", "hf"]))
     allowed, weight_bytes = model_facts(args.model, args.dtype)
     rng = random.Random(args.seed)
-    spec = {"model": args.model, "dtype": args.dtype, "hf_batch_size": args.hf_batch_size,
-            "threads": args.threads,
-            "max_num_seqs": args.max_num_seqs, "kv_cache_gib": args.kv_cache_gib,
-            "max_num_batched_tokens": args.max_num_batched_tokens}
+    spec = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "hf_batch_size": args.hf_batch_size,
+        "threads": args.threads,
+        "max_num_seqs": args.max_num_seqs,
+        "kv_cache_gib": args.kv_cache_gib,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+    }
     if args.decode_roofline:
-        spec.update(mode="decode", output_len=args.decode_output_len,
-                    prompts=make_prompts(rng, allowed, 2 * args.repeats, args.decode_prompt_len),
-                    warmup_prompts=make_prompts(rng, allowed, 1, args.decode_prompt_len),
-                    warmup_output_len=16)
+        spec.update(
+            mode="decode",
+            output_len=args.decode_output_len,
+            prompts=make_prompts(rng, allowed, 2 * args.repeats, args.decode_prompt_len),
+            warmup_prompts=make_prompts(rng, allowed, 1, args.decode_prompt_len),
+            warmup_output_len=16,
+        )
     else:
-        spec.update(mode="throughput", output_len=args.output_len,
-                    prompts=make_prompts(rng, allowed, args.num_prompts,
-                                         args.input_len_dist or args.input_len),
-                    warmup_prompts=make_prompts(rng, allowed, min(4, args.num_prompts),
-                                                args.input_len),
-                    warmup_output_len=min(8, args.output_len))
-    print(f"model {args.model} ({args.dtype}), {len(os.sched_getaffinity(0))} cores; "
-          + ("decode roofline" if args.decode_roofline else
-             f"{args.num_prompts} prompts x {args.input_len_dist or args.input_len} in, "
-             f"{args.output_len} out"))
+        spec.update(
+            mode="throughput",
+            output_len=args.output_len,
+            prompts=make_prompts(
+                rng, allowed, args.num_prompts, args.input_len_dist or args.input_len
+            ),
+            warmup_prompts=make_prompts(rng, allowed, min(4, args.num_prompts), args.input_len),
+            warmup_output_len=min(8, args.output_len),
+        )
+    print(
+        f"model {args.model} ({args.dtype}), {len(os.sched_getaffinity(0))} cores; "
+        + (
+            "decode roofline"
+            if args.decode_roofline
+            else f"{args.num_prompts} prompts x {args.input_len_dist or args.input_len} in, "
+            f"{args.output_len} out"
+        )
+    )
     results, bandwidth = {}, []
     for name in engines:
         if args.decode_roofline:
@@ -239,9 +295,17 @@ def main(argv=None) -> None:
     for pair, value in pairs.items():
         print(f"{pair} = {value:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"args": vars(args), "cores": len(os.sched_getaffinity(0)), "results": results,
-             **summary}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "cores": len(os.sched_getaffinity(0)),
+                    "results": results,
+                    **summary,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ run) to the largest later sample; errors by kind; the median latency of the last
 the run against the first tenth after warm-up (drift). The request loops are bounded by the
 duration and target only this process's loopback ports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ from runtime.client import AsyncClient, RetryPolicy, TandemError  # noqa: E402
 from runtime.cluster import load_cluster_config  # noqa: E402
 from runtime.cluster.background import BackgroundServer  # noqa: E402
 
-WORDS = ("the cache keeps blocks of tokens while prefill computes prompts and decode streams "
-         "answers back to every client that asked a question about serving models").split()
+WORDS = (
+    "the cache keeps blocks of tokens while prefill computes prompts and decode streams "
+    "answers back to every client that asked a question about serving models"
+).split()
 
 
 class Load:
@@ -48,7 +51,7 @@ class Load:
     def __init__(self, server, seed: int):
         self.server = server
         self.rng = random.Random(seed)
-        self.finished: list[tuple[float, float, float]] = []   # (end, ttft s, e2e s)
+        self.finished: list[tuple[float, float, float]] = []  # (end, ttft s, e2e s)
         self.errors: dict[str, int] = {}
         self.t0 = time.monotonic()
 
@@ -57,30 +60,38 @@ class Load:
         return " ".join(self.rng.choice(WORDS) for _ in range(n)), self.rng.randint(4, 64)
 
     async def loop(self, index: int, until: float) -> None:
-        async with AsyncClient(self.server.grpc_url, timeout=120,
-                               retry=RetryPolicy(max_attempts=1)) as client, \
-                httpx.AsyncClient(base_url=self.server.http_url, timeout=120) as http:
+        async with (
+            AsyncClient(
+                self.server.grpc_url, timeout=120, retry=RetryPolicy(max_attempts=1)
+            ) as client,
+            httpx.AsyncClient(base_url=self.server.http_url, timeout=120) as http,
+        ):
             kind = index
             while time.monotonic() < until:
                 prompt, max_tokens = self.prompt()
                 start = time.monotonic()
                 try:
                     ttft = await (self.grpc, self.http_stream, self.http_plain)[kind % 3](
-                        client, http, prompt, max_tokens, start)
+                        client, http, prompt, max_tokens, start
+                    )
                     self.finished.append((time.monotonic(), ttft, time.monotonic() - start))
                 except (TandemError, httpx.HTTPError, RuntimeError) as e:
                     name = type(e).__name__
                     self.errors[name] = self.errors.get(name, 0) + 1
                     api = ("gRPC", "HTTP stream", "HTTP")[kind % 3]
-                    print(f"error at {time.monotonic() - self.t0:.0f} s ({api}): {name}: {e}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"error at {time.monotonic() - self.t0:.0f} s ({api}): {name}: {e}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 kind += 1
 
     @staticmethod
     async def grpc(client, http, prompt, max_tokens, start) -> float:
         ttft = None
-        async for chunk in client.stream(prompt, max_tokens=max_tokens, temperature=0.8,
-                                         ignore_eos=True):
+        async for chunk in client.stream(
+            prompt, max_tokens=max_tokens, temperature=0.8, ignore_eos=True
+        ):
             if ttft is None and chunk.token_ids:
                 ttft = time.monotonic() - start
         return ttft or 0.0
@@ -101,25 +112,31 @@ class Load:
 
     @staticmethod
     async def http_plain(client, http, prompt, max_tokens, start) -> float:
-        r = await http.post("/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens,
-                                                     "ignore_eos": True})
+        r = await http.post(
+            "/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+        )
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}")
-        return time.monotonic() - start   # no stream: the first token comes with the last
+        return time.monotonic() - start  # no stream: the first token comes with the last
 
 
 def sample(server, load: Load, t0: float, since: float) -> dict:
     now = time.monotonic()
-    row = {"t_s": round(now - t0, 1), "frontend_rss_mib": psutil.Process().memory_info().rss
-           / 2**20}
+    row = {
+        "t_s": round(now - t0, 1),
+        "frontend_rss_mib": psutil.Process().memory_info().rss / 2**20,
+    }
     for w in server.workers:
         row[f"{w.name}_rss_mib"] = ray.get(w.actor.rss_bytes.remote()) / 2**20
         row[f"{w.name}_open_streams"] = ray.get(w.actor.num_open_streams.remote())
         row[f"{w.name}_free_blocks"] = ray.get(w.actor.num_free_blocks.remote())
     done = [f for f in load.finished if since <= f[0] < now]
-    row.update(requests=len(done), errors=sum(load.errors.values()),
-               ttft_p50_s=statistics.median(f[1] for f in done) if done else None,
-               e2e_p50_s=statistics.median(f[2] for f in done) if done else None)
+    row.update(
+        requests=len(done),
+        errors=sum(load.errors.values()),
+        ttft_p50_s=statistics.median(f[1] for f in done) if done else None,
+        e2e_p50_s=statistics.median(f[2] for f in done) if done else None,
+    )
     return row
 
 
@@ -142,30 +159,41 @@ async def run(server, args) -> list[dict]:
 
 def summarize(rows: list[dict], workers: list[str]) -> dict:
     warm = max(1, len(rows) // 10)
-    after = rows[warm - 1:]
-    out = {"samples": len(rows), "requests": sum(r["requests"] for r in rows),
-           "errors": rows[-1]["errors"], "errors_by_kind": rows[-1].get("errors_by_kind", {})}
+    after = rows[warm - 1 :]
+    out = {
+        "samples": len(rows),
+        "requests": sum(r["requests"] for r in rows),
+        "errors": rows[-1]["errors"],
+        "errors_by_kind": rows[-1].get("errors_by_kind", {}),
+    }
     for name in [*workers, "frontend"]:
         key = f"{name}_rss_mib"
         base, peak = after[0][key], max(r[key] for r in after)
-        out[f"{name}_rss_mib"] = {"after_warmup": round(base, 1), "max": round(peak, 1),
-                                  "last": round(rows[-1][key], 1),
-                                  "growth_pct": round(100 * (peak - base) / base, 1)}
+        out[f"{name}_rss_mib"] = {
+            "after_warmup": round(base, 1),
+            "max": round(peak, 1),
+            "last": round(rows[-1][key], 1),
+            "growth_pct": round(100 * (peak - base) / base, 1),
+        }
     tenth = max(1, len(after) // 10)
 
     def p50(part):
         vals = [r["e2e_p50_s"] for r in part if r["e2e_p50_s"] is not None]
         return statistics.median(vals) if vals else None
+
     first, last = p50(after[:tenth]), p50(after[-tenth:])
-    out["e2e_p50_s"] = {"first_tenth": first, "last_tenth": last,
-                        "drift_pct": round(100 * (last - first) / first, 1)
-                        if first and last else None}
+    out["e2e_p50_s"] = {
+        "first_tenth": first,
+        "last_tenth": last,
+        "drift_pct": round(100 * (last - first) / first, 1) if first and last else None,
+    }
     return out
 
 
 def plot(rows: list[dict], workers: list[str], path: Path) -> bool:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -203,8 +231,9 @@ def main(argv=None) -> None:
     with BackgroundServer(config) as server:
         workers = [w.name for w in server.workers]
         rows = asyncio.run(run(server, args))
-    fields = sorted({k for r in rows for k in r if k != "errors_by_kind"},
-                    key=lambda k: (k != "t_s", k))
+    fields = sorted(
+        {k for r in rows for k in r if k != "errors_by_kind"}, key=lambda k: (k != "t_s", k)
+    )
     with open(out / "samples.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
@@ -213,8 +242,10 @@ def main(argv=None) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     drawn = plot(rows, workers, out / "soak.png")
     print(json.dumps(summary, indent=2))
-    print(f"wrote {out}/samples.csv, summary.json" + (", soak.png" if drawn else
-                                                      " (no matplotlib: no plot)"))
+    print(
+        f"wrote {out}/samples.csv, summary.json"
+        + (", soak.png" if drawn else " (no matplotlib: no plot)")
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """SwiGLU's activation over the stacked gate/up projection: silu(gate) * up."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Cache layout (per layer): `k_cache`, `v_cache` of shape [num_blocks, block_size,
 head_dim]. Query heads are grouped over KV heads (GQA): query head h reads KV head
 h // (num_heads // num_kv_heads).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -
     return gather_blocks(cache, block_table).view(-1, *cache.shape[2:])[:num_tokens]
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     backend: str | None = None) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str | None = None
+) -> torch.Tensor:
     """Causal attention of T queries that are the last T positions of S >= T keys.
 
     q: [T, heads, dim]; k, v: [S, kv_heads, dim]; returns [T, heads, dim].
@@ -50,8 +52,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     `kernels.backend`.
     """
     t, s = q.shape[0], k.shape[0]
-    if (q.dtype is torch.bfloat16 and q.shape[-1] in (64, 128) and use_cpu_kernel(q, backend)
-            and cpu_bf16_dot_available()):
+    if (
+        q.dtype is torch.bfloat16
+        and q.shape[-1] in (64, 128)
+        and use_cpu_kernel(q, backend)
+        and cpu_bf16_dot_available()
+    ):
         out = torch.empty_like(q)
         cpu_kernels().prefill_attention(q, k, v, scale, out)
         return out
@@ -60,24 +66,32 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     if t == s or t == 1:
         # A single query at the last position sees every key: causal needs no mask then.
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=t > 1, scale=scale,
-                                             enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, is_causal=t > 1, scale=scale, enable_gqa=True
+        )
     elif q.is_cuda:
         # Bottom-right causal as a bias object: SDPA keeps its flash kernel, with no mask.
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(t, s),
-                                             scale=scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, attn_mask=causal_lower_right(t, s), scale=scale, enable_gqa=True
+        )
     else:
         # Query i sits at absolute position s - t + i and may see keys 0..s - t + i.
         rows = torch.arange(t, device=q.device).unsqueeze(1) + (s - t)
         mask = torch.arange(s, device=q.device).unsqueeze(0) <= rows
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale,
-                                             enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True
+        )
     return out.squeeze(0).transpose(0, 1)
 
 
-def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                               block_tables: torch.Tensor, context_lens: torch.Tensor,
-                               scale: float) -> torch.Tensor:
+def paged_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """Torch reference of `paged_decode_attention`."""
     b = q.shape[0]
     flat = block_tables.reshape(-1)
@@ -85,7 +99,7 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     v = gather_blocks(v_cache, flat).view(b, -1, *v_cache.shape[2:]).transpose(1, 2)
     if b == 1:
         n = int(context_lens[0])
-        k, v, mask = k[:, :, :n], v[:, :, :n], None   # one sequence: cut the padding instead
+        k, v, mask = k[:, :, :n], v[:, :, :n], None  # one sequence: cut the padding instead
     elif bool((context_lens == k.shape[2]).all()):
         mask = None  # equal lengths filling whole blocks: no padding to hide
     else:
@@ -95,14 +109,21 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         mask = torch.zeros(hide.shape, dtype=q.dtype, device=q.device)
         mask.masked_fill_(hide, float("-inf"))
         mask = mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask, scale=scale,
-                                         enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=True
+    )
     return out.squeeze(2)
 
 
-def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, context_lens: torch.Tensor,
-                           scale: float, backend: str | None = None) -> torch.Tensor:
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    backend: str | None = None,
+) -> torch.Tensor:
     """One query token per sequence attending to its whole cached context.
 
     q: [batch, heads, dim]; block_tables: [batch, max_blocks] (int64, or int32 on the Triton
@@ -112,15 +133,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     `backend`: see `kernels.backend` (CUDA tensors take Triton, bfloat16/float16 CPU tensors
     the C++ kernel, the rest the reference).
     """
-    if use_triton(q, backend):   # checks its inputs itself
+    if use_triton(q, backend):  # checks its inputs itself
         from kernels.triton.attention import paged_decode_attention_triton
-        return paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens,
-                                             scale)
+
+        return paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale)
     check_decode_inputs(q, k_cache, v_cache, block_tables, context_lens, None)
     if use_cpu_kernel(q, backend):
         out = torch.empty_like(q)
-        cpu_kernels().paged_decode_attention(q, k_cache, v_cache, block_tables.long(),
-                                             context_lens.long(), scale, out)
+        cpu_kernels().paged_decode_attention(
+            q, k_cache, v_cache, block_tables.long(), context_lens.long(), scale, out
+        )
         return out
     return paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale)
-

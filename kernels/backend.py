@@ -13,6 +13,7 @@ tests drive the Triton code on machines without a GPU.
 The process-wide default comes from `TANDEM_KERNEL_BACKEND`; every dispatch function also takes
 `backend=` for one call, and `use_backend` overrides the default inside a `with` block.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,10 @@ def use_triton(x: torch.Tensor, backend: str | None = None) -> bool:
     if not triton_available():
         raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
     if not x.is_cuda and not interpreting():
-        raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1, set "
-                           "before triton is first imported")
+        raise RuntimeError(
+            "backend='triton' on CPU tensors needs TRITON_INTERPRET=1, set "
+            "before triton is first imported"
+        )
     return True
 
 
@@ -91,7 +94,7 @@ def cpu_kernels():
 def cpu_bf16_dot_available() -> bool:
     """Whether the C++ kernels built on AVX512-BF16 dot products (small-batch GEMV, the
     decode stack, prefill attention) run here: the library loaded and this CPU has them."""
-    if "bf16_dot" not in _bf16_dot:   # asked on every small-batch matmul: look it up once
+    if "bf16_dot" not in _bf16_dot:  # asked on every small-batch matmul: look it up once
         ops = cpu_kernels()
         _bf16_dot["bf16_dot"] = ops is not None and bool(ops.has_avx512_bf16())
     return _bf16_dot["bf16_dot"]
@@ -100,21 +103,29 @@ def cpu_bf16_dot_available() -> bool:
 _bf16_dot: dict = {}
 
 
-def use_cpu_kernel(x: torch.Tensor, backend: str | None = None,
-                   dtype: torch.dtype | None = None, exact: bool = False) -> bool:
+def use_cpu_kernel(
+    x: torch.Tensor,
+    backend: str | None = None,
+    dtype: torch.dtype | None = None,
+    exact: bool = False,
+) -> bool:
     """True when a dispatch call on tensor `x` should run its C++ CPU kernel. `dtype`: the
     precision "auto" decides on, when it is not x's (a dequantization's output dtype).
     `exact`: the kernel is bit-identical to its reference in every dtype (byte copies), so
     "auto" takes it for float32 too."""
     name = _check(backend or _default)
     if name == "auto":
-        return (not x.is_cuda and (exact or (dtype or x.dtype) in (torch.bfloat16, torch.float16))
-                and cpu_kernels() is not None)
+        return (
+            not x.is_cuda
+            and (exact or (dtype or x.dtype) in (torch.bfloat16, torch.float16))
+            and cpu_kernels() is not None
+        )
     if name != "cpu":
         return False
     if x.is_cuda:
         raise RuntimeError("backend='cpu' needs CPU tensors")
     if cpu_kernels() is None:
-        raise RuntimeError(f"backend='cpu': the C++ CPU kernels are unavailable "
-                           f"({cpu.load_error()})")
+        raise RuntimeError(
+            f"backend='cpu': the C++ CPU kernels are unavailable ({cpu.load_error()})"
+        )
     return True

@@ -8,6 +8,7 @@ convert without any special case. Both functions also take several consecutive l
 a cache [L, 2, ...] (a slice `kv_cache[l0:l1]` of the engine's whole cache) with KV [L, 2,
 num_tokens, kv_heads, head_dim]: a multi-layer handoff chunk then moves in one call.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,10 @@ def _words(*rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     Like gather_blocks: index ops on 16-bit rows move element by element (index_copy_ ~1.7x
     slower on this CPU); words move the same bytes in a quarter of the steps.
     """
-    if all(r.shape[1] * r.element_size() % 8 == 0 and r.storage_offset() * r.element_size() % 8
-           == 0 for r in rows):
+    if all(
+        r.shape[1] * r.element_size() % 8 == 0 and r.storage_offset() * r.element_size() % 8 == 0
+        for r in rows
+    ):
         return tuple(r.view(torch.int64) for r in rows)
     return rows
 
@@ -65,36 +68,56 @@ def _check_cache(cache: torch.Tensor, block_table: torch.Tensor, layout: str) ->
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if cache.dim() not in (5, 6) or cache.shape[-5] != 2:
-        raise ValueError(f"cache must be one layer [2, num_blocks, ...] (5 dims) or layers "
-                         f"[L, 2, num_blocks, ...] (6 dims) for layout {layout}, got shape "
-                         f"{tuple(cache.shape)}")
+        raise ValueError(
+            f"cache must be one layer [2, num_blocks, ...] (5 dims) or layers "
+            f"[L, 2, num_blocks, ...] (6 dims) for layout {layout}, got shape "
+            f"{tuple(cache.shape)}"
+        )
     if not cache.is_contiguous():
-        raise ValueError("cache must be contiguous (a layer or a layer range of the engine's "
-                         "kv_cache)")
+        raise ValueError(
+            "cache must be contiguous (a layer or a layer range of the engine's kv_cache)"
+        )
     if block_table.dim() != 1 or block_table.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"block_table must be a 1-D int64 tensor, got {block_table.dtype} of "
-                         f"shape {tuple(block_table.shape)}")
+        raise ValueError(
+            f"block_table must be a 1-D int64 tensor, got {block_table.dtype} of "
+            f"shape {tuple(block_table.shape)}"
+        )
 
 
-def _check_range(cache: torch.Tensor, block_table: torch.Tensor, layout: str,
-                 start: int, end: int, check_ids: bool = True) -> None:
+def _check_range(
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    layout: str,
+    start: int,
+    end: int,
+    check_ids: bool = True,
+) -> None:
     bs = _block_size(cache, layout)
     capacity = block_table.shape[0] * bs
     if not 0 <= start <= end <= capacity:
-        raise ValueError(f"token range [{start}, {end}) outside the {block_table.shape[0]} "
-                         f"blocks of {bs} tokens (capacity {capacity})")
+        raise ValueError(
+            f"token range [{start}, {end}) outside the {block_table.shape[0]} "
+            f"blocks of {bs} tokens (capacity {capacity})"
+        )
     if end > start and check_ids:
-        used = block_table[start // bs:(end - 1) // bs + 1]
+        used = block_table[start // bs : (end - 1) // bs + 1]
         lo, hi = int(used.min()), int(used.max())
         if lo < 0 or hi >= cache.shape[-4]:
-            raise ValueError(f"block ids in [{lo}, {hi}] outside the cache's "
-                             f"{cache.shape[-4]} blocks")
+            raise ValueError(
+                f"block ids in [{lo}, {hi}] outside the cache's {cache.shape[-4]} blocks"
+            )
 
 
-def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int,
-                layout: str = "NHD", out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_kv_ref(
+    layer_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    start: int,
+    end: int,
+    layout: str = "NHD",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Torch reference of `pack_kv`."""
-    if layer_cache.dim() == 6:   # several layers: each on its own
+    if layer_cache.dim() == 6:  # several layers: each on its own
         if out is None:
             out = layer_cache.new_empty(_packed_shape(layer_cache, layout, end - start))
         for cache, packed in zip(layer_cache, out):
@@ -107,11 +130,11 @@ def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int
     blk = start // bs
     if head:  # partial first block (or a range inside one block)
         off = start % bs
-        out[:, :head].copy_(_tokens(layer_cache, block_table[blk], layout)[:, off:off + head])
+        out[:, :head].copy_(_tokens(layer_cache, block_table[blk], layout)[:, off : off + head])
         blk += 1
     if full:
         # Whole blocks go straight into `out` (no staging copy), whatever the alignment of start.
-        ids = block_table[blk:blk + full].to(layer_cache.device, torch.int64)
+        ids = block_table[blk : blk + full].to(layer_cache.device, torch.int64)
         span = slice(head, head + full * bs)
         if layout == "NHD":
             for i in range(2):
@@ -119,19 +142,27 @@ def pack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int
                 torch.index_select(src, 0, ids, out=dst)
         else:
             # HND must transpose anyway: one gather of k and v blocks, then one strided copy.
-            both = gather_blocks(layer_cache.view(2 * nb, *layer_cache.shape[2:]),
-                                 torch.cat([ids, ids + nb]))
+            both = gather_blocks(
+                layer_cache.view(2 * nb, *layer_cache.shape[2:]), torch.cat([ids, ids + nb])
+            )
             out[:, span].view(2, full, bs, heads, dim).copy_(
-                both.view(2, full, heads, bs, dim).transpose(2, 3))
+                both.view(2, full, heads, bs, dim).transpose(2, 3)
+            )
         blk += full
     if tail:  # partial last block
-        out[:, total - tail:].copy_(_tokens(layer_cache, block_table[blk], layout)[:, :tail])
+        out[:, total - tail :].copy_(_tokens(layer_cache, block_table[blk], layout)[:, :tail])
     return out
 
 
-def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int,
-            layout: str = "NHD", backend: str | None = None,
-            out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_kv(
+    layer_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    start: int,
+    end: int,
+    layout: str = "NHD",
+    backend: str | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Gather tokens [start, end) of one layer (or several) from a sequence's blocks,
     token-major.
 
@@ -139,7 +170,8 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
     kv_heads, block_size, head_dim] ("HND"), contiguous, any dtype; or consecutive layers
     [L, 2, ...] of either (a slice of the engine's kv_cache). block_table: 1-D int64 (or
     int32) block ids of the sequence, on any device; token p lives in block
-    block_table[p // block_size] at offset p % block_size. Requires 0 <= start <= end <= len(block_table) * block_size.
+    block_table[p // block_size] at offset p % block_size. Requires
+    0 <= start <= end <= len(block_table) * block_size.
     Returns a contiguous [(L,) 2, end - start, kv_heads, head_dim] tensor in the cache's
     dtype, bit-identical to the cached values: `out` when given (contiguous, that shape and
     dtype, on the cache's device; e.g. a message's bytes), else a new one. Raises ValueError
@@ -152,14 +184,20 @@ def pack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, en
     # chunk: the torch min/max here would cost more than the copy's overhead).
     _check_range(layer_cache, block_table, layout, start, end, check_ids=not cpu_kernel)
     shape = _packed_shape(layer_cache, layout, end - start)
-    if out is not None and (tuple(out.shape) != shape or not out.is_contiguous()
-                            or out.dtype != layer_cache.dtype
-                            or out.device != layer_cache.device):
-        raise ValueError(f"out must be a contiguous {list(shape)} {layer_cache.dtype} tensor "
-                         f"on {layer_cache.device}, got {tuple(out.shape)} {out.dtype} on "
-                         f"{out.device}")
+    if out is not None and (
+        tuple(out.shape) != shape
+        or not out.is_contiguous()
+        or out.dtype != layer_cache.dtype
+        or out.device != layer_cache.device
+    ):
+        raise ValueError(
+            f"out must be a contiguous {list(shape)} {layer_cache.dtype} tensor "
+            f"on {layer_cache.device}, got {tuple(out.shape)} {out.dtype} on "
+            f"{out.device}"
+        )
     if use_triton(layer_cache, backend):
         from kernels.triton.kv_pack import pack_kv_triton
+
         layers = [layer_cache] if layer_cache.dim() == 5 else list(layer_cache)
         parts = [pack_kv_triton(c, block_table, start, end, layout) for c in layers]
         packed = parts[0] if layer_cache.dim() == 5 else torch.stack(parts)
@@ -189,10 +227,15 @@ def _ids_checked() -> Iterator[None]:
         raise ValueError(str(e).splitlines()[0]) from None
 
 
-def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.Tensor,
-                  start: int, layout: str = "NHD") -> None:
+def unpack_kv_ref(
+    layer_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    data: torch.Tensor,
+    start: int,
+    layout: str = "NHD",
+) -> None:
     """Torch reference of `unpack_kv`."""
-    if layer_cache.dim() == 6:   # several layers: each on its own
+    if layer_cache.dim() == 6:  # several layers: each on its own
         for cache, kv in zip(layer_cache, data):
             unpack_kv_ref(cache, block_table, kv, start, layout)
         return
@@ -202,10 +245,10 @@ def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: to
     blk = start // bs
     if head:  # partial first block (or a range inside one block)
         off = start % bs
-        _tokens(layer_cache, block_table[blk], layout)[:, off:off + head].copy_(data[:, :head])
+        _tokens(layer_cache, block_table[blk], layout)[:, off : off + head].copy_(data[:, :head])
         blk += 1
     if full:
-        ids = block_table[blk:blk + full].to(layer_cache.device, torch.int64)
+        ids = block_table[blk : blk + full].to(layer_cache.device, torch.int64)
         span = slice(head, head + full * bs)
         if layout == "NHD":
             # k and v separately: each data[i, span] is contiguous, so no staging copy.
@@ -219,11 +262,17 @@ def unpack_kv_ref(layer_cache: torch.Tensor, block_table: torch.Tensor, data: to
             dst.index_copy_(0, torch.cat([ids, ids + nb]), src)
         blk += full
     if tail:  # partial last block
-        _tokens(layer_cache, block_table[blk], layout)[:, :tail].copy_(data[:, total - tail:])
+        _tokens(layer_cache, block_table[blk], layout)[:, :tail].copy_(data[:, total - tail :])
 
 
-def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.Tensor,
-              start: int, layout: str = "NHD", backend: str | None = None) -> None:
+def unpack_kv(
+    layer_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    data: torch.Tensor,
+    start: int,
+    layout: str = "NHD",
+    backend: str | None = None,
+) -> None:
     """Scatter token-major KV into tokens [start, start + T) of a sequence's blocks, in place.
 
     layer_cache and block_table as for `pack_kv` (the receiver's own block size and layout;
@@ -236,26 +285,33 @@ def unpack_kv(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.
     """
     _check_cache(layer_cache, block_table, layout)
     if data.dim() != layer_cache.dim() - 1 or tuple(data.shape) != _packed_shape(
-            layer_cache, layout, data.shape[-3]):
+        layer_cache, layout, data.shape[-3]
+    ):
         heads, dim = _heads_dim(layer_cache, layout)
         lead = f"[{layer_cache.shape[0]}, 2" if layer_cache.dim() == 6 else "[2"
-        raise ValueError(f"data must be {lead}, num_tokens, {heads}, {dim}] to match the cache, "
-                         f"got {tuple(data.shape)}")
+        raise ValueError(
+            f"data must be {lead}, num_tokens, {heads}, {dim}] to match the cache, "
+            f"got {tuple(data.shape)}"
+        )
     if not data.is_floating_point():
         raise ValueError(f"data must be floating point, got {data.dtype}")
-    cpu_kernel = (layout == "NHD" and data.dtype == layer_cache.dtype
-                  and use_cpu_kernel(layer_cache, backend, exact=True))
-    _check_range(layer_cache, block_table, layout, start, start + data.shape[-3],
-                 check_ids=not cpu_kernel)
+    cpu_kernel = (
+        layout == "NHD"
+        and data.dtype == layer_cache.dtype
+        and use_cpu_kernel(layer_cache, backend, exact=True)
+    )
+    _check_range(
+        layer_cache, block_table, layout, start, start + data.shape[-3], check_ids=not cpu_kernel
+    )
     if use_triton(layer_cache, backend):
         from kernels.triton.kv_pack import unpack_kv_triton
+
         pairs = [(layer_cache, data)] if layer_cache.dim() == 5 else zip(layer_cache, data)
         for cache, kv in pairs:
             unpack_kv_triton(cache, block_table, kv, start, layout)
         return
     if cpu_kernel:
         with _ids_checked():
-            cpu_kernels().unpack_kv_nhd(layer_cache, _ids(block_table), data.contiguous(),
-                                        start)
+            cpu_kernels().unpack_kv_nhd(layer_cache, _ids(block_table), data.contiguous(), start)
         return
     unpack_kv_ref(layer_cache, block_table, data, start, layout)

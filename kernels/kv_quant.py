@@ -5,6 +5,7 @@ One tensor (k or v) of one layer, [T, kv_heads, head_dim], is cut into groups of
 (group, head) gets one float32 scale = absmax / qmax, so a single outlier only costs precision
 within its own block and head. Encoding "raw" sends the values unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ def _per_token(scales: torch.Tensor, num_tokens: int, group_tokens: int) -> torc
     return scales.repeat_interleave(group_tokens, dim=0)[:num_tokens].unsqueeze(-1)
 
 
-def quantize_kv_ref(x: torch.Tensor, encoding: str,
-                    group_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_kv_ref(
+    x: torch.Tensor, encoding: str, group_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference of `quantize_kv`."""
     t, heads = x.shape[0], x.shape[1]
     if encoding == "raw":
@@ -61,9 +63,13 @@ def quantize_kv_ref(x: torch.Tensor, encoding: str,
     return q, scales
 
 
-def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
-                backend: str | None = None,
-                q_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_kv(
+    x: torch.Tensor,
+    encoding: str,
+    group_tokens: int,
+    backend: str | None = None,
+    q_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize one tensor of KV for the wire.
 
     x: [T, kv_heads, head_dim], float32, bfloat16 or float16, finite. encoding: "int8"
@@ -84,19 +90,25 @@ def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
         raise ValueError(f"x must be [num_tokens, kv_heads, head_dim], got {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
-    if q_out is not None and (encoding == "raw" or q_out.shape != x.shape
-                              or q_out.dtype != _QDTYPE[encoding] or not q_out.is_contiguous()
-                              or q_out.device != x.device):
-        raise ValueError(f"q_out must be a contiguous {tuple(x.shape)} "
-                         f"{_QDTYPE.get(encoding)} tensor on {x.device} (int8/fp8 only)")
+    if q_out is not None and (
+        encoding == "raw"
+        or q_out.shape != x.shape
+        or q_out.dtype != _QDTYPE[encoding]
+        or not q_out.is_contiguous()
+        or q_out.device != x.device
+    ):
+        raise ValueError(
+            f"q_out must be a contiguous {tuple(x.shape)} "
+            f"{_QDTYPE.get(encoding)} tensor on {x.device} (int8/fp8 only)"
+        )
     if encoding != "raw" and use_triton(x, backend):
         from kernels.triton.kv_quant import quantize_kv_triton
+
         q, scales = quantize_kv_triton(x, encoding, group_tokens)
     elif encoding != "raw" and use_cpu_kernel(x, backend):
         x = x.contiguous()
         q = torch.empty(x.shape, dtype=_QDTYPE[encoding]) if q_out is None else q_out
-        scales = torch.empty(_num_groups(x.shape[0], group_tokens), x.shape[1],
-                             dtype=torch.float32)
+        scales = torch.empty(_num_groups(x.shape[0], group_tokens), x.shape[1], dtype=torch.float32)
         cpu_kernels().quantize_kv(x, encoding == "fp8", group_tokens, q, scales)
         return q, scales
     else:
@@ -104,16 +116,23 @@ def quantize_kv(x: torch.Tensor, encoding: str, group_tokens: int,
     return (q, scales) if q_out is None else (q_out.copy_(q), scales)
 
 
-def dequantize_kv_ref(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_tokens: int,
-                      dtype: torch.dtype) -> torch.Tensor:
+def dequantize_kv_ref(
+    q: torch.Tensor, scales: torch.Tensor, encoding: str, group_tokens: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Torch reference of `dequantize_kv`."""
     if encoding == "raw":
         return q.to(dtype)
     return (q.float() * _per_token(scales, q.shape[0], group_tokens)).to(dtype)
 
 
-def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_tokens: int,
-                  dtype: torch.dtype, backend: str | None = None) -> torch.Tensor:
+def dequantize_kv(
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    encoding: str,
+    group_tokens: int,
+    dtype: torch.dtype,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Invert `quantize_kv`: [T, kv_heads, head_dim] in `dtype` (a floating dtype).
 
     q and scales as `quantize_kv` returned them for the same encoding and group_tokens: q
@@ -130,29 +149,44 @@ def dequantize_kv(q: torch.Tensor, scales: torch.Tensor, encoding: str, group_to
         raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
     if encoding == "raw":
         if not q.is_floating_point() or scales.numel() != 0:
-            raise ValueError(f"raw encoding takes floating q and empty scales, got {q.dtype} "
-                             f"and {scales.numel()} scales")
+            raise ValueError(
+                f"raw encoding takes floating q and empty scales, got {q.dtype} "
+                f"and {scales.numel()} scales"
+            )
         return dequantize_kv_ref(q, scales, encoding, group_tokens, dtype)
     if q.dtype != _QDTYPE[encoding]:
         raise ValueError(f"{encoding} encoding needs q of dtype {_QDTYPE[encoding]}, got {q.dtype}")
     expect = (_num_groups(q.shape[0], group_tokens), q.shape[1])
     if tuple(scales.shape) != expect or scales.dtype != torch.float32:
-        raise ValueError(f"scales must be float32 {expect} for {q.shape[0]} tokens in groups of "
-                         f"{group_tokens}, got {scales.dtype} {tuple(scales.shape)}")
+        raise ValueError(
+            f"scales must be float32 {expect} for {q.shape[0]} tokens in groups of "
+            f"{group_tokens}, got {scales.dtype} {tuple(scales.shape)}"
+        )
     if use_triton(q, backend):
         from kernels.triton.kv_quant import dequantize_kv_triton
+
         return dequantize_kv_triton(q, scales, encoding, group_tokens, dtype)
-    if use_cpu_kernel(q, backend, dtype=dtype) and dtype in (torch.float32, torch.bfloat16,
-                                                             torch.float16):
+    if use_cpu_kernel(q, backend, dtype=dtype) and dtype in (
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+    ):
         out = torch.empty(q.shape, dtype=dtype)
-        cpu_kernels().dequantize_kv(q.contiguous(), scales.contiguous(), encoding == "fp8",
-                                    group_tokens, out)
+        cpu_kernels().dequantize_kv(
+            q.contiguous(), scales.contiguous(), encoding == "fp8", group_tokens, out
+        )
         return out
     return dequantize_kv_ref(q, scales, encoding, group_tokens, dtype)
 
 
-def encoded_nbytes(num_tokens: int, kv_heads: int, head_dim: int, encoding: str,
-                   group_tokens: int, dtype: torch.dtype) -> int:
+def encoded_nbytes(
+    num_tokens: int,
+    kv_heads: int,
+    head_dim: int,
+    encoding: str,
+    group_tokens: int,
+    dtype: torch.dtype,
+) -> int:
     """Bytes on the wire for one [num_tokens, kv_heads, head_dim] tensor: payload plus scales.
 
     `dtype` is the raw dtype (what "raw" sends); int8 and fp8 send 1 byte per value plus one

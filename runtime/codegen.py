@@ -5,6 +5,7 @@ generated, never edited by hand. protoc writes absolute imports (`import tandem_
 rewritten package-relative so the stubs import from inside `runtime`. A test regenerates every
 contract into a temporary folder and compares.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,13 +29,20 @@ def generate(name: str, out_dir: Path | None = None) -> list[Path]:
     out_dir = out_dir or CONTRACTS[name]
     proto = PROTO_DIR / f"{name}.proto"
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}",
-            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", str(proto)]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        str(proto),
+    ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {proto}")
     grpc_stub = out_dir / f"{name}_pb2_grpc.py"
-    text = re.sub(rf"^import {name}_pb2 as", f"from . import {name}_pb2 as",
-                  grpc_stub.read_text(), flags=re.M)
+    text = re.sub(
+        rf"^import {name}_pb2 as", f"from . import {name}_pb2 as", grpc_stub.read_text(), flags=re.M
+    )
     grpc_stub.write_text(text)
     return [out_dir / f"{name}{suffix}" for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
 

@@ -1,4 +1,5 @@
 """Frozen configuration of the engine layers, composed from the CLI/config file downwards."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
@@ -70,7 +71,8 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(
-                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+                f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,16 @@ class EngineSettings:
 
         def pick(cls) -> dict:
             return {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        return EngineConfig(model=replace(model, **pick(ModelConfig)),
-                            cache=CacheConfig(**pick(CacheConfig)),
-                            scheduler=SchedulerConfig(**pick(SchedulerConfig)), role=role,
-                            **pick(EngineConfig))
+
+        return EngineConfig(
+            model=replace(model, **pick(ModelConfig)),
+            cache=CacheConfig(**pick(CacheConfig)),
+            scheduler=SchedulerConfig(**pick(SchedulerConfig)),
+            role=role,
+            **pick(EngineConfig),
+        )
 
     def _set(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }

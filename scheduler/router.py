@@ -3,6 +3,7 @@
 Plain Python (no torch, nothing of `runtime`): the frontend feeds it load snapshots and asks
 it for targets; the scheduler issue refines the policy behind the same interface.
 """
+
 from __future__ import annotations
 
 import threading
@@ -66,20 +67,22 @@ class Router:
         """The decode worker with the fewest sequences, then the most free blocks."""
         return self._pick("decode", exclude, _decode_key, 0, 1)
 
-    def pick_colocated(self, num_prompt_tokens: int,
-                       exclude: frozenset[str] = frozenset()) -> str:
+    def pick_colocated(self, num_prompt_tokens: int, exclude: frozenset[str] = frozenset()) -> str:
         """The colocated worker with the least work ahead: queued prompt tokens, then
         sequences."""
         return self._pick("colocated", exclude, _colocated_key, num_prompt_tokens, 1)
 
-    def _pick(self, role: str, exclude: frozenset[str], key, prompt_tokens: int,
-              seqs: int) -> str:
+    def _pick(self, role: str, exclude: frozenset[str], key, prompt_tokens: int, seqs: int) -> str:
         with self._lock:
-            candidates = [e for e in self._entries.values() if e.load.role == role
-                          and e.load.healthy and e.load.name not in exclude]
+            candidates = [
+                e
+                for e in self._entries.values()
+                if e.load.role == role and e.load.healthy and e.load.name not in exclude
+            ]
             if not candidates:
-                raise NoWorkerError(f"no healthy {role} worker"
-                                    + (f" outside {sorted(exclude)}" if exclude else ""))
+                raise NoWorkerError(
+                    f"no healthy {role} worker" + (f" outside {sorted(exclude)}" if exclude else "")
+                )
             best = min(candidates, key=key)
             best.prompt_tokens += prompt_tokens
             best.seqs += seqs

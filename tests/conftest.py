@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random model for fast tests, the real default model for `model` tests."""
+
 from __future__ import annotations
 
 import sys

@@ -1,15 +1,26 @@
 """The layers point one way (DESIGN.md): cli -> cluster -> frontend -> workers -> kv_transfer ->
 engine -> kernels, with `scheduler` beside them importing none of them. Every import is
 read from the source, those inside functions too, so a cycle cannot hide in one."""
+
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ORDER = ["runtime.cli", "runtime.serve_cli", "runtime.cluster", "runtime.frontend",
-         "runtime.workers", "runtime.kv_transfer", "runtime.faults", "runtime.engine",
-         "runtime.model_store", "runtime.config", "kernels"]
+ORDER = [
+    "runtime.cli",
+    "runtime.serve_cli",
+    "runtime.cluster",
+    "runtime.frontend",
+    "runtime.workers",
+    "runtime.kv_transfer",
+    "runtime.faults",
+    "runtime.engine",
+    "runtime.model_store",
+    "runtime.config",
+    "kernels",
+]
 # Beside the chain, usable from it, each importing only what is listed: the scheduler's
 # policies, the client SDK and the generated API stubs.
 BESIDE = {"scheduler": set(), "runtime.client": {"runtime.api"}, "runtime.api": set()}
@@ -72,7 +83,7 @@ def test_no_import_cycles():
 
     def visit(m):
         if m in on_path:
-            cycles.append(" -> ".join(on_path[on_path.index(m):] + [m]))
+            cycles.append(" -> ".join(on_path[on_path.index(m) :] + [m]))
             return
         if m in seen:
             return

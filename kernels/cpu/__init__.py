@@ -9,6 +9,7 @@ library built for another CPU. The folder is `$TANDEM_KERNEL_CACHE`, by default
 `$TANDEM_HOME/kernels` (`~/.cache/tandem/kernels`); torch's file lock serialises concurrent
 builds (several workers starting at once).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,18 @@ import torch
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-SOURCES = tuple(_HERE / f for f in ("attention.cpp", "layer_ops.cpp", "gemv.cpp", "decoder.cpp",
-                                    "prefill_attention.cpp", "kv_quant.cpp", "kv_pack.cpp"))
+SOURCES = tuple(
+    _HERE / f
+    for f in (
+        "attention.cpp",
+        "layer_ops.cpp",
+        "gemv.cpp",
+        "decoder.cpp",
+        "prefill_attention.cpp",
+        "kv_quant.cpp",
+        "kv_pack.cpp",
+    )
+)
 HEADERS = tuple(sorted(_HERE.glob("*.h")))
 # No FMA contraction: the rotary kernel rounds each product like the torch reference does.
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-DNDEBUG")
@@ -55,8 +66,9 @@ def cache_dir() -> Path:
     base = os.environ.get("TANDEM_KERNEL_CACHE")
     if base:
         return Path(base)
-    home = os.environ.get("TANDEM_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "tandem")
+    home = os.environ.get("TANDEM_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tandem"
+    )
     return Path(home) / "kernels"
 
 
@@ -66,9 +78,15 @@ def _build():
     name = f"tandem_cpu_{build_key()}"
     folder = cache_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
-    load(name=name, sources=[str(s) for s in SOURCES], extra_cflags=list(CFLAGS),
-         extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False,
-         verbose=False)
+    load(
+        name=name,
+        sources=[str(s) for s in SOURCES],
+        extra_cflags=list(CFLAGS),
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(folder),
+        is_python_module=False,
+        verbose=False,
+    )
     return torch.ops.tandem_cpu
 
 
@@ -84,8 +102,9 @@ def ops():
                         _state.update(ops=_build(), error=None)
                     except Exception as exc:  # no compiler, no ninja, a build error
                         _state.update(ops=None, error=f"{type(exc).__name__}: {exc}")
-                        log.warning("CPU kernels unavailable, using torch references: %s",
-                                    _state["error"])
+                        log.warning(
+                            "CPU kernels unavailable, using torch references: %s", _state["error"]
+                        )
     return _state["ops"]
 
 

@@ -9,6 +9,7 @@ an unnormalized partial and a second kernel merges the splits. Splits are cut pe
 from its own context length, so the work stays balanced under CUDA graphs, whose block tables
 are as wide as the longest context allowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,16 +21,37 @@ import triton.language as tl
 from kernels.attention_inputs import check_decode_inputs
 from kernels.triton.common import pow2, sm_count
 
-_MIN_SPLIT_TOKENS = 256   # below this a split's fixed cost (q load, partial write) dominates
+_MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (q load, partial write) dominates
 
 
 @triton.jit
-def _decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, ml_ptr,
-                   scale_log2, stride_qb, stride_qh, stride_kb, stride_kt, stride_kh,
-                   stride_tb, stride_ob, stride_oh,
-                   GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                   NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr):
+def _decode_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    tables_ptr,
+    lens_ptr,
+    out_ptr,
+    part_ptr,
+    ml_ptr,
+    scale_log2,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_tb,
+    stride_ob,
+    stride_oh,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -42,8 +64,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr,
     d = tl.arange(0, BLOCK_D)
     heads = kvh * GROUP + g
     gd_mask = (g < GROUP)[:, None] & (d < HEAD_DIM)[None, :]
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=gd_mask,
-                other=0.0)
+    q = tl.load(
+        q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=gd_mask, other=0.0
+    )
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -60,7 +83,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr,
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(t_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)   # 0 on the first tile, where m_i is -inf
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first tile, where m_i is -inf
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -68,8 +91,11 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr,
 
     if NUM_SPLITS == 1:
         out = acc / l_i[:, None]
-        tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=gd_mask)
+        tl.store(
+            out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=gd_mask,
+        )
     else:
         # Partials [B, H, NUM_SPLITS, BLOCK_D] and (m, l) [B, H, NUM_SPLITS, 2]; an empty split
         # leaves m = -inf, l = 0, acc = 0, which the merge weighs by exactly 0.
@@ -81,9 +107,18 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr,
 
 
 @triton.jit
-def _merge_kernel(part_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_heads,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                  BLOCK_S: tl.constexpr):
+def _merge_kernel(
+    part_ptr,
+    ml_ptr,
+    out_ptr,
+    stride_ob,
+    stride_oh,
+    num_heads,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
@@ -91,13 +126,16 @@ def _merge_kernel(part_ptr, ml_ptr, out_ptr, stride_ob, stride_oh, num_heads,
     s_mask = s < NUM_SPLITS
     row = (b * num_heads + h) * NUM_SPLITS + s
     m = tl.load(ml_ptr + row * 2, mask=s_mask, other=float("-inf"))
-    l = tl.load(ml_ptr + row * 2 + 1, mask=s_mask, other=0.0)
+    denom = tl.load(ml_ptr + row * 2 + 1, mask=s_mask, other=0.0)
     w = tl.exp2(m - tl.max(m, 0))
-    w = tl.where(s_mask & (l > 0), w, 0.0)
+    w = tl.where(s_mask & (denom > 0), w, 0.0)
     acc = tl.load(part_ptr + row[:, None] * BLOCK_D + d[None, :], mask=s_mask[:, None], other=0.0)
-    out = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty),
-             mask=d < HEAD_DIM)
+    out = tl.sum(acc * w[:, None], 0) / tl.sum(denom * w, 0)
+    tl.store(
+        out_ptr + b * stride_ob + h * stride_oh + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < HEAD_DIM,
+    )
 
 
 def choose_num_splits(q: torch.Tensor, num_kv_heads: int, max_context: int) -> int:
@@ -107,10 +145,16 @@ def choose_num_splits(q: torch.Tensor, num_kv_heads: int, max_context: int) -> i
     return max(1, min(wanted, math.ceil(max_context / _MIN_SPLIT_TOKENS), 32))
 
 
-def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                                  block_tables: torch.Tensor, context_lens: torch.Tensor,
-                                  scale: float, num_splits: int | None = None,
-                                  out: torch.Tensor | None = None) -> torch.Tensor:
+def paged_decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Triton `paged_decode_attention` (same contract); `out` [batch, heads, dim] is written
     in place when given. Never syncs with the host, so it can be captured in a CUDA graph."""
     check_decode_inputs(q, k_cache, v_cache, block_tables, context_lens, out)
@@ -132,15 +176,47 @@ def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cach
     # two programs fit an SM with both of their K and V tiles in flight.
     block_g, block_n = max(16, pow2(group)), max(16, min(64, 4096 // block_d))
     _decode_kernel[(b, kvh, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, part, ml,
-        scale * math.log2(math.e), q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), out.stride(0),
-        out.stride(1), GROUP=group, BLOCK_G=block_g, HEAD_DIM=d, BLOCK_D=block_d,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=8,
-        enable_fp_fusion=True)
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        out,
+        part,
+        ml,
+        scale * math.log2(math.e),
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        GROUP=group,
+        BLOCK_G=block_g,
+        HEAD_DIM=d,
+        BLOCK_D=block_d,
+        BLOCK_SIZE=block_size,
+        BLOCK_N=block_n,
+        NUM_SPLITS=num_splits,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=8,
+        enable_fp_fusion=True,
+    )
     if num_splits > 1:
-        _merge_kernel[(b, h)](part, ml, out, out.stride(0), out.stride(1), h, HEAD_DIM=d,
-                              BLOCK_D=block_d, NUM_SPLITS=num_splits,
-                              BLOCK_S=pow2(num_splits), num_warps=1, enable_fp_fusion=True)
+        _merge_kernel[(b, h)](
+            part,
+            ml,
+            out,
+            out.stride(0),
+            out.stride(1),
+            h,
+            HEAD_DIM=d,
+            BLOCK_D=block_d,
+            NUM_SPLITS=num_splits,
+            BLOCK_S=pow2(num_splits),
+            num_warps=1,
+            enable_fp_fusion=True,
+        )
     return out

@@ -1,4 +1,5 @@
 """Small helpers shared by the Triton launchers."""
+
 from __future__ import annotations
 
 import functools

@@ -5,6 +5,7 @@ table, so block-size conversion and the NHD/HND layouts are just different strid
 move as same-size integers (bit-exact for every dtype). Callers (`kernels.kv_pack`) validate
 shapes and token ranges first; the launchers here add the device and stride checks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,17 +14,30 @@ import triton.language as tl
 
 from kernels.triton.common import as_bits, check_same_device, pow2
 
-_TILE_ELEMS = 8192   # values per program: enough bytes in flight, no register spills
+_TILE_ELEMS = 8192  # values per program: enough bytes in flight, no register spills
 
 
 @triton.jit
-def _move_kernel(cache_ptr, table_ptr, buf_ptr, start, num_tokens, stride_kv, stride_blk,
-                 stride_tok, stride_head, HEADS: tl.constexpr, DIM: tl.constexpr,
-                 BLOCK_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                 TO_CACHE: tl.constexpr):
-    kv = tl.program_id(1).to(tl.int64)   # k/v planes of a big cache pass 2^31 elements
+def _move_kernel(
+    cache_ptr,
+    table_ptr,
+    buf_ptr,
+    start,
+    num_tokens,
+    stride_kv,
+    stride_blk,
+    stride_tok,
+    stride_head,
+    HEADS: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TO_CACHE: tl.constexpr,
+):
+    kv = tl.program_id(1).to(tl.int64)  # k/v planes of a big cache pass 2^31 elements
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    c = tl.arange(0, BLOCK_C)   # column = head * DIM + d of a token-major row
+    c = tl.arange(0, BLOCK_C)  # column = head * DIM + d of a token-major row
     t_mask = t < num_tokens
     mask = t_mask[:, None] & (c < HEADS * DIM)[None, :]
     p = start + t
@@ -56,14 +70,35 @@ def _launch(layer_cache, block_table, buf, start, layout, to_cache) -> None:
     block_c = pow2(heads * dim)
     block_t = max(1, min(pow2(num_tokens), _TILE_ELEMS // block_c))
     grid = (triton.cdiv(num_tokens, block_t), 2)
-    _move_kernel[grid](as_bits(layer_cache), table, as_bits(buf), start, num_tokens, s[0], s[1],
-                       stride_tok, stride_head, HEADS=heads, DIM=dim, BLOCK_SIZE=bs,
-                       BLOCK_T=block_t, BLOCK_C=block_c, TO_CACHE=to_cache, num_warps=4,
-                       enable_fp_fusion=True)
+    _move_kernel[grid](
+        as_bits(layer_cache),
+        table,
+        as_bits(buf),
+        start,
+        num_tokens,
+        s[0],
+        s[1],
+        stride_tok,
+        stride_head,
+        HEADS=heads,
+        DIM=dim,
+        BLOCK_SIZE=bs,
+        BLOCK_T=block_t,
+        BLOCK_C=block_c,
+        TO_CACHE=to_cache,
+        num_warps=4,
+        enable_fp_fusion=True,
+    )
 
 
-def pack_kv_triton(layer_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int,
-                   layout: str = "NHD", out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_kv_triton(
+    layer_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    start: int,
+    end: int,
+    layout: str = "NHD",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Triton `pack_kv` (same contract, inputs already validated); writes into `out`
     [2, end - start, kv_heads, head_dim] when given."""
     _, _, a, b, dim = layer_cache.shape
@@ -74,8 +109,13 @@ def pack_kv_triton(layer_cache: torch.Tensor, block_table: torch.Tensor, start: 
     return out
 
 
-def unpack_kv_triton(layer_cache: torch.Tensor, block_table: torch.Tensor, data: torch.Tensor,
-                     start: int, layout: str = "NHD") -> None:
+def unpack_kv_triton(
+    layer_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    data: torch.Tensor,
+    start: int,
+    layout: str = "NHD",
+) -> None:
     """Triton `unpack_kv` (same contract, inputs already validated)."""
     data = data.to(device=layer_cache.device, dtype=layer_cache.dtype).contiguous()
     _launch(layer_cache, block_table, data, start, layout, to_cache=True)

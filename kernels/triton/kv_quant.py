@@ -8,6 +8,7 @@ fp8 cast rounds wrongly, and bit arithmetic also runs on GPUs without fp8 conver
 One program handles one (group, head): a pass for the absmax, a pass to quantize. FMA
 contraction is off so that every operation rounds exactly as the reference's does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,9 +50,22 @@ def _e4m3_value(b):
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, q_ptr, scale_ptr, num_tokens, stride_xt, stride_xh, stride_qt,
-                     stride_qh, qmax, GROUP: tl.constexpr, DIM: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr):
+def _quantize_kernel(
+    x_ptr,
+    q_ptr,
+    scale_ptr,
+    num_tokens,
+    stride_xt,
+    stride_xh,
+    stride_qt,
+    stride_qh,
+    qmax,
+    GROUP: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FP8: tl.constexpr,
+):
     g = tl.program_id(0)
     h = tl.program_id(1)
     heads = tl.num_programs(1)
@@ -61,31 +75,50 @@ def _quantize_kernel(x_ptr, q_ptr, scale_ptr, num_tokens, stride_xt, stride_xh, 
         i = t0 + tl.arange(0, BLOCK_T)
         t = g * GROUP + i
         mask = ((i < GROUP) & (t < num_tokens))[:, None] & (d < DIM)[None, :]
-        x = tl.load(x_ptr + t.to(tl.int64)[:, None] * stride_xt + h * stride_xh + d[None, :],
-                    mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(
+            x_ptr + t.to(tl.int64)[:, None] * stride_xt + h * stride_xh + d[None, :],
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
         absmax = tl.maximum(absmax, tl.max(tl.abs(x), 1))
     scale = tl.div_rn(tl.max(absmax, 0), qmax)
     tl.store(scale_ptr + g * heads + h, scale)
-    safe = tl.where(scale > 0, scale, 1.0)   # an all-zero group keeps scale 0, divides by 1
+    safe = tl.where(scale > 0, scale, 1.0)  # an all-zero group keeps scale 0, divides by 1
     for t0 in range(0, GROUP, BLOCK_T):
         i = t0 + tl.arange(0, BLOCK_T)
         t = g * GROUP + i
         mask = ((i < GROUP) & (t < num_tokens))[:, None] & (d < DIM)[None, :]
-        x = tl.load(x_ptr + t.to(tl.int64)[:, None] * stride_xt + h * stride_xh + d[None, :],
-                    mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(
+            x_ptr + t.to(tl.int64)[:, None] * stride_xt + h * stride_xh + d[None, :],
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
         y = tl.minimum(tl.maximum(tl.div_rn(x, safe), -qmax), qmax)
         if FP8:
             q = _e4m3_bits(y)
         else:
-            q = ((y + _ROUND) - _ROUND).to(tl.int8)   # clamping first commutes with rounding
-        tl.store(q_ptr + t.to(tl.int64)[:, None] * stride_qt + h * stride_qh + d[None, :], q,
-                 mask=mask)
+            q = ((y + _ROUND) - _ROUND).to(tl.int8)  # clamping first commutes with rounding
+        tl.store(
+            q_ptr + t.to(tl.int64)[:, None] * stride_qt + h * stride_qh + d[None, :], q, mask=mask
+        )
 
 
 @triton.jit
-def _dequantize_kernel(q_ptr, scale_ptr, out_ptr, num_tokens, stride_qt, stride_qh, stride_ot,
-                       stride_oh, GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK_T: tl.constexpr,
-                       BLOCK_D: tl.constexpr, FP8: tl.constexpr):
+def _dequantize_kernel(
+    q_ptr,
+    scale_ptr,
+    out_ptr,
+    num_tokens,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    GROUP: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FP8: tl.constexpr,
+):
     g = tl.program_id(0)
     h = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
@@ -94,11 +127,13 @@ def _dequantize_kernel(q_ptr, scale_ptr, out_ptr, num_tokens, stride_qt, stride_
         i = t0 + tl.arange(0, BLOCK_T)
         t = (g * GROUP + i).to(tl.int64)
         mask = ((i < GROUP) & (t < num_tokens))[:, None] & (d < DIM)[None, :]
-        q = tl.load(q_ptr + t[:, None] * stride_qt + h * stride_qh + d[None, :], mask=mask,
-                    other=0)
+        q = tl.load(q_ptr + t[:, None] * stride_qt + h * stride_qh + d[None, :], mask=mask, other=0)
         v = _e4m3_value(q) if FP8 else q.to(tl.float32)
-        tl.store(out_ptr + t[:, None] * stride_ot + h * stride_oh + d[None, :],
-                 (v * scale).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            out_ptr + t[:, None] * stride_ot + h * stride_oh + d[None, :],
+            (v * scale).to(out_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
 
 def _blocks(group_tokens: int, dim: int) -> tuple[int, int]:
@@ -112,16 +147,22 @@ def _check_rows(*tensors: torch.Tensor) -> None:
         raise ValueError("KV tensors need a contiguous last (head_dim) dimension")
 
 
-def quantize_kv_triton(x: torch.Tensor, encoding: str, group_tokens: int,
-                       out: tuple[torch.Tensor, torch.Tensor] | None = None):
+def quantize_kv_triton(
+    x: torch.Tensor,
+    encoding: str,
+    group_tokens: int,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """Triton `quantize_kv` for "int8" and "fp8" (same contract, inputs already validated);
     writes into `out` = (q, scales) when given."""
     t, heads, dim = x.shape
     groups = triton.cdiv(t, group_tokens)
     if out is None:
         qdtype = torch.int8 if encoding == "int8" else torch.float8_e4m3fn
-        out = (torch.empty(x.shape, dtype=qdtype, device=x.device),
-               torch.empty(groups, heads, dtype=torch.float32, device=x.device))
+        out = (
+            torch.empty(x.shape, dtype=qdtype, device=x.device),
+            torch.empty(groups, heads, dtype=torch.float32, device=x.device),
+        )
     q, scales = out
     _check_rows(x, q)
     if q.shape != x.shape or scales.shape != (groups, heads) or not scales.is_contiguous():
@@ -130,15 +171,34 @@ def quantize_kv_triton(x: torch.Tensor, encoding: str, group_tokens: int,
         block_d, block_t = _blocks(group_tokens, dim)
         qv = q.view(torch.uint8) if encoding == "fp8" else q
         _quantize_kernel[(groups, heads)](
-            x, qv, scales, t, x.stride(0), x.stride(1), q.stride(0), q.stride(1),
-            _QMAX[encoding], GROUP=group_tokens, DIM=dim, BLOCK_T=block_t, BLOCK_D=block_d,
-            FP8=encoding == "fp8", num_warps=4, enable_fp_fusion=False)
+            x,
+            qv,
+            scales,
+            t,
+            x.stride(0),
+            x.stride(1),
+            q.stride(0),
+            q.stride(1),
+            _QMAX[encoding],
+            GROUP=group_tokens,
+            DIM=dim,
+            BLOCK_T=block_t,
+            BLOCK_D=block_d,
+            FP8=encoding == "fp8",
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return q, scales
 
 
-def dequantize_kv_triton(q: torch.Tensor, scales: torch.Tensor, encoding: str,
-                         group_tokens: int, dtype: torch.dtype,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_kv_triton(
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    encoding: str,
+    group_tokens: int,
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Triton `dequantize_kv` for "int8" and "fp8" (same contract, inputs validated)."""
     t, heads, dim = q.shape
     out = torch.empty(q.shape, dtype=dtype, device=q.device) if out is None else out
@@ -149,7 +209,20 @@ def dequantize_kv_triton(q: torch.Tensor, scales: torch.Tensor, encoding: str,
         block_d, block_t = _blocks(group_tokens, dim)
         qv = q.view(torch.uint8) if encoding == "fp8" else q
         _dequantize_kernel[(triton.cdiv(t, group_tokens), heads)](
-            qv, scales, out, t, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-            GROUP=group_tokens, DIM=dim, BLOCK_T=block_t, BLOCK_D=block_d,
-            FP8=encoding == "fp8", num_warps=4, enable_fp_fusion=False)
+            qv,
+            scales,
+            out,
+            t,
+            q.stride(0),
+            q.stride(1),
+            out.stride(0),
+            out.stride(1),
+            GROUP=group_tokens,
+            DIM=dim,
+            BLOCK_T=block_t,
+            BLOCK_D=block_d,
+            FP8=encoding == "fp8",
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return out

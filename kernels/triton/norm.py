@@ -1,4 +1,5 @@
 """Fused residual add + RMSNorm in Triton: one program per row, statistics in float32."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,19 @@ from kernels.triton.common import check_same_device, pow2
 
 
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, new_res_ptr, stride_x, stride_r,
-                         n_cols, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rms_norm_kernel(
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    new_res_ptr,
+    stride_x,
+    stride_r,
+    n_cols,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK)
     mask = c < n_cols
@@ -26,9 +38,13 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, new_res_ptr, stride_x, 
     tl.store(out_ptr + row * n_cols + c, (s * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def fused_add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor | None,
-                              weight: torch.Tensor, eps: float,
-                              out: tuple[torch.Tensor, torch.Tensor] | None = None):
+def fused_add_rms_norm_triton(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
     """Triton `fused_add_rms_norm` (same contract, inputs already validated); writes into
     `out` = (normed, new_residual), contiguous, when given (new_residual unused without a
     residual)."""
@@ -45,7 +61,18 @@ def fused_add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor | None,
     if rows.shape[0]:
         block = pow2(n)
         _add_rms_norm_kernel[(rows.shape[0],)](
-            rows, res, weight, normed, new_res, rows.stride(0), res.stride(0), n, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block,
-            num_warps=max(1, min(16, block // 256)), enable_fp_fusion=True)
+            rows,
+            res,
+            weight,
+            normed,
+            new_res,
+            rows.stride(0),
+            res.stride(0),
+            n,
+            eps,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=block,
+            num_warps=max(1, min(16, block // 256)),
+            enable_fp_fusion=True,
+        )
     return normed, (x if residual is None else new_res)

@@ -5,6 +5,7 @@ the engine's x * cos + roll(x, half) * sin. Each product and the sum are rounded
 input dtype, and the launch disables FMA contraction, so the result is the reference's
 bit for bit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,18 @@ def _rnd(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def _rotary_kernel(qk_ptr, cos_ptr, sin_ptr, stride_qt, stride_qh, stride_ct, num_heads,
-                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def _rotary_kernel(
+    qk_ptr,
+    cos_ptr,
+    sin_ptr,
+    stride_qt,
+    stride_qh,
+    stride_ct,
+    num_heads,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     j = tl.arange(0, BLOCK_HALF)
@@ -47,12 +58,24 @@ def apply_rotary_triton_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
     t, heads, d = qk.shape
     cos2, sin2 = cos.reshape(t, d), sin.reshape(t, d)
     if qk.stride(-1) != 1 or cos2.stride(-1) != 1 or cos2.stride() != sin2.stride():
-        raise ValueError("qk, cos and sin need a contiguous last dimension; cos and sin the "
-                         "same strides")
+        raise ValueError(
+            "qk, cos and sin need a contiguous last dimension; cos and sin the same strides"
+        )
     if t and heads:
         block_half = pow2(d // 2)
         block_h = max(1, min(pow2(heads), 2048 // block_half))
         _rotary_kernel[(t, triton.cdiv(heads, block_h))](
-            qk, cos2, sin2, qk.stride(0), qk.stride(1), cos2.stride(0), heads, HALF=d // 2,
-            BLOCK_H=block_h, BLOCK_HALF=block_half, num_warps=4, enable_fp_fusion=False)
+            qk,
+            cos2,
+            sin2,
+            qk.stride(0),
+            qk.stride(1),
+            cos2.stride(0),
+            heads,
+            HALF=d // 2,
+            BLOCK_H=block_h,
+            BLOCK_HALF=block_half,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return qk

@@ -1,4 +1,5 @@
 """Opening the channel to a frontend: plaintext, or TLS with the system's or a given CA."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +14,18 @@ def parse_url(url: str) -> tuple[str, bool]:
     plaintext."""
     for prefix, tls in _SCHEMES.items():
         if url.startswith(prefix):
-            return url[len(prefix):], tls
+            return url[len(prefix) :], tls
     return url, False
 
 
-def open_channel(url: str, *, tls: bool | None = None, ca_file: str | None = None,
-                 server_name: str | None = None, aio: bool = False):
+def open_channel(
+    url: str,
+    *,
+    tls: bool | None = None,
+    ca_file: str | None = None,
+    server_name: str | None = None,
+    aio: bool = False,
+):
     """A grpc (or grpc.aio) channel to `url`. TLS when `tls`, when the URL's scheme is
     grpcs:// or https://, or when `ca_file` is given; the server's certificate is checked
     against `ca_file` (PEM) or else the system's roots, under `server_name` if set (e.g.

@@ -1,4 +1,5 @@
 """Retrying calls that fail with UNAVAILABLE: exponential backoff with jitter."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """The asyncio client of Tandem's gRPC API (same calls as `Client`, awaitable)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,19 +13,33 @@ from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.client._channel import call_metadata, open_channel
 from runtime.client._retry import RetryPolicy
 from runtime.client.errors import error_from_rpc
-from runtime.client.results import (Completion, CompletionBuilder, StreamChunk, build_request,
-                                    chunk_from_proto)
+from runtime.client.results import (
+    Completion,
+    CompletionBuilder,
+    StreamChunk,
+    build_request,
+    chunk_from_proto,
+)
 
 
 class AsyncClient:
     """`Client`'s contract on grpc.aio: `async for chunk in client.stream(...)`, `await
     client.generate(...)`. Create it inside the event loop that uses it."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float | None = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), tls: bool | None = None,
-                 ca_file: str | None = None, server_name: str | None = None):
-        self._channel = open_channel(url, tls=tls, ca_file=ca_file, server_name=server_name,
-                                     aio=True)
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        tls: bool | None = None,
+        ca_file: str | None = None,
+        server_name: str | None = None,
+    ):
+        self._channel = open_channel(
+            url, tls=tls, ca_file=ca_file, server_name=server_name, aio=True
+        )
         self._stub = pb_grpc.TandemStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = call_metadata(api_key)
@@ -39,16 +54,25 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
-                     prompt_token_ids: list[int] | None = None, model: str = "",
-                     timeout: float | None = None, **sampling) -> AsyncIterator[StreamChunk]:
-        request = build_request(prompt, messages=messages, prompt_token_ids=prompt_token_ids,
-                                model=model, **sampling)
+    async def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict] | None = None,
+        prompt_token_ids: list[int] | None = None,
+        model: str = "",
+        timeout: float | None = None,
+        **sampling,
+    ) -> AsyncIterator[StreamChunk]:
+        request = build_request(
+            prompt, messages=messages, prompt_token_ids=prompt_token_ids, model=model, **sampling
+        )
         attempt = 0
         while True:
             attempt += 1
-            call = self._stub.Generate(request, timeout=self._deadline(timeout),
-                                       metadata=self._metadata)
+            call = self._stub.Generate(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
             received = False
             try:
                 async for msg in call:
@@ -79,8 +103,9 @@ class AsyncClient:
         return await self._unary(self._stub.ClusterStatus, pb.ClusterStatusRequest(), timeout)
 
     async def health(self, service: str = "", timeout: float | None = 5.0) -> str:
-        resp = await self._unary(self._health.Check,
-                                 health_pb2.HealthCheckRequest(service=service), timeout)
+        resp = await self._unary(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     async def _unary(self, method, request, timeout):
@@ -88,8 +113,9 @@ class AsyncClient:
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=self._deadline(timeout),
-                                    metadata=self._metadata)
+                return await method(
+                    request, timeout=self._deadline(timeout), metadata=self._metadata
+                )
             except grpc.RpcError as e:
                 if not self.retry.should_retry(e, attempt):
                     raise error_from_rpc(e) from None

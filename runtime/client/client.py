@@ -1,4 +1,5 @@
 """The blocking client of Tandem's gRPC API."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,13 @@ from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.client._channel import call_metadata, open_channel
 from runtime.client._retry import RetryPolicy
 from runtime.client.errors import error_from_rpc
-from runtime.client.results import (Completion, CompletionBuilder, StreamChunk, build_request,
-                                    chunk_from_proto)
+from runtime.client.results import (
+    Completion,
+    CompletionBuilder,
+    StreamChunk,
+    build_request,
+    chunk_from_proto,
+)
 
 
 class Client:
@@ -29,9 +35,17 @@ class Client:
     system's); `server_name` overrides the name checked against the server's certificate.
     """
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float | None = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), tls: bool | None = None,
-                 ca_file: str | None = None, server_name: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        tls: bool | None = None,
+        ca_file: str | None = None,
+        server_name: str | None = None,
+    ):
         self._channel = open_channel(url, tls=tls, ca_file=ca_file, server_name=server_name)
         self._stub = pb_grpc.TandemStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -48,17 +62,26 @@ class Client:
         self._channel.close()
 
     # -- generation -----------------------------------------------------------------------
-    def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
-               prompt_token_ids: list[int] | None = None, model: str = "",
-               timeout: float | None = None, **sampling) -> Iterator[StreamChunk]:
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict] | None = None,
+        prompt_token_ids: list[int] | None = None,
+        model: str = "",
+        timeout: float | None = None,
+        **sampling,
+    ) -> Iterator[StreamChunk]:
         """Yield `StreamChunk`s as tokens are generated."""
-        request = build_request(prompt, messages=messages, prompt_token_ids=prompt_token_ids,
-                                model=model, **sampling)
+        request = build_request(
+            prompt, messages=messages, prompt_token_ids=prompt_token_ids, model=model, **sampling
+        )
         attempt = 0
         while True:
             attempt += 1
-            call = self._stub.Generate(request, timeout=self._deadline(timeout),
-                                       metadata=self._metadata)
+            call = self._stub.Generate(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
             received = False
             try:
                 for msg in call:
@@ -69,7 +92,7 @@ class Client:
                 if received or not self.retry.should_retry(e, attempt):
                     raise error_from_rpc(e) from None
             finally:
-                call.cancel()   # no-op once finished; frees the request if we stopped early
+                call.cancel()  # no-op once finished; frees the request if we stopped early
             time.sleep(self.retry.backoff(attempt))
 
     def generate(self, prompt: str | None = None, **kwargs) -> Completion:
@@ -91,8 +114,9 @@ class Client:
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """The grpc.health.v1 status name: "SERVING", "NOT_SERVING", ..."""
-        resp = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service),
-                           timeout)
+        resp = self._unary(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def wait_until_serving(self, timeout: float = 60.0) -> None:

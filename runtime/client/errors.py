@@ -1,4 +1,5 @@
 """Typed errors of the client SDK, each carrying the gRPC status it came from."""
+
 from __future__ import annotations
 
 import grpc

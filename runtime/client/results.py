@@ -1,4 +1,5 @@
 """What the SDK returns, and how its calls are built (shared by `Client` and `AsyncClient`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,9 +7,19 @@ from dataclasses import dataclass, field
 from runtime.api._proto import tandem_pb2 as pb
 
 _FINISH = {pb.STOP: "stop", pb.LENGTH: "length", pb.ABORT: "abort"}
-_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-             "stop_token_ids", "ignore_eos", "include_stop_str_in_output",
-             "skip_special_tokens")
+_SAMPLING = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +45,12 @@ class Timings:
 
     def describe(self) -> str:
         kib = self.kv_transfer_bytes / 1024
-        return (f"queue {self.queue_s * 1e3:.1f} ms | prefill {self.prefill_s * 1e3:.1f} ms | "
-                f"KV transfer {self.kv_transfer_s * 1e3:.1f} ms ({kib:.1f} KiB) | "
-                f"decode {self.decode_s * 1e3:.1f} ms | TTFT {self.ttft_s * 1e3:.1f} ms | "
-                f"total {self.e2e_s * 1e3:.1f} ms")
+        return (
+            f"queue {self.queue_s * 1e3:.1f} ms | prefill {self.prefill_s * 1e3:.1f} ms | "
+            f"KV transfer {self.kv_transfer_s * 1e3:.1f} ms ({kib:.1f} KiB) | "
+            f"decode {self.decode_s * 1e3:.1f} ms | TTFT {self.ttft_s * 1e3:.1f} ms | "
+            f"total {self.e2e_s * 1e3:.1f} ms"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,16 +77,26 @@ class Completion:
     timings: Timings | None = None
 
 
-def build_request(prompt=None, *, messages=None, prompt_token_ids=None, model: str = "",
-                  request_id: str = "", **sampling) -> pb.GenerateRequest:
+def build_request(
+    prompt=None,
+    *,
+    messages=None,
+    prompt_token_ids=None,
+    model: str = "",
+    request_id: str = "",
+    **sampling,
+) -> pb.GenerateRequest:
     """A GenerateRequest from exactly one input and sampling keywords (vLLM names)."""
     unknown = set(sampling) - set(_SAMPLING)
     if unknown:
         raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
     req = pb.GenerateRequest(model=model, request_id=request_id)
     if messages is not None:
-        req.chat.CopyFrom(pb.ChatMessages(messages=[
-            pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]))
+        req.chat.CopyFrom(
+            pb.ChatMessages(
+                messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
+            )
+        )
     elif prompt_token_ids is not None:
         req.prompt_token_ids.CopyFrom(pb.TokenIds(ids=list(prompt_token_ids)))
     elif prompt is not None:
@@ -96,10 +119,23 @@ def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
         return StreamChunk(msg.request_id, list(msg.token_ids), msg.text)
     u, t = msg.usage, msg.timings
     return StreamChunk(
-        msg.request_id, list(msg.token_ids), msg.text, _FINISH.get(msg.finish_reason),
+        msg.request_id,
+        list(msg.token_ids),
+        msg.text,
+        _FINISH.get(msg.finish_reason),
         Usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
-        Timings(t.queue_s, t.prefill_s, t.kv_transfer_s, t.decode_s, t.ttft_s, t.e2e_s,
-                t.kv_transfer_bytes, t.prefill_worker, t.decode_worker))
+        Timings(
+            t.queue_s,
+            t.prefill_s,
+            t.kv_transfer_s,
+            t.decode_s,
+            t.ttft_s,
+            t.e2e_s,
+            t.kv_transfer_bytes,
+            t.prefill_worker,
+            t.decode_worker,
+        ),
+    )
 
 
 class CompletionBuilder:
@@ -117,6 +153,11 @@ class CompletionBuilder:
 
     def build(self) -> Completion:
         last = self.last
-        return Completion(last.request_id if last else "", "".join(self.texts), self.ids,
-                          last.finish_reason if last else None, last.usage if last else None,
-                          last.timings if last else None)
+        return Completion(
+            last.request_id if last else "",
+            "".join(self.texts),
+            self.ids,
+            last.finish_reason if last else None,
+            last.usage if last else None,
+            last.timings if last else None,
+        )

@@ -1,4 +1,5 @@
 """The one place where workers become Ray actors, placed by their pool's resources."""
+
 from __future__ import annotations
 
 import ray
@@ -10,10 +11,14 @@ from runtime.workers.handle import WorkerHandle
 
 
 def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig:
-    return WorkerConfig(name=f"{role}-{index}", engine=cluster.engine_config(role),
-                        kv=cluster.kv if role != "colocated" else None,
-                        kv_bind_host=cluster.kv_bind_host,
-                        kv_advertise_host=cluster.kv_advertise_host, faults=cluster.faults)
+    return WorkerConfig(
+        name=f"{role}-{index}",
+        engine=cluster.engine_config(role),
+        kv=cluster.kv if role != "colocated" else None,
+        kv_bind_host=cluster.kv_bind_host,
+        kv_advertise_host=cluster.kv_advertise_host,
+        faults=cluster.faults,
+    )
 
 
 def actor_options(pool: PoolConfig) -> dict:
@@ -21,9 +26,13 @@ def actor_options(pool: PoolConfig) -> dict:
     stay unnamed so two clusters can share one Ray cluster. Ray restarts a dead worker
     (`pool.max_restarts` times); its calls are never retried by Ray, since the frontend
     resumes the requests in flight itself."""
-    options = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus,
-               "max_concurrency": pool.max_concurrency, "max_restarts": pool.max_restarts,
-               "max_task_retries": 0}
+    options = {
+        "num_cpus": pool.num_cpus,
+        "num_gpus": pool.num_gpus,
+        "max_concurrency": pool.max_concurrency,
+        "max_restarts": pool.max_restarts,
+        "max_task_retries": 0,
+    }
     if pool.accelerator_type:
         options["accelerator_type"] = pool.accelerator_type
     if pool.resources:

@@ -1,4 +1,5 @@
 """A whole cluster served from a background thread: for tests, benchmarks and notebooks."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,9 @@ class BackgroundServer:
         self.cluster = Cluster(config)
         self.frontend = None
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tandem-frontend",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="tandem-frontend", daemon=True
+        )
 
     @property
     def workers(self):

@@ -1,4 +1,5 @@
 """The cluster configuration: frozen dataclasses, built from a YAML file (see `schema`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,16 +82,19 @@ class ClusterConfig:
             raise ValueError("each pool role may appear once")
         disagg = sizes.get("prefill", 0) > 0 or sizes.get("decode", 0) > 0
         if disagg and (sizes.get("prefill", 0) < 1 or sizes.get("decode", 0) < 1):
-            raise ValueError("disaggregated serving needs pools.prefill.replicas >= 1 and "
-                             "pools.decode.replicas >= 1")
+            raise ValueError(
+                "disaggregated serving needs pools.prefill.replicas >= 1 and "
+                "pools.decode.replicas >= 1"
+            )
         if disagg and sizes.get("colocated", 0):
             raise ValueError("give either prefill + decode pools or a colocated pool, not both")
         if not disagg and sizes.get("colocated", 0) < 1:
-            raise ValueError("no workers: set pools.prefill/decode.replicas or "
-                             "pools.colocated.replicas")
+            raise ValueError(
+                "no workers: set pools.prefill/decode.replicas or pools.colocated.replicas"
+            )
         for pool in self.pools:
             if pool.replicas:
-                self.engine_config(pool.role)   # a bad value fails here, named by its pool
+                self.engine_config(pool.role)  # a bad value fails here, named by its pool
 
     def engine_config(self, role: str) -> EngineConfig:
         """The engine config of `role`'s workers: the pool's overrides over the shared
@@ -101,8 +105,10 @@ class ClusterConfig:
         except ValueError as e:
             raise ValueError(f"pools.{role}: {e}") from None
         if config.model.device.startswith("cuda") and pool.num_gpus <= 0:
-            raise ValueError(f"pools.{role}: device {config.model.device!r} needs the pool's "
-                             f"num_gpus >= 1 (Ray gives a worker only the GPUs it reserves)")
+            raise ValueError(
+                f"pools.{role}: device {config.model.device!r} needs the pool's "
+                f"num_gpus >= 1 (Ray gives a worker only the GPUs it reserves)"
+            )
         return config
 
     @property
@@ -120,5 +126,6 @@ class ClusterConfig:
         return self.served_name or self.model.path
 
     def frontend_config(self) -> FrontendConfig:
-        return FrontendConfig(self.model_name, self.model.path, self.server, self.api_key,
-                              self.limits)
+        return FrontendConfig(
+            self.model_name, self.model.path, self.server, self.api_key, self.limits
+        )

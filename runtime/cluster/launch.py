@@ -1,4 +1,5 @@
 """Starting and stopping a whole cluster: Ray, the worker pools, the frontend."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,11 @@ def init_ray(config: ClusterConfig) -> bool:
     if ray.is_initialized():
         return False
     r = config.ray
-    kwargs = {"namespace": r.namespace, "include_dashboard": False,
-              "log_to_driver": os.environ.get("TANDEM_WORKER_LOGS", "1") == "1"}
+    kwargs = {
+        "namespace": r.namespace,
+        "include_dashboard": False,
+        "log_to_driver": os.environ.get("TANDEM_WORKER_LOGS", "1") == "1",
+    }
     if r.address:
         ray.init(address=r.address, **kwargs)
     else:
@@ -93,8 +97,11 @@ async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
             loop.add_signal_handler(sig, hurry)
         try:
             if frontend is not None:
-                log.info("stopping: %d requests in flight get up to %.0f s to finish",
-                         frontend.dispatcher.num_in_flight, config.server.shutdown_grace_s)
+                log.info(
+                    "stopping: %d requests in flight get up to %.0f s to finish",
+                    frontend.dispatcher.num_in_flight,
+                    config.server.shutdown_grace_s,
+                )
                 await frontend.stop()
             await loop.run_in_executor(None, cluster.stop)
         finally:

@@ -1,5 +1,6 @@
 """What overrides a cluster file: `TANDEM_<SECTION>__<FIELD>` environment variables, then the
 command line's flags; and the resolved configuration as an operator reviews it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise OverrideError(f"{name}={raw!r} is not a YAML value: {e}") from None
-        *sections, field = name[len(ENV_PREFIX):].lower().split("__")
+        *sections, field = name[len(ENV_PREFIX) :].lower().split("__")
         node = out
         for section in sections:
             node = node.setdefault(section, {})
@@ -65,7 +66,9 @@ def resolved_view(config: ClusterConfig) -> dict:
     for settings in [view["engine"], *(p["engine"] for p in view["pools"])]:
         for name in [k for k, v in settings.items() if v is None]:
             del settings[name]
-    view["workers"] = {p.role: {"replicas": p.replicas,
-                                "engine": dataclasses.asdict(config.engine_config(p.role))}
-                       for p in config.pools if p.replicas}
+    view["workers"] = {
+        p.role: {"replicas": p.replicas, "engine": dataclasses.asdict(config.engine_config(p.role))}
+        for p in config.pools
+        if p.replicas
+    }
     return view

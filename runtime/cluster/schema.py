@@ -3,6 +3,7 @@
 Unknown keys are errors (a typo must not silently fall back to a default). Secrets come from
 the file or, better, from environment variables named in it.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.cluster.config import ClusterConfig, PoolConfig, RayConfig
-from runtime.frontend.config import ServerConfig
 from runtime.cluster.overrides import OverrideError, env_overrides, merged
 from runtime.config import EngineSettings, ModelConfig
 from runtime.faults import FaultConfig
+from runtime.frontend.config import ServerConfig
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
 from runtime.model_store import DEFAULT_MODEL_NAME
@@ -67,7 +68,7 @@ class KVSection(_Strict):
     chunk_bytes: int | None = None
     max_inflight_bytes: int | None = None
     deadline_s: float | None = None
-    layerwise_min_tokens: int | None = None   # None: GPU prefill engines 512, CPU ones never
+    layerwise_min_tokens: int | None = None  # None: GPU prefill engines 512, CPU ones never
     max_concurrent_handoffs: int | None = None
     # Where the decode workers' receivers listen, and TLS on the channel.
     bind_host: str = "127.0.0.1"
@@ -75,8 +76,7 @@ class KVSection(_Strict):
     tls: TLSSection | None = None
 
     def transfer_config(self, secret: str) -> KVTransferConfig:
-        knobs = self.model_dump(exclude={"bind_host", "advertise_host", "tls"},
-                                exclude_none=True)
+        knobs = self.model_dump(exclude={"bind_host", "advertise_host", "tls"}, exclude_none=True)
         try:
             return KVTransferConfig(secret=secret, tls=_tls(self.tls), **knobs)
         except ValueError as e:
@@ -144,28 +144,49 @@ def _tls(section: TLSSection | None) -> TLSConfig | None:
 def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> ClusterConfig:
     """The validated file as frozen configs; `model_path` is the resolved local directory."""
     kv = f.kv_transfer
-    pools = tuple(PoolConfig(role, p.replicas, p.num_cpus, p.num_gpus, p.accelerator_type,
-                             tuple(sorted(p.resources.items())), p.max_concurrency,
-                             p.max_restarts, p.engine)
-                  for role, p in (("prefill", f.pools.prefill), ("decode", f.pools.decode),
-                                  ("colocated", f.pools.colocated)))
+    pools = tuple(
+        PoolConfig(
+            role,
+            p.replicas,
+            p.num_cpus,
+            p.num_gpus,
+            p.accelerator_type,
+            tuple(sorted(p.resources.items())),
+            p.max_concurrency,
+            p.max_restarts,
+            p.engine,
+        )
+        for role, p in (
+            ("prefill", f.pools.prefill),
+            ("decode", f.pools.decode),
+            ("colocated", f.pools.colocated),
+        )
+    )
     # Without a configured secret, one per `serve`: every worker gets it through its config.
     kv_secret = _secret(f.auth.kv_secret, f.auth.kv_secret_env) or secrets.token_urlsafe(32)
     return ClusterConfig(
         model=ModelConfig(path=model_path, max_model_len=f.model.max_model_len),
         pools=pools,
         kv=kv.transfer_config(kv_secret),
-        served_name=served_name, engine=f.engine, kv_bind_host=kv.bind_host,
+        served_name=served_name,
+        engine=f.engine,
+        kv_bind_host=kv.bind_host,
         kv_advertise_host=kv.advertise_host,
         server=ServerConfig(**f.server.model_dump(exclude={"tls"}), tls=_tls(f.server.tls)),
         api_key=_secret(f.auth.api_key, f.auth.api_key_env),
         ray=RayConfig(**f.ray.model_dump()),
-        faults=FaultConfig(**f.faults.model_dump()), limits=f.limits)
+        faults=FaultConfig(**f.faults.model_dump()),
+        limits=f.limits,
+    )
 
 
-def parse_cluster_config(data: dict | None, model: str | None = None,
-                         resolve_model=None, overrides: dict | None = None,
-                         environ: Mapping[str, str] | None = None) -> ClusterConfig:
+def parse_cluster_config(
+    data: dict | None,
+    model: str | None = None,
+    resolve_model=None,
+    overrides: dict | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ClusterConfig:
     """Validate a parsed YAML mapping into a `ClusterConfig`; ConfigError names each bad field.
 
     Over the mapping go, in this order, the `TANDEM_<SECTION>__<FIELD>` variables of
@@ -177,8 +198,10 @@ def parse_cluster_config(data: dict | None, model: str | None = None,
     """
     resolve_model = resolve_model or resolve_default_model
     try:
-        data = merged(merged(data or {}, env_overrides(
-            os.environ if environ is None else environ)), overrides or {})
+        data = merged(
+            merged(data or {}, env_overrides(os.environ if environ is None else environ)),
+            overrides or {},
+        )
     except OverrideError as e:
         raise ConfigError(f"invalid cluster config: {e}") from None
     try:
@@ -194,9 +217,13 @@ def parse_cluster_config(data: dict | None, model: str | None = None,
         raise ConfigError(f"invalid cluster config: {e}") from None
 
 
-def load_cluster_config(path: str | Path, model: str | None = None,
-                        resolve_model=None, overrides: dict | None = None,
-                        environ: Mapping[str, str] | None = None) -> ClusterConfig:
+def load_cluster_config(
+    path: str | Path,
+    model: str | None = None,
+    resolve_model=None,
+    overrides: dict | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ClusterConfig:
     """Read a cluster YAML file; see `parse_cluster_config`."""
     try:
         data = yaml.safe_load(Path(path).read_text())

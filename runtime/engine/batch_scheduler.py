@@ -1,4 +1,5 @@
 """Continuous batching with chunked prefill and preemption by recompute."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -82,8 +83,12 @@ class BatchScheduler:
             budget -= num_new
             i += 1
 
-        while (self.waiting and budget > 0 and not batch.preempted
-               and len(self.running) < self.config.max_num_seqs):
+        while (
+            self.waiting
+            and budget > 0
+            and not batch.preempted
+            and len(self.running) < self.config.max_num_seqs
+        ):
             seq = self.waiting[0]
             cached = bm.find_cached_prefix(seq)
             remaining = seq.num_tokens - len(cached) * bm.block_size

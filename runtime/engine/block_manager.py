@@ -3,6 +3,7 @@
 Plain Python (no torch) so tests can assert exact block ids and free-list order. The tensors
 live in the model runner; this class only decides which block holds which tokens.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,9 @@ class BlockManager:
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"need num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
+            raise ValueError(
+                f"need num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}"
+            )
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -40,8 +43,8 @@ class BlockManager:
         self.block_hash: list[bytes | None] = [None] * num_blocks
         self.cached_blocks: dict[bytes, int] = {}
         self.free_blocks: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self.num_prefix_queries = 0   # prompt tokens looked up in the prefix cache
-        self.num_prefix_hits = 0      # of those, tokens found
+        self.num_prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.num_prefix_hits = 0  # of those, tokens found
 
     @property
     def num_free_blocks(self) -> int:
@@ -57,7 +60,7 @@ class BlockManager:
         while len(hashes) < num_full:
             i = len(hashes)
             parent = hashes[-1] if hashes else b""
-            hashes.append(chain_hash(parent, seq.token_ids[i * bs:(i + 1) * bs]))
+            hashes.append(chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs]))
         return hashes[:num_full]
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
@@ -84,7 +87,8 @@ class BlockManager:
         return revived + max(fresh, 0) <= self.num_free_blocks
 
     def admit(self, seq: Sequence, cached: list[int], num_tokens: int) -> None:
-        """Give a block-less sequence the `cached` prefix blocks plus fresh ones up to `num_tokens`."""
+        """Give a block-less sequence the `cached` prefix blocks plus fresh ones up to
+        `num_tokens`."""
         assert not seq.block_table, f"{seq.request_id} already holds blocks"
         if not self.can_admit(cached, num_tokens):
             raise RuntimeError(f"not enough free KV blocks to admit {seq.request_id}")
@@ -104,11 +108,14 @@ class BlockManager:
         return need <= self.num_free_blocks
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> None:
-        """Grow the block table so tokens up to `num_computed_tokens + num_new_tokens` have slots."""
+        """Grow the block table so tokens up to `num_computed_tokens + num_new_tokens` have
+        slots."""
         need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
         if need > self.num_free_blocks:
-            raise RuntimeError(f"not enough free KV blocks for {seq.request_id}: need {need}, "
-                               f"have {self.num_free_blocks}")
+            raise RuntimeError(
+                f"not enough free KV blocks for {seq.request_id}: need {need}, "
+                f"have {self.num_free_blocks}"
+            )
         for _ in range(need):
             seq.block_table.append(self._take_free_block())
 
@@ -134,8 +141,9 @@ class BlockManager:
         received); give them to a sequence as its block table, or back with `release`."""
         need = self.blocks_needed(num_tokens)
         if need > self.num_free_blocks:
-            raise RuntimeError(f"not enough free KV blocks: need {need}, have "
-                               f"{self.num_free_blocks}")
+            raise RuntimeError(
+                f"not enough free KV blocks: need {need}, have {self.num_free_blocks}"
+            )
         return [self._take_free_block() for _ in range(need)]
 
     def release(self, blocks: list[int]) -> None:

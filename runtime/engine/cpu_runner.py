@@ -1,4 +1,5 @@
 """The model runner on the CPU: prepacked weights, the C++ CPU kernels, KV copies in place."""
+
 from __future__ import annotations
 
 import torch
@@ -31,10 +32,20 @@ class CpuModelRunner(ModelRunner):
         self.kv_cache = self._empty_cache(self.num_blocks)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, layer_done=None) -> tuple[list[Sequence], torch.Tensor]:
+    def execute(
+        self, batch: ScheduledBatch, layer_done=None
+    ) -> tuple[list[Sequence], torch.Tensor]:
         sampled, (input_ids, positions, meta, logits_idx) = self.prepare(batch)
-        logits = self._forward(self.weights, self.geometry, self.kv_cache, input_ids, positions,
-                               meta, logits_idx, layer_done)
+        logits = self._forward(
+            self.weights,
+            self.geometry,
+            self.kv_cache,
+            input_ids,
+            positions,
+            meta,
+            logits_idx,
+            layer_done,
+        )
         return sampled, logits
 
     def stage_kv(self, layer: int, block_table: torch.Tensor, start: int, end: int) -> StagedKV:
@@ -48,12 +59,17 @@ class CpuModelRunner(ModelRunner):
         v = layer_cache[1].view(-1, *layer_cache.shape[3:]).index_select(0, slots)
         return k, v
 
-    def write_kv(self, block_table: list[int] | torch.Tensor, layer_start: int,
-                 kv: torch.Tensor, start: int = 0) -> None:
+    def write_kv(
+        self,
+        block_table: list[int] | torch.Tensor,
+        layer_start: int,
+        kv: torch.Tensor,
+        start: int = 0,
+    ) -> None:
         self._check_kv(block_table, layer_start, kv, start)
         if kv.shape[2] == 0:
             return
-        layers = self.kv_cache[layer_start:layer_start + kv.shape[0]]
+        layers = self.kv_cache[layer_start : layer_start + kv.shape[0]]
         # One unpack_kv call for every layer of a received chunk: a view of its bytes.
         kv = kv.to(self.dtype) if not kv.is_floating_point() else kv
         unpack_kv(layers, torch.as_tensor(block_table, dtype=torch.long), kv, start)

@@ -7,6 +7,7 @@ in a scratch block that no sequence owns, and the largest bucket is captured fir
 smaller ones reuse its memory in the shared pool. Needs a forward that never syncs with the
 host (`forward_fused` with Triton decode attention).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -23,8 +24,16 @@ class CudaGraphDecoder:
     positions, meta, logits_indices)` for up to `max_batch` sequences of up to
     `max_blocks_per_seq` blocks. `scratch_block` is a cache block no sequence ever gets."""
 
-    def __init__(self, forward_fn, weights, geometry, kv_cache: torch.Tensor, max_batch: int,
-                 max_blocks_per_seq: int, scratch_block: int):
+    def __init__(
+        self,
+        forward_fn,
+        weights,
+        geometry,
+        kv_cache: torch.Tensor,
+        max_batch: int,
+        max_blocks_per_seq: int,
+        scratch_block: int,
+    ):
         self.forward_fn, self.weights, self.geometry = forward_fn, weights, geometry
         self.kv_cache = kv_cache
         self.buckets = tuple(b for b in BUCKETS if b < max_batch) + (max_batch,)
@@ -34,19 +43,30 @@ class CudaGraphDecoder:
         self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
         self.positions = torch.zeros(n, dtype=torch.long, device=dev)
         self.slots = torch.full((n,), self.scratch_slot, dtype=torch.long, device=dev)
-        self.tables = torch.full((n, max_blocks_per_seq), scratch_block, dtype=torch.int32,
-                                 device=dev)
+        self.tables = torch.full(
+            (n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=dev
+        )
         self.lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.rows = torch.arange(n, device=dev)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
 
     def _step(self, b: int) -> torch.Tensor:
-        meta = AttentionMetadata(slot_mapping=self.slots[:b], num_decode=b,
-                                 decode_block_tables=self.tables[:b],
-                                 decode_context_lens=self.lens[:b])
-        return self.forward_fn(self.weights, self.geometry, self.kv_cache, self.input_ids[:b],
-                               self.positions[:b], meta, self.rows[:b])
+        meta = AttentionMetadata(
+            slot_mapping=self.slots[:b],
+            num_decode=b,
+            decode_block_tables=self.tables[:b],
+            decode_context_lens=self.lens[:b],
+        )
+        return self.forward_fn(
+            self.weights,
+            self.geometry,
+            self.kv_cache,
+            self.input_ids[:b],
+            self.positions[:b],
+            meta,
+            self.rows[:b],
+        )
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -72,8 +92,14 @@ class CudaGraphDecoder:
         return self.buckets[bisect.bisect_left(self.buckets, batch)]
 
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-            block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+    ) -> torch.Tensor:
         """One decode step of n sequences (inputs on any device): logits [n, vocab], a view
         into the graph's memory that the next replay overwrites."""
         if not self.graphs:
@@ -86,7 +112,7 @@ class CudaGraphDecoder:
         # Entries past a row's context are never read, so stale ones may stay.
         self.tables[:n, :width].copy_(block_tables, non_blocking=True)
         self.lens[:n].copy_(context_lens, non_blocking=True)
-        if b > n:   # padding rows: one token of context in the scratch block
+        if b > n:  # padding rows: one token of context in the scratch block
             self.input_ids[n:b].zero_()
             self.positions[n:b].zero_()
             self.slots[n:b].fill_(self.scratch_slot)

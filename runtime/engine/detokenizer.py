@@ -1,4 +1,5 @@
 """Incremental detokenization and stop-string matching for streamed output."""
+
 from __future__ import annotations
 
 # Prompt tokens decoded with the first output token, as in vLLM: enough context for

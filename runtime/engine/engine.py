@@ -5,6 +5,7 @@ token and holds its KV blocks for export; a decode engine admits requests throug
 `import_kv` (in phases: `begin_import` reserves blocks, `write_kv` places KV as it arrives,
 `commit_import` admits the request).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,9 +21,9 @@ from runtime.config import EngineConfig
 from runtime.engine.batch_scheduler import BatchScheduler
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
-from runtime.engine.runners import make_runner
 from runtime.engine.kv_port import KVPort
 from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings
+from runtime.engine.runners import make_runner
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.sequence import Sequence, SequenceStatus
@@ -49,7 +50,7 @@ class _Request:
     detok: IncrementalDetokenizer
     timings: RequestTimings
     text: str = ""
-    sent_tokens: int = 0    # output tokens already reported
+    sent_tokens: int = 0  # output tokens already reported
     sent_chars: int = 0
 
 
@@ -61,7 +62,7 @@ class _Import:
     num_tokens: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     open: bool = True
-    table: torch.Tensor = field(init=False)   # the blocks as a tensor, built once for writes
+    table: torch.Tensor = field(init=False)  # the blocks as a tensor, built once for writes
 
     def __post_init__(self) -> None:
         self.table = torch.tensor(self.blocks, dtype=torch.long)
@@ -75,27 +76,35 @@ class Engine:
         from transformers import AutoTokenizer
 
         self.config = config
-        self.runner = make_runner(config.model, config.cache, config.num_threads,
-                                  config.scheduler.max_num_seqs)
-        self.kv = KVPort(self.runner, config)   # all the KV transfer uses of the runner
+        self.runner = make_runner(
+            config.model, config.cache, config.num_threads, config.scheduler.max_num_seqs
+        )
+        self.kv = KVPort(self.runner, config)  # all the KV transfer uses of the runner
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model.path)
         g = self.runner.geometry
-        self.max_model_len = min(config.model.max_model_len or g.max_position_embeddings,
-                                 g.max_position_embeddings)
-        self.block_manager = BlockManager(self.runner.num_blocks, config.cache.block_size,
-                                          config.cache.enable_prefix_caching)
+        self.max_model_len = min(
+            config.model.max_model_len or g.max_position_embeddings, g.max_position_embeddings
+        )
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+        )
         self.scheduler = BatchScheduler(config.scheduler, self.block_manager)
         self.sampler = Sampler(config.seed)
         self.eos_token_ids = read_generation_eos(config.model.path, self.runner.hf_config)
         self.requests: dict[str, _Request] = {}
-        self._imports: dict[str, _Import] = {}   # KV imports being received (decode role)
+        self._imports: dict[str, _Import] = {}  # KV imports being received (decode role)
         self._ids = itertools.count()
-        self._batch = None   # the batch of the step in progress (for scheduled_prompt_spans)
+        self._batch = None  # the batch of the step in progress (for scheduled_prompt_spans)
 
     # -- requests -------------------------------------------------------------------------
-    def add_request(self, prompt: str | None = None, params: SamplingParams | None = None, *,
-                    prompt_token_ids: list[int] | None = None,
-                    request_id: str | None = None) -> str:
+    def add_request(
+        self,
+        prompt: str | None = None,
+        params: SamplingParams | None = None,
+        *,
+        prompt_token_ids: list[int] | None = None,
+        request_id: str | None = None,
+    ) -> str:
         """Queue a request (text or token ids); returns its id. Raises ValueError on bad input."""
         params = params or SamplingParams()
         if prompt_token_ids is None:
@@ -117,17 +126,23 @@ class Engine:
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {vocab}); got {bad[:5]}")
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens but the context holds "
-                             f"{self.max_model_len} (max_model_len) including at least one "
-                             f"generated token: shorten the prompt")
+            raise ValueError(
+                f"prompt has {len(ids)} tokens but the context holds "
+                f"{self.max_model_len} (max_model_len) including at least one "
+                f"generated token: shorten the prompt"
+            )
         if self.block_manager.blocks_needed(len(ids) + 1) > self.block_manager.num_blocks:
-            raise ValueError(f"prompt of {len(ids)} tokens exceeds the whole KV cache "
-                             f"({self.block_manager.num_blocks} blocks of "
-                             f"{self.block_manager.block_size})")
+            raise ValueError(
+                f"prompt of {len(ids)} tokens exceeds the whole KV cache "
+                f"({self.block_manager.num_blocks} blocks of "
+                f"{self.block_manager.block_size})"
+            )
         sc = self.config.scheduler
         if not sc.enable_chunked_prefill and len(ids) > sc.max_num_batched_tokens:
-            raise ValueError(f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens="
-                             f"{sc.max_num_batched_tokens} and chunked prefill is off")
+            raise ValueError(
+                f"prompt of {len(ids)} tokens exceeds max_num_batched_tokens="
+                f"{sc.max_num_batched_tokens} and chunked prefill is off"
+            )
         return ids
 
     def _new_id(self, request_id: str | None) -> str:
@@ -137,8 +152,9 @@ class Engine:
         return request_id
 
     def _track(self, seq: Sequence) -> _Request:
-        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids,
-                                       seq.params.skip_special_tokens)
+        detok = IncrementalDetokenizer(
+            self.tokenizer, seq.prompt_token_ids, seq.params.skip_special_tokens
+        )
         return _Request(seq, detok, RequestTimings(arrival=time.monotonic()))
 
     def abort(self, request_id: str) -> bool:
@@ -146,7 +162,7 @@ class Engine:
         when it is not known."""
         imp = self._imports.pop(request_id, None)
         if imp is not None:
-            with imp.lock:   # a write in flight on a receiver's thread finishes first
+            with imp.lock:  # a write in flight on a receiver's thread finishes first
                 imp.open = False
             self.block_manager.release(imp.blocks)
             return True
@@ -182,12 +198,12 @@ class Engine:
             self.block_manager.commit(seq)
         if not sampled:
             return []
-        result = self.sampler(logits, [s.params for s in sampled],
-                              [s.num_output_tokens for s in sampled])
+        result = self.sampler(
+            logits, [s.params for s in sampled], [s.num_output_tokens for s in sampled]
+        )
         outputs = []
         for i, seq in enumerate(sampled):
-            self._append_token(seq, result.token_ids[i], result.logprobs[i],
-                               result.top_logprobs[i])
+            self._append_token(seq, result.token_ids[i], result.logprobs[i], result.top_logprobs[i])
             outputs.append(self._output(self.requests[seq.request_id]))
         return outputs
 
@@ -202,8 +218,13 @@ class Engine:
         p = seq.params
         if token in p.stop_token_ids or (token in self.eos_token_ids and not p.ignore_eos):
             self._finish(req, "stop")
-        elif p.stop and (cut := find_stop_string(req.text, len(delta), p.stop,
-                                                 p.include_stop_str_in_output)) is not None:
+        elif (
+            p.stop
+            and (
+                cut := find_stop_string(req.text, len(delta), p.stop, p.include_stop_str_in_output)
+            )
+            is not None
+        ):
             req.text = req.text[:cut]
             self._finish(req, "stop")
         elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
@@ -222,29 +243,47 @@ class Engine:
 
     def _output(self, req: _Request) -> RequestOutput:
         seq = req.seq
-        new_ids = seq.output_token_ids[req.sent_tokens:]
-        delta = req.text[req.sent_chars:]
+        new_ids = seq.output_token_ids[req.sent_tokens :]
+        delta = req.text[req.sent_chars :]
         req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
         want_lp = seq.params.logprobs is not None
         handle = None
         if seq.status is SequenceStatus.PREFILLED:
-            handle = KVHandle(seq.request_id, tuple(seq.prompt_token_ids),
-                              tuple(seq.output_token_ids), seq.params, seq.num_computed_tokens,
-                              tuple(seq.logprobs), tuple(seq.top_logprobs))
+            handle = KVHandle(
+                seq.request_id,
+                tuple(seq.prompt_token_ids),
+                tuple(seq.output_token_ids),
+                seq.params,
+                seq.num_computed_tokens,
+                tuple(seq.logprobs),
+                tuple(seq.top_logprobs),
+            )
         if seq.is_finished:
             del self.requests[seq.request_id]
         return RequestOutput(
-            request_id=seq.request_id, prompt_token_ids=seq.prompt_token_ids,
-            token_ids=seq.output_token_ids, text=req.text, new_token_ids=new_ids,
-            delta_text=delta, finished=seq.is_finished, finish_reason=seq.finish_reason,
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=seq.output_token_ids,
+            text=req.text,
+            new_token_ids=new_ids,
+            delta_text=delta,
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason,
             logprobs=list(seq.logprobs) if want_lp else None,
             top_logprobs=list(seq.top_logprobs) if want_lp else None,
-            num_cached_tokens=seq.num_cached_tokens, kv_handle=handle, timings=req.timings)
+            num_cached_tokens=seq.num_cached_tokens,
+            kv_handle=handle,
+            timings=req.timings,
+        )
 
     # -- offline API ----------------------------------------------------------------------
-    def generate(self, prompts: str | list[str] | None = None,
-                 params: SamplingParams | list[SamplingParams] | None = None, *,
-                 prompt_token_ids: list[list[int]] | None = None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: str | list[str] | None = None,
+        params: SamplingParams | list[SamplingParams] | None = None,
+        *,
+        prompt_token_ids: list[list[int]] | None = None,
+    ) -> list[RequestOutput]:
         """Run a batch of requests to completion; outputs in input order."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -256,7 +295,9 @@ class Engine:
         try:
             for i in range(n):
                 if prompt_token_ids is not None:
-                    ids.append(self.add_request(params=plist[i], prompt_token_ids=prompt_token_ids[i]))
+                    ids.append(
+                        self.add_request(params=plist[i], prompt_token_ids=prompt_token_ids[i])
+                    )
                 else:
                     ids.append(self.add_request(prompts[i], plist[i]))
         except ValueError:
@@ -270,8 +311,13 @@ class Engine:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
 
-    def stream(self, prompt: str | None = None, params: SamplingParams | None = None, *,
-               prompt_token_ids: list[int] | None = None) -> Iterator[RequestOutput]:
+    def stream(
+        self,
+        prompt: str | None = None,
+        params: SamplingParams | None = None,
+        *,
+        prompt_token_ids: list[int] | None = None,
+    ) -> Iterator[RequestOutput]:
         """Yield one request's outputs as it advances (other requests advance too).
 
         Closing the iterator early aborts the request and frees its blocks.
@@ -290,8 +336,9 @@ class Engine:
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         """The model's chat template applied to `messages`, ready for generation."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     # -- disaggregation split points ------------------------------------------------------
     def _held(self, request_id: str, status: SequenceStatus) -> Sequence:
@@ -322,8 +369,11 @@ class Engine:
             start = seq.num_computed_tokens
             end = min(start + n, seq.num_prompt_tokens)
             if start < end:
-                spans.append(PromptSpan(seq.request_id, tuple(seq.block_table), start, end,
-                                        seq.num_prompt_tokens))
+                spans.append(
+                    PromptSpan(
+                        seq.request_id, tuple(seq.block_table), start, end, seq.num_prompt_tokens
+                    )
+                )
         return spans
 
     def block_table(self, request_id: str) -> tuple[int, ...]:
@@ -351,18 +401,21 @@ class Engine:
         if request_id in self.requests or request_id in self._imports:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not 1 <= num_kv_tokens < self.max_model_len:
-            raise ValueError(f"KV of {num_kv_tokens} tokens: need 1 to {self.max_model_len - 1} "
-                             f"(max_model_len {self.max_model_len} includes a generated token)")
+            raise ValueError(
+                f"KV of {num_kv_tokens} tokens: need 1 to {self.max_model_len - 1} "
+                f"(max_model_len {self.max_model_len} includes a generated token)"
+            )
         bm = self.block_manager
         need = bm.blocks_needed(num_kv_tokens + 1)
-        if need > bm.num_free_blocks:   # also when the whole cache is smaller: try elsewhere
-            raise NoFreeBlocksError(f"KV of {num_kv_tokens} tokens needs {need} blocks; "
-                                    f"{bm.num_free_blocks} free KV blocks (of {bm.num_blocks} "
-                                    f"of {bm.block_size} tokens)")
+        if need > bm.num_free_blocks:  # also when the whole cache is smaller: try elsewhere
+            raise NoFreeBlocksError(
+                f"KV of {num_kv_tokens} tokens needs {need} blocks; "
+                f"{bm.num_free_blocks} free KV blocks (of {bm.num_blocks} "
+                f"of {bm.block_size} tokens)"
+            )
         self._imports[request_id] = _Import(bm.reserve(num_kv_tokens + 1), num_kv_tokens)
 
-    def write_kv(self, request_id: str, layer_start: int, kv: torch.Tensor,
-                 start: int = 0) -> None:
+    def write_kv(self, request_id: str, layer_start: int, kv: torch.Tensor, start: int = 0) -> None:
         """Decode side: place KV of an import, layers [layer_start, layer_start + L) by tokens
         [start, start + T); kv is [L, 2 (k, v), T, kv_heads, head_dim].
 
@@ -376,8 +429,9 @@ class Engine:
             raise KeyError(f"no KV import {request_id!r} in progress")
         num_tokens = kv.shape[2] if kv.dim() == 5 else 0
         if start < 0 or start + num_tokens > imp.num_tokens:
-            raise ValueError(f"KV tokens [{start}, {start + num_tokens}) outside the import's "
-                             f"{imp.num_tokens}")
+            raise ValueError(
+                f"KV tokens [{start}, {start + num_tokens}) outside the import's {imp.num_tokens}"
+            )
         with imp.lock:
             if not imp.open:
                 raise KeyError(f"KV import {request_id!r} was aborted")
@@ -398,9 +452,11 @@ class Engine:
         if not handle.output_token_ids or handle.num_kv_tokens != len(prompt):
             raise ValueError("a KV handle carries the prompt's KV and at least the first token")
         if len(prompt) != imp.num_tokens:
-            raise ValueError(f"the handle's prompt has {len(prompt)} tokens; the import "
-                             f"reserved KV of {imp.num_tokens}")
-        with imp.lock:   # no write can be in flight past this point
+            raise ValueError(
+                f"the handle's prompt has {len(prompt)} tokens; the import "
+                f"reserved KV of {imp.num_tokens}"
+            )
+        with imp.lock:  # no write can be in flight past this point
             imp.open = False
         del self._imports[rid]
         seq = Sequence(rid, prompt, handle.params)
@@ -416,8 +472,9 @@ class Engine:
         self.block_manager.commit(seq)
         self.scheduler.add_running(seq)
 
-    def import_kv(self, handle: KVHandle,
-                  layers: Iterable[tuple[int, torch.Tensor, torch.Tensor]]) -> str:
+    def import_kv(
+        self, handle: KVHandle, layers: Iterable[tuple[int, torch.Tensor, torch.Tensor]]
+    ) -> str:
         """begin_import + write_kv for every layer + commit_import; aborts on any failure."""
         self.begin_import(handle.request_id, handle.num_kv_tokens)
         try:

@@ -1,4 +1,5 @@
 """The one thread that owns an engine: it runs the calls handed to it and steps between them."""
+
 from __future__ import annotations
 
 import logging
@@ -24,10 +25,14 @@ class EngineThread:
     worker costs no CPU.
     """
 
-    def __init__(self, name: str = "engine", step: Callable[[], list] | None = None,
-                 has_work: Callable[[], bool] = lambda: False,
-                 on_outputs: Callable[[list], None] = lambda outputs: None,
-                 on_error: Callable[[Exception], None] = lambda error: None):
+    def __init__(
+        self,
+        name: str = "engine",
+        step: Callable[[], list] | None = None,
+        has_work: Callable[[], bool] = lambda: False,
+        on_outputs: Callable[[list], None] = lambda outputs: None,
+        on_error: Callable[[Exception], None] = lambda error: None,
+    ):
         self._step = step
         self._has_work = (lambda: False) if step is None else has_work
         self._on_outputs, self._on_error = on_outputs, on_error
@@ -61,7 +66,7 @@ class EngineThread:
                 continue
             try:
                 outputs = self._step()
-            except Exception as e:   # a bug or a dead peer must not kill the worker
+            except Exception as e:  # a bug or a dead peer must not kill the worker
                 log.exception("engine step failed")
                 self._on_error(e)
                 continue

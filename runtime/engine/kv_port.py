@@ -1,5 +1,6 @@
 """What the KV transfer may use of an engine's cache: its layout, the cache to pack and unpack
 blocks of, and staged copies of layers computed in the current step."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,11 @@ class KVPort:
     def __init__(self, runner, config: EngineConfig):
         self._runner = runner
         g = runner.geometry
-        self.num_layers, self.num_kv_heads, self.head_dim = (g.num_layers, g.num_kv_heads,
-                                                             g.head_dim)
+        self.num_layers, self.num_kv_heads, self.head_dim = (
+            g.num_layers,
+            g.num_kv_heads,
+            g.head_dim,
+        )
         self.dtype: torch.dtype = runner.dtype
         self.block_size = config.cache.block_size
         self.model_path = config.model.path

@@ -9,6 +9,7 @@ decode steps (`to_device`). Ordering with the compute stream goes through CUDA e
 staged read starts after the work already queued (the layer's KV is written), and the next
 forward waits for a staged write, but the host never waits unless it asks for the data.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,14 @@ class PinnedKVStager:
             yield
         compute.wait_stream(self.stream)
 
-    def to_host(self, layer_cache: torch.Tensor, block_table: torch.Tensor, start: int,
-                end: int, layout: str = "NHD") -> StagedKV:
+    def to_host(
+        self,
+        layer_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        start: int,
+        end: int,
+        layout: str = "NHD",
+    ) -> StagedKV:
         """Pack tokens [start, end) (`kernels.kv_pack.pack_kv`'s contract) into pinned host
         memory asynchronously; the compute stream does not wait for it."""
         ready = torch.cuda.current_stream(self.device).record_event()

@@ -4,6 +4,7 @@ Covers Llama (incl. Llama-3 rope scaling), Qwen2 (qkv bias), Qwen3 (per-head q/k
 Mistral and SmolLM: GQA, RoPE, RMSNorm, SwiGLU, tied embeddings. The arithmetic follows
 transformers' implementation op for op, so float32 greedy tokens match it exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,13 +44,13 @@ class LayerWeights:
     `linear` takes either form."""
 
     input_norm: torch.Tensor
-    qkv: torch.Tensor                 # q, k, v projections stacked: [(H + 2*KVH) * D, hidden]
-    qkv_bias: torch.Tensor | None     # Qwen2
-    q_norm: torch.Tensor | None       # Qwen3
+    qkv: torch.Tensor  # q, k, v projections stacked: [(H + 2*KVH) * D, hidden]
+    qkv_bias: torch.Tensor | None  # Qwen2
+    q_norm: torch.Tensor | None  # Qwen3
     k_norm: torch.Tensor | None
     o_proj: torch.Tensor
     post_norm: torch.Tensor
-    gate_up: torch.Tensor             # gate and up projections stacked: [2 * I, hidden]
+    gate_up: torch.Tensor  # gate and up projections stacked: [2 * I, hidden]
     down: torch.Tensor
 
 
@@ -58,9 +59,9 @@ class ModelWeights:
     embed: torch.Tensor
     layers: list[LayerWeights]
     norm: torch.Tensor
-    lm_head: torch.Tensor             # the embedding itself when tied
-    inv_freq: torch.Tensor            # float32 [head_dim // 2]
-    rope_scaling: float               # multiplies cos/sin (1.0 except e.g. yarn)
+    lm_head: torch.Tensor  # the embedding itself when tied
+    inv_freq: torch.Tensor  # float32 [head_dim // 2]
+    rope_scaling: float  # multiplies cos/sin (1.0 except e.g. yarn)
     # Per-layer tensor lists for kernels.decoder.decode_layers (plain matmul weights), set by
     # pack_linear_weights where that kernel can run; None elsewhere.
     decode_stack: dict | None = None
@@ -70,9 +71,9 @@ class ModelWeights:
 class PrefillSpan:
     """A run of consecutive tokens of one sequence within the flat batch."""
 
-    token_start: int      # offset in the flat batch
+    token_start: int  # offset in the flat batch
     num_tokens: int
-    start_pos: int        # position of the first token; >0 means earlier KV is in the cache
+    start_pos: int  # position of the first token; >0 means earlier KV is in the cache
     block_table: torch.Tensor
 
 
@@ -80,7 +81,7 @@ class PrefillSpan:
 class AttentionMetadata:
     """How the flat batch splits: `num_decode` single-token sequences first, then spans."""
 
-    slot_mapping: torch.Tensor                 # [T] cache slot of each token's KV
+    slot_mapping: torch.Tensor  # [T] cache slot of each token's KV
     num_decode: int = 0
     decode_block_tables: torch.Tensor | None = None
     decode_context_lens: torch.Tensor | None = None
@@ -90,8 +91,8 @@ class AttentionMetadata:
 class PackedLinear(NamedTuple):
     """A matmul weight prepared once at load for CPU decode (`pack_linear_weights`)."""
 
-    packed: torch.Tensor            # oneDNN's blocked layout: batches above MAX_ROWS rows
-    dense: torch.Tensor | None      # the plain [N, K] tensor for `linear_small_batch`, or None
+    packed: torch.Tensor  # oneDNN's blocked layout: batches above MAX_ROWS rows
+    dense: torch.Tensor | None  # the plain [N, K] tensor for `linear_small_batch`, or None
 
 
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,36 +133,57 @@ def pack_linear_weights(w: ModelWeights, max_dense_gib: float = 4.0) -> ModelWei
         return w
     mats = [t for lw in w.layers for t in (lw.qkv, lw.o_proj, lw.gate_up, lw.down)]
     dense_gib = sum(t.numel() * t.element_size() for t in mats) / 2**30
-    keep_dense = (w.embed.dtype is torch.bfloat16 and dense_gib <= max_dense_gib
-                  and cpu_bf16_dot_available())
+    keep_dense = (
+        w.embed.dtype is torch.bfloat16 and dense_gib <= max_dense_gib and cpu_bf16_dot_available()
+    )
 
     def pack(t: torch.Tensor) -> PackedLinear:
-        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(t, 32),
-                            t.contiguous() if keep_dense else None)
+        return PackedLinear(
+            torch.ops.mkldnn._reorder_linear_weight(t, 32), t.contiguous() if keep_dense else None
+        )
 
-    layers = [dataclasses.replace(lw, qkv=pack(lw.qkv), o_proj=pack(lw.o_proj),
-                                  gate_up=pack(lw.gate_up), down=pack(lw.down))
-              for lw in w.layers]
-    return dataclasses.replace(w, layers=layers, lm_head=pack(w.lm_head),
-                               decode_stack=_decode_stack(layers) if keep_dense else None)
+    layers = [
+        dataclasses.replace(
+            lw,
+            qkv=pack(lw.qkv),
+            o_proj=pack(lw.o_proj),
+            gate_up=pack(lw.gate_up),
+            down=pack(lw.down),
+        )
+        for lw in w.layers
+    ]
+    return dataclasses.replace(
+        w,
+        layers=layers,
+        lm_head=pack(w.lm_head),
+        decode_stack=_decode_stack(layers) if keep_dense else None,
+    )
 
 
 def _decode_stack(layers: list[LayerWeights]) -> dict | None:
     """The plain per-layer weights as kernels.decoder.decode_layers takes them, or None when
     a matmul's inner size is not a multiple of 32 (the GEMV's unit)."""
-    if any(lw.qkv.dense.shape[1] % 32 or lw.o_proj.dense.shape[1] % 32
-           or lw.down.dense.shape[1] % 32 for lw in layers):
+    if any(
+        lw.qkv.dense.shape[1] % 32 or lw.o_proj.dense.shape[1] % 32 or lw.down.dense.shape[1] % 32
+        for lw in layers
+    ):
         return None
 
     def each(get) -> list[torch.Tensor]:
         values = [get(lw) for lw in layers]
         return [] if values[0] is None else [v.contiguous() for v in values]
 
-    return {"input_norm": each(lambda lw: lw.input_norm), "qkv": each(lambda lw: lw.qkv.dense),
-            "qkv_bias": each(lambda lw: lw.qkv_bias), "q_norm": each(lambda lw: lw.q_norm),
-            "k_norm": each(lambda lw: lw.k_norm), "o_proj": each(lambda lw: lw.o_proj.dense),
-            "post_norm": each(lambda lw: lw.post_norm),
-            "gate_up": each(lambda lw: lw.gate_up.dense), "down": each(lambda lw: lw.down.dense)}
+    return {
+        "input_norm": each(lambda lw: lw.input_norm),
+        "qkv": each(lambda lw: lw.qkv.dense),
+        "qkv_bias": each(lambda lw: lw.qkv_bias),
+        "q_norm": each(lambda lw: lw.q_norm),
+        "k_norm": each(lambda lw: lw.k_norm),
+        "o_proj": each(lambda lw: lw.o_proj.dense),
+        "post_norm": each(lambda lw: lw.post_norm),
+        "gate_up": each(lambda lw: lw.gate_up.dense),
+        "down": each(lambda lw: lw.down.dense),
+    }
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -186,30 +208,39 @@ def rope_cos_sin(weights: ModelWeights, positions: torch.Tensor, dtype: torch.dt
     return cos, sin
 
 
-def attention(q, k, v, layer_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-              out: torch.Tensor) -> None:
+def attention(
+    q, k, v, layer_cache: torch.Tensor, meta: AttentionMetadata, scale: float, out: torch.Tensor
+) -> None:
     """Write this step's KV into the cache, then attend; results go into `out` [T, H, D]."""
     k_cache, v_cache = layer_cache[0], layer_cache[1]
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
     nd = meta.num_decode
     if nd:
-        out[:nd] = paged_decode_attention(q[:nd], k_cache, v_cache, meta.decode_block_tables,
-                                          meta.decode_context_lens, scale)
+        out[:nd] = paged_decode_attention(
+            q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
+        )
     for span in meta.prefills:
         s, n = span.token_start, span.num_tokens
         if span.start_pos == 0:
-            ks, vs = k[s:s + n], v[s:s + n]
+            ks, vs = k[s : s + n], v[s : s + n]
         else:
             total = span.start_pos + n
             ks = gather_kv(k_cache, span.block_table, total)
             vs = gather_kv(v_cache, span.block_table, total)
-        out[s:s + n] = causal_attention(q[s:s + n], ks, vs, scale)
+        out[s : s + n] = causal_attention(q[s : s + n], ks, vs, scale)
 
 
-def forward(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, input_ids: torch.Tensor,
-            positions: torch.Tensor, meta: AttentionMetadata, logits_indices: torch.Tensor,
-            layer_done=None) -> torch.Tensor:
+def forward(
+    w: ModelWeights,
+    g: ModelGeometry,
+    kv_cache: torch.Tensor,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    meta: AttentionMetadata,
+    logits_indices: torch.Tensor,
+    layer_done=None,
+) -> torch.Tensor:
     """Run the flat batch through the model; float32 logits for the rows in `logits_indices`.
 
     kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]. `layer_done`
@@ -218,7 +249,7 @@ def forward(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, input_ids
     """
     t = input_ids.shape[0]
     h_, kvh, d = g.num_heads, g.num_kv_heads, g.head_dim
-    scale = d ** -0.5
+    scale = d**-0.5
     hidden = F.embedding(input_ids, w.embed)
     cos, sin = rope_cos_sin(w, positions, hidden.dtype)
     attn_out = torch.empty(t, h_, d, dtype=hidden.dtype)
@@ -229,8 +260,13 @@ def forward(w: ModelWeights, g: ModelGeometry, kv_cache: torch.Tensor, input_ids
         qk, v = qkv.split([(h_ + kvh) * d, kvh * d], dim=-1)
         qk, v = qk.view(t, h_ + kvh, d), v.view(t, kvh, d)
         if lw.q_norm is not None:
-            qk = torch.cat([rms_norm(qk[:, :h_], lw.q_norm, g.rms_norm_eps),
-                            rms_norm(qk[:, h_:], lw.k_norm, g.rms_norm_eps)], dim=1)
+            qk = torch.cat(
+                [
+                    rms_norm(qk[:, :h_], lw.q_norm, g.rms_norm_eps),
+                    rms_norm(qk[:, h_:], lw.k_norm, g.rms_norm_eps),
+                ],
+                dim=1,
+            )
         # q and k sit side by side in the projection: rotate both heads' groups at once.
         qk = qk * cos + torch.roll(qk, d // 2, dims=-1) * sin
         q, k = qk[:, :h_], qk[:, h_:]

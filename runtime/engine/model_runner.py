@@ -1,6 +1,7 @@
 """What every model runner shares: the model's config and host weights, the cache's size, and
 turning a scheduled batch into the forward's inputs. The device runners (`cpu_runner`,
 `cuda_runner`) are siblings below it; `runners.make_runner` picks one."""
+
 from __future__ import annotations
 
 import os
@@ -35,15 +36,27 @@ class ModelRunner(ABC):
         self.weights = load_weights(model.path, self.hf_config, model.dtype)
         self.block_size = cache.block_size
         bytes_per_block = self.geometry.kv_bytes_per_token * self.dtype.itemsize * cache.block_size
-        self.num_blocks = cache.num_blocks or max(1, int(cache.memory_gib * 2**30) // bytes_per_block)
+        self.num_blocks = cache.num_blocks or max(
+            1, int(cache.memory_gib * 2**30) // bytes_per_block
+        )
 
     def _empty_cache(self, num_blocks: int, device: torch.device | str = "cpu") -> torch.Tensor:
         g = self.geometry
-        return torch.zeros(g.num_layers, 2, num_blocks, self.block_size, g.num_kv_heads,
-                           g.head_dim, dtype=self.dtype, device=device)
+        return torch.zeros(
+            g.num_layers,
+            2,
+            num_blocks,
+            self.block_size,
+            g.num_kv_heads,
+            g.head_dim,
+            dtype=self.dtype,
+            device=device,
+        )
 
     @abstractmethod
-    def execute(self, batch: ScheduledBatch, layer_done=None) -> tuple[list[Sequence], torch.Tensor]:
+    def execute(
+        self, batch: ScheduledBatch, layer_done=None
+    ) -> tuple[list[Sequence], torch.Tensor]:
         """Compute the batch's tokens; returns the sequences that reached their end this step
         (in batch order) and their next-token logits [n, vocab] in float32. `layer_done(i)`,
         if given, is called once layer i's KV for the batch is in the cache."""
@@ -60,8 +73,13 @@ class ModelRunner(ABC):
         the host."""
 
     @abstractmethod
-    def write_kv(self, block_table: list[int] | torch.Tensor, layer_start: int,
-                 kv: torch.Tensor, start: int = 0) -> None:
+    def write_kv(
+        self,
+        block_table: list[int] | torch.Tensor,
+        layer_start: int,
+        kv: torch.Tensor,
+        start: int = 0,
+    ) -> None:
         """Place KV [L, 2 (k, v), T, num_kv_heads, head_dim] of layers [layer_start,
         layer_start + L) for tokens [start, start + T) into the sequence's blocks
         (`block_table`: block ids, a list or a 1-D int64 CPU tensor). Raises ValueError on a
@@ -69,16 +87,21 @@ class ModelRunner(ABC):
 
     def _check_kv(self, block_table, layer_start: int, kv: torch.Tensor, start: int) -> None:
         g = self.geometry
-        if kv.dim() != 5 or kv.shape[1] != 2 or tuple(kv.shape[3:]) != (g.num_kv_heads,
-                                                                          g.head_dim):
-            raise ValueError(f"KV must be [layers, 2, tokens, {g.num_kv_heads}, {g.head_dim}], "
-                             f"got {tuple(kv.shape)}")
+        if kv.dim() != 5 or kv.shape[1] != 2 or tuple(kv.shape[3:]) != (g.num_kv_heads, g.head_dim):
+            raise ValueError(
+                f"KV must be [layers, 2, tokens, {g.num_kv_heads}, {g.head_dim}], "
+                f"got {tuple(kv.shape)}"
+            )
         if not 0 <= layer_start <= layer_start + kv.shape[0] <= g.num_layers:
-            raise ValueError(f"layers [{layer_start}, {layer_start + kv.shape[0]}) out of range "
-                             f"[0, {g.num_layers})")
+            raise ValueError(
+                f"layers [{layer_start}, {layer_start + kv.shape[0]}) out of range "
+                f"[0, {g.num_layers})"
+            )
         if kv.shape[2] and (start < 0 or start + kv.shape[2] > len(block_table) * self.block_size):
-            raise IndexError(f"KV tokens [{start}, {start + kv.shape[2]}) outside the "
-                             f"{len(block_table)} blocks of the sequence")
+            raise IndexError(
+                f"KV tokens [{start}, {start + kv.shape[2]}) outside the "
+                f"{len(block_table)} blocks of the sequence"
+            )
 
     def _token_slots(self, block_table, start: int, num_tokens: int) -> torch.Tensor:
         bs = self.block_size
@@ -102,7 +125,7 @@ class ModelRunner(ABC):
             seq, n = batch.seqs[i], batch.num_new_tokens[i]
             start = seq.num_computed_tokens
             row0 = len(input_ids)
-            input_ids += seq.token_ids[start:start + n]
+            input_ids += seq.token_ids[start : start + n]
             pos = range(start, start + n)
             positions += pos
             table = seq.block_table
@@ -114,15 +137,22 @@ class ModelRunner(ABC):
                 spans.append(PrefillSpan(row0, n, start, torch.tensor(table, dtype=torch.long)))
             if start + n == seq.num_tokens:
                 last_token_row[i] = row0 + n - 1
-        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long),
-                                 num_decode=len(decode_tables), prefills=tuple(spans))
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long),
+            num_decode=len(decode_tables),
+            prefills=tuple(spans),
+        )
         if decode_tables:
             width = max(len(t) for t in decode_tables)
             meta.decode_block_tables = torch.tensor(
-                [t + [t[0]] * (width - len(t)) for t in decode_tables], dtype=torch.long)
+                [t + [t[0]] * (width - len(t)) for t in decode_tables], dtype=torch.long
+            )
             meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long)
         sampled = [i for i in range(len(batch.seqs)) if i in last_token_row]
         logits_idx = torch.tensor([last_token_row[i] for i in sampled], dtype=torch.long)
-        return [batch.seqs[i] for i in sampled], (torch.tensor(input_ids, dtype=torch.long),
-                                                  torch.tensor(positions, dtype=torch.long),
-                                                  meta, logits_idx)
+        return [batch.seqs[i] for i in sampled], (
+            torch.tensor(input_ids, dtype=torch.long),
+            torch.tensor(positions, dtype=torch.long),
+            meta,
+            logits_idx,
+        )

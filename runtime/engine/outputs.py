@@ -1,4 +1,5 @@
 """What the engine hands back: per-step request outputs and KV handoff handles."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,9 +45,9 @@ class RequestOutput:
     new_token_ids: list[int] = field(default_factory=list)
     delta_text: str = ""
     finished: bool = False
-    finish_reason: str | None = None      # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
     logprobs: list[float | None] | None = None
     top_logprobs: list[list[tuple[int, float]] | None] | None = None
     num_cached_tokens: int = 0
-    kv_handle: KVHandle | None = None     # prefill role: set once the KV is ready to export
+    kv_handle: KVHandle | None = None  # prefill role: set once the KV is ready to export
     timings: RequestTimings | None = None

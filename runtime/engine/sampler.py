@@ -1,4 +1,5 @@
 """Turns one step's logits into tokens: greedy, temperature, top-k, top-p, min-p, logprobs."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

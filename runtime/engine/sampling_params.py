@@ -1,4 +1,5 @@
 """Per-request sampling parameters, validated once at the boundary (vLLM semantics)."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,9 @@ SAMPLING_EPS = 1e-5
 MAX_LOGPROBS = 20
 # What the KV handoff's wire (proto/kv_transfer.proto SamplingParams) holds: a value past these
 # would overflow there after the prompt was computed, so it is refused here, before any work.
-UINT32_MAX = 2**32 - 1          # max_tokens, stop_token_ids
-INT32_MAX = 2**31 - 1           # top_k (past the vocabulary it filters nothing anyway)
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1   # seed
+UINT32_MAX = 2**32 - 1  # max_tokens, stop_token_ids
+INT32_MAX = 2**31 - 1  # top_k (past the vocabulary it filters nothing anyway)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed
 
 
 def _is_int(value: object) -> bool:
@@ -69,15 +70,18 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= UINT32_MAX:
-            raise ValueError(f"max_tokens must be an int >= 1 and <= {UINT32_MAX}, "
-                             f"got {self.max_tokens!r}")
+            raise ValueError(
+                f"max_tokens must be an int >= 1 and <= {UINT32_MAX}, got {self.max_tokens!r}"
+            )
         if not _is_real(self.temperature) or not math.isfinite(self.temperature):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if not _is_int(self.top_k) or not (1 <= self.top_k <= INT32_MAX or self.top_k in (0, -1)):
-            raise ValueError(f"top_k must be an int >= 1 and <= {INT32_MAX}, or 0 or -1 to "
-                             f"disable, got {self.top_k!r}")
+            raise ValueError(
+                f"top_k must be an int >= 1 and <= {INT32_MAX}, or 0 or -1 to "
+                f"disable, got {self.top_k!r}"
+            )
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not _is_real(self.min_p) or not 0 <= self.min_p <= 1:
@@ -85,8 +89,9 @@ class SamplingParams:
         if self.seed is not None and (
             not _is_int(self.seed) or not INT64_MIN <= self.seed <= INT64_MAX
         ):
-            raise ValueError(f"seed must be None or an int in [{INT64_MIN}, {INT64_MAX}], "
-                             f"got {self.seed!r}")
+            raise ValueError(
+                f"seed must be None or an int in [{INT64_MIN}, {INT64_MAX}], got {self.seed!r}"
+            )
         self._normalise_stop()
         self._normalise_stop_token_ids()
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
@@ -112,8 +117,9 @@ class SamplingParams:
                 raise ValueError(f"stop must contain only non-empty strings, got {s!r} in {stop!r}")
             at = lone_surrogate_at(s)
             if at is not None:
-                raise ValueError(f"stop strings must be valid Unicode: {s!r} has a lone "
-                                 f"surrogate at index {at}")
+                raise ValueError(
+                    f"stop strings must be valid Unicode: {s!r} has a lone surrogate at index {at}"
+                )
         object.__setattr__(self, "stop", tuple(stop))
 
     def _normalise_stop_token_ids(self) -> None:
@@ -122,8 +128,10 @@ class SamplingParams:
             raise ValueError(f"stop_token_ids must be a list of ints, got {ids!r}")
         for t in ids:
             if not _is_int(t) or not 0 <= t <= UINT32_MAX:
-                raise ValueError(f"stop_token_ids must contain only ints >= 0 and <= "
-                                 f"{UINT32_MAX}, got {t!r} in {ids!r}")
+                raise ValueError(
+                    f"stop_token_ids must contain only ints >= 0 and <= "
+                    f"{UINT32_MAX}, got {t!r} in {ids!r}"
+                )
         object.__setattr__(self, "stop_token_ids", tuple(ids))
 
     @property

@@ -1,4 +1,5 @@
 """A request's token sequence as the engine tracks it through scheduling and generation."""
+
 from __future__ import annotations
 
 import enum
@@ -10,8 +11,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class SequenceStatus(enum.Enum):
-    WAITING = "waiting"      # queued; no KV (or KV dropped by preemption)
-    RUNNING = "running"      # holds blocks and is scheduled each step
+    WAITING = "waiting"  # queued; no KV (or KV dropped by preemption)
+    RUNNING = "running"  # holds blocks and is scheduled each step
     PREFILLED = "prefilled"  # prefill role: first token sampled, blocks held for export
     FINISHED = "finished"
 
@@ -25,8 +26,13 @@ class Sequence:
     one rule.
     """
 
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: "SamplingParams",
-                 arrival_time: float | None = None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: "SamplingParams",
+        arrival_time: float | None = None,
+    ) -> None:
         self.request_id = request_id
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -35,11 +41,11 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.num_computed_tokens = 0
-        self.num_cached_tokens = 0      # prompt tokens served from the prefix cache
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.num_preemptions = 0
         self.block_table: list[int] = []
-        self.block_hashes: list[bytes] = []   # chained hashes of the full blocks, by index
-        self.num_committed_blocks = 0         # leading blocks registered in the prefix cache
+        self.block_hashes: list[bytes] = []  # chained hashes of the full blocks, by index
+        self.num_committed_blocks = 0  # leading blocks registered in the prefix cache
         self.logprobs: list[float | None] = []
         self.top_logprobs: list[list[tuple[int, float]] | None] = []
 
@@ -53,7 +59,7 @@ class Sequence:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        return self.token_ids[self.num_prompt_tokens :]
 
     @property
     def num_output_tokens(self) -> int:
@@ -68,5 +74,7 @@ class Sequence:
         return self.status is SequenceStatus.FINISHED
 
     def __repr__(self) -> str:
-        return (f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
-                f"computed={self.num_computed_tokens}, blocks={self.block_table})")
+        return (
+            f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, blocks={self.block_table})"
+        )

@@ -1,4 +1,5 @@
 """Load a local Hugging Face Llama-family checkpoint into our fused weight layout."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,10 @@ from safetensors import safe_open
 from runtime.engine.model import LayerWeights, ModelGeometry, ModelWeights
 
 SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,8 +29,10 @@ def load_hf_config(path: str | Path):
     config = AutoConfig.from_pretrained(str(path))
     archs = set(getattr(config, "architectures", None) or [])
     if not archs & SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {sorted(archs)} in {path}; Tandem serves "
-                         f"{sorted(SUPPORTED_ARCHITECTURES)}")
+        raise ValueError(
+            f"unsupported architecture {sorted(archs)} in {path}; Tandem serves "
+            f"{sorted(SUPPORTED_ARCHITECTURES)}"
+        )
     return config
 
 
@@ -56,7 +62,9 @@ def rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
         inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
         return inv, 1.0
     if rope_type not in ("linear", "llama3", "yarn"):
-        raise ValueError(f"rope type {rope_type!r} is not supported (default, linear, llama3, yarn)")
+        raise ValueError(
+            f"rope type {rope_type!r} is not supported (default, linear, llama3, yarn)"
+        )
     inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
     return inv.float(), float(scaling)
 
@@ -94,23 +102,33 @@ def load_weights(path: str | Path, config, dtype: str) -> ModelWeights:
         qkv_bias = None
         if f"{p}self_attn.q_proj.bias" in t:
             qkv_bias = torch.cat([take(f"{p}self_attn.{x}_proj.bias") for x in "qkv"])
-        layers.append(LayerWeights(
-            input_norm=take(f"{p}input_layernorm.weight"),
-            qkv=torch.cat([take(f"{p}self_attn.{x}_proj.weight") for x in "qkv"]),
-            qkv_bias=qkv_bias,
-            q_norm=maybe(f"{p}self_attn.q_norm.weight"),
-            k_norm=maybe(f"{p}self_attn.k_norm.weight"),
-            o_proj=take(f"{p}self_attn.o_proj.weight"),
-            post_norm=take(f"{p}post_attention_layernorm.weight"),
-            gate_up=torch.cat([take(f"{p}mlp.gate_proj.weight"), take(f"{p}mlp.up_proj.weight")]),
-            down=take(f"{p}mlp.down_proj.weight"),
-        ))
+        layers.append(
+            LayerWeights(
+                input_norm=take(f"{p}input_layernorm.weight"),
+                qkv=torch.cat([take(f"{p}self_attn.{x}_proj.weight") for x in "qkv"]),
+                qkv_bias=qkv_bias,
+                q_norm=maybe(f"{p}self_attn.q_norm.weight"),
+                k_norm=maybe(f"{p}self_attn.k_norm.weight"),
+                o_proj=take(f"{p}self_attn.o_proj.weight"),
+                post_norm=take(f"{p}post_attention_layernorm.weight"),
+                gate_up=torch.cat(
+                    [take(f"{p}mlp.gate_proj.weight"), take(f"{p}mlp.up_proj.weight")]
+                ),
+                down=take(f"{p}mlp.down_proj.weight"),
+            )
+        )
     embed = take("model.embed_tokens.weight")
     tied = getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in t
     lm_head = embed if tied else take("lm_head.weight")
     inv_freq, scaling = rope_inv_freq(config, g.head_dim)
-    return ModelWeights(embed=embed, layers=layers, norm=take("model.norm.weight"),
-                        lm_head=lm_head, inv_freq=inv_freq, rope_scaling=scaling)
+    return ModelWeights(
+        embed=embed,
+        layers=layers,
+        norm=take("model.norm.weight"),
+        lm_head=lm_head,
+        inv_freq=inv_freq,
+        rope_scaling=scaling,
+    )
 
 
 def read_generation_eos(path: str | Path, config) -> set[int]:

@@ -1,4 +1,5 @@
 """The frontend's configuration: where it listens, how it guards the API, what it serves."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

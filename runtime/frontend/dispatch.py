@@ -1,4 +1,5 @@
 """The request path: route to workers, run prefill -> KV handoff -> decode, stream tokens back."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,8 @@ from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import GenerationChunk, ServingError, Timings, Usage
 from runtime.workers.events import HandoffEvent, TokenEvent
 from runtime.workers.handle import WorkerHandle
-from runtime.workers.streams import StreamTimeout
 from runtime.workers.load import WorkerLoad
+from runtime.workers.streams import StreamTimeout
 from scheduler.router import NoWorkerError, Router
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,10 @@ class _Attempt:
 
     def __init__(self, req: PreparedRequest, key: str):
         self.req = req
-        self.key = key            # the request's id on the workers, unique in the cluster
-        self.recover_by: float | None = None   # set once a worker died under it
-        self.running: tuple[str, tuple[WorkerHandle, ...]] = ("", ())   # key on which workers
-        self.shut_down = False    # ended by the server's shutdown
+        self.key = key  # the request's id on the workers, unique in the cluster
+        self.recover_by: float | None = None  # set once a worker died under it
+        self.running: tuple[str, tuple[WorkerHandle, ...]] = ("", ())  # key on which workers
+        self.shut_down = False  # ended by the server's shutdown
         self.arrival = time.monotonic()
         self.first_sent: float | None = None
         self.token_ids: list[int] = []
@@ -97,9 +98,14 @@ class Dispatcher:
     worker that may hold the request is told to abort it, which frees its KV blocks.
     """
 
-    def __init__(self, workers: list[WorkerHandle], router: Router | None = None,
-                 on_finished=None, recovery_timeout_s: float = 20.0,
-                 max_streams_per_key: int = 0):
+    def __init__(
+        self,
+        workers: list[WorkerHandle],
+        router: Router | None = None,
+        on_finished=None,
+        recovery_timeout_s: float = 20.0,
+        max_streams_per_key: int = 0,
+    ):
         self.registry = WorkerRegistry(workers, router)
         self.router = self.registry.router
         self.mode = self.registry.mode
@@ -126,17 +132,22 @@ class Dispatcher:
         """Ask every worker for its load snapshot and hand them to the router."""
         return await self.registry.poll()
 
-    async def generate(self, req: PreparedRequest,
-                       client_key: str = "") -> AsyncIterator[GenerationChunk]:
+    async def generate(
+        self, req: PreparedRequest, client_key: str = ""
+    ) -> AsyncIterator[GenerationChunk]:
         """The request's chunks. `client_key` names who sent it (see `client_key`): each
         may have `max_streams_per_key` requests in flight; past that RESOURCE_EXHAUSTED."""
         if self._closing:
             raise _shutting_down()
         held = self._per_key.get(client_key, 0)
         if self.max_streams_per_key and held >= self.max_streams_per_key:
-            raise ServingError("RESOURCE_EXHAUSTED", f"this API key has {held} requests in "
-                               f"flight, the most the server allows at once; retry when one "
-                               f"has ended", retry_after_s=1)
+            raise ServingError(
+                "RESOURCE_EXHAUSTED",
+                f"this API key has {held} requests in "
+                f"flight, the most the server allows at once; retry when one "
+                f"has ended",
+                retry_after_s=1,
+            )
         self._per_key[client_key] = held + 1
         self.num_in_flight += 1
         attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
@@ -201,22 +212,34 @@ class Dispatcher:
             if isinstance(failure, HandoffEvent) and failure.code != "UNAVAILABLE":
                 handoff_retries += 1
                 if failure.code not in RETRYABLE or handoff_retries > 1:
-                    log.warning("request %s: KV handoff failed (%s: %s)", a.key, failure.code,
-                                failure.message)
-                    raise ServingError(failure.code or "INTERNAL",
-                                       f"the KV handoff of request {a.req.request_id} failed "
-                                       f"({failure.code})")
-                log.warning("request %s: KV handoff failed (%s: %s); retrying on another "
-                            "pair", a.key, failure.code, failure.message)
+                    log.warning(
+                        "request %s: KV handoff failed (%s: %s)",
+                        a.key,
+                        failure.code,
+                        failure.message,
+                    )
+                    raise ServingError(
+                        failure.code or "INTERNAL",
+                        f"the KV handoff of request {a.req.request_id} failed ({failure.code})",
+                    )
+                log.warning(
+                    "request %s: KV handoff failed (%s: %s); retrying on another pair",
+                    a.key,
+                    failure.code,
+                    failure.message,
+                )
                 tried |= {a.timings.prefill_worker, a.timings.decode_worker}
                 continue
             # A dead worker (or an unreachable KV receiver: a decode worker restarting).
-            lost = (failure.worker if isinstance(failure, WorkerLost)
-                    else a.timings.decode_worker)
-            log.warning("request %s: %s; resuming after %d of its tokens", a.key,
-                        failure if isinstance(failure, WorkerLost) else
-                        f"KV receiver of {lost} unreachable: {failure.message}",
-                        len(a.token_ids))
+            lost = failure.worker if isinstance(failure, WorkerLost) else a.timings.decode_worker
+            log.warning(
+                "request %s: %s; resuming after %d of its tokens",
+                a.key,
+                failure
+                if isinstance(failure, WorkerLost)
+                else f"KV receiver of {lost} unreachable: {failure.message}",
+                len(a.token_ids),
+            )
             self.registry.mark_down(lost)
             tried = {lost}
             if a.recover_by is None:
@@ -258,11 +281,13 @@ class Dispatcher:
             return replace(a.req, request_id=a.key)
         ids = a.req.prompt_token_ids + tuple(a.token_ids)
         left = a.req.params.max_tokens - len(a.token_ids)
-        return PreparedRequest(f"{a.key}~{number}", ids,
-                               replace(a.req.params, max_tokens=max(left, 1)))
+        return PreparedRequest(
+            f"{a.key}~{number}", ids, replace(a.req.params, max_tokens=max(left, 1))
+        )
 
-    async def _run_pair(self, a: _Attempt, sub: PreparedRequest, prefill: WorkerHandle,
-                        decode: WorkerHandle):
+    async def _run_pair(
+        self, a: _Attempt, sub: PreparedRequest, prefill: WorkerHandle, decode: WorkerHandle
+    ):
         """Yields the request's chunks; ends with a failed HandoffEvent if the handoff failed
         (both workers have freed the request then). Whatever way it ends, neither worker
         keeps anything of the request: the decode side's stream is aborted unless it
@@ -272,8 +297,9 @@ class Dispatcher:
         decode_gen = decode.actor.stream.remote(rid)
         prefill_open = decode_open = True
         try:
-            prefill_gen = prefill.actor.prefill.remote(rid, sub.prompt_token_ids, sub.params,
-                                                       decode.kv_address)
+            prefill_gen = prefill.actor.prefill.remote(
+                rid, sub.prompt_token_ids, sub.params, decode.kv_address
+            )
             handoff, finished = None, False
             async for ev in _events(prefill_gen, prefill, a):
                 if isinstance(ev, HandoffEvent):
@@ -288,9 +314,12 @@ class Dispatcher:
             if finished or handoff is None or not handoff.ok or handoff.finished_on_prefill:
                 # Nothing (more) comes from the decode side: end its stream there.
                 if not finished and (handoff is None or not handoff.ok):
-                    yield handoff or HandoffEvent(rid, False, code="INTERNAL",
-                                                  message="prefill worker ended without a "
-                                                          "handoff")
+                    yield handoff or HandoffEvent(
+                        rid,
+                        False,
+                        code="INTERNAL",
+                        message="prefill worker ended without a handoff",
+                    )
                 return
             async for ev in _events(decode_gen, decode, a):
                 decode_open = not ev.finished
@@ -318,10 +347,16 @@ class Dispatcher:
                     break
             await asyncio.sleep(0.1)
         missing = " and ".join(self.registry.missing_roles()) or "matching"
-        waited = (f" (waited {self.recovery_timeout_s:.0f} s for one to come back)"
-                  if a.recover_by is not None else "")
-        raise ServingError("UNAVAILABLE", f"no healthy {missing} worker{waited}; retry in "
-                           f"{RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
+        waited = (
+            f" (waited {self.recovery_timeout_s:.0f} s for one to come back)"
+            if a.recover_by is not None
+            else ""
+        )
+        raise ServingError(
+            "UNAVAILABLE",
+            f"no healthy {missing} worker{waited}; retry in {RETRY_AFTER_S} s",
+            retry_after_s=RETRY_AFTER_S,
+        )
 
 
 def client_key(authorization: str) -> str:
@@ -331,14 +366,17 @@ def client_key(authorization: str) -> str:
 
 
 def _shutting_down() -> ServingError:
-    return ServingError("UNAVAILABLE", "the server is shutting down; retry the request on "
-                        "another replica", retry_after_s=RETRY_AFTER_S)
+    return ServingError(
+        "UNAVAILABLE",
+        "the server is shutting down; retry the request on another replica",
+        retry_after_s=RETRY_AFTER_S,
+    )
 
 
 def _abort(worker: WorkerHandle, request_id: str) -> None:
     """Fire-and-forget abort; a dead or restarting worker holds nothing to free."""
     ref = worker.actor.abort.remote(request_id)
-    ref.future().add_done_callback(lambda f: f.exception())   # retrieved: Ray stays quiet
+    ref.future().add_done_callback(lambda f: f.exception())  # retrieved: Ray stays quiet
 
 
 async def _get(ref, worker: WorkerHandle, a: _Attempt):
@@ -356,11 +394,16 @@ async def _get(ref, worker: WorkerHandle, a: _Attempt):
             raise InvalidRequest(str(cause)) from None
         if isinstance(cause, StreamTimeout):
             log.warning("request %s: %s on worker %s", a.key, cause, worker.name)
-            raise ServingError("DEADLINE_EXCEEDED", f"request {a.req.request_id} produced no "
-                               f"output within the worker's idle limit") from None
+            raise ServingError(
+                "DEADLINE_EXCEEDED",
+                f"request {a.req.request_id} produced no output within the worker's idle limit",
+            ) from None
         log.error("request %s failed on worker %s: %s", a.key, worker.name, e)
-        raise ServingError("INTERNAL", f"internal error while serving request "
-                           f"{a.req.request_id}; the server log has the details") from None
+        raise ServingError(
+            "INTERNAL",
+            f"internal error while serving request "
+            f"{a.req.request_id}; the server log has the details",
+        ) from None
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
 
@@ -371,5 +414,5 @@ async def _events(gen, worker: WorkerHandle, a: _Attempt):
         async for ref in gen:
             for ev in await _get(ref, worker, a):
                 yield ev
-    except RayActorError as e:   # the stream itself broke off: the worker died
+    except RayActorError as e:  # the stream itself broke off: the worker died
         raise WorkerLost(worker.name, f"{type(e).__name__}: {e}") from None

@@ -1,4 +1,5 @@
 """The public gRPC API (proto/tandem.proto) on grpc.aio, with health checks and reflection."""
+
 from __future__ import annotations
 
 import hmac
@@ -29,14 +30,23 @@ def new_request_id(given: str = "") -> str:
 
 def params_fields(p: pb.SamplingParams) -> dict:
     """The request's sampling fields, unset ones as None (the defaults then apply)."""
+
     def opt(name):
         return getattr(p, name) if p.HasField(name) else None
-    return {"max_tokens": opt("max_tokens") if p.HasField("max_tokens") else 16,
-            "temperature": opt("temperature"), "top_p": opt("top_p"), "top_k": opt("top_k"),
-            "min_p": opt("min_p"), "seed": opt("seed"), "stop": tuple(p.stop),
-            "stop_token_ids": tuple(p.stop_token_ids), "ignore_eos": p.ignore_eos,
-            "include_stop_str_in_output": p.include_stop_str_in_output,
-            "skip_special_tokens": opt("skip_special_tokens")}
+
+    return {
+        "max_tokens": opt("max_tokens") if p.HasField("max_tokens") else 16,
+        "temperature": opt("temperature"),
+        "top_p": opt("top_p"),
+        "top_k": opt("top_k"),
+        "min_p": opt("min_p"),
+        "seed": opt("seed"),
+        "stop": tuple(p.stop),
+        "stop_token_ids": tuple(p.stop_token_ids),
+        "ignore_eos": p.ignore_eos,
+        "include_stop_str_in_output": p.include_stop_str_in_output,
+        "skip_special_tokens": opt("skip_special_tokens"),
+    }
 
 
 class ApiKeyCheck(grpc.aio.ServerInterceptor):
@@ -47,8 +57,11 @@ class ApiKeyCheck(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {api_key}".encode()
 
         async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or wrong API key: send 'authorization: Bearer <key>'")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong API key: send 'authorization: Bearer <key>'",
+            )
+
         self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
 
@@ -75,8 +88,12 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if (handler is None or not details.method.startswith(f"/{SERVICE_NAME}/")
-                or handler.request_streaming or handler.request_deserializer is None):
+        if (
+            handler is None
+            or not details.method.startswith(f"/{SERVICE_NAME}/")
+            or handler.request_streaming
+            or handler.request_deserializer is None
+        ):
             return handler
         parse = handler.request_deserializer
 
@@ -88,21 +105,25 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):
 
         async def check(request, context):
             if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"the request is not a valid message of {details.method}: "
-                                    f"{request.error} (strings must be UTF-8)")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid message of {details.method}: "
+                    f"{request.error} (strings must be UTF-8)",
+                )
 
         if handler.response_streaming:
+
             async def guarded_stream(request, context):
                 await check(request, context)
                 async for response in handler.unary_stream(request, context):
                     yield response
-            return handler._replace(request_deserializer=deserialize,
-                                    unary_stream=guarded_stream)
+
+            return handler._replace(request_deserializer=deserialize, unary_stream=guarded_stream)
 
         async def guarded_unary(request, context):
             await check(request, context)
             return await handler.unary_unary(request, context)
+
         return handler._replace(request_deserializer=deserialize, unary_unary=guarded_unary)
 
 
@@ -127,8 +148,10 @@ class TandemService(pb_grpc.TandemServicer):
         ids = p.prompt_ids(
             prompt=request.prompt if kind == "prompt" else None,
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages]
-            if kind == "chat" else None,
-            token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None)
+            if kind == "chat"
+            else None,
+            token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
+        )
         params = p.sampling_params(len(ids), **params_fields(request.params))
         return PreparedRequest(new_request_id(request.request_id), tuple(ids), params)
 
@@ -145,24 +168,38 @@ class TandemService(pb_grpc.TandemServicer):
             self._count_error(e.code)
             if e.retry_after_s is not None:
                 context.set_trailing_metadata((("retry-after", str(e.retry_after_s)),))
-            await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.INTERNAL),
-                                e.message)
+            await context.abort(
+                getattr(grpc.StatusCode, e.code, grpc.StatusCode.INTERNAL), e.message
+            )
 
     async def ListModels(self, request, context):
         p = self.preparer
-        return pb.ListModelsResponse(models=[pb.ModelInfo(
-            id=p.model_name, path=p.model_path, max_model_len=p.max_model_len)])
+        return pb.ListModelsResponse(
+            models=[pb.ModelInfo(id=p.model_name, path=p.model_path, max_model_len=p.max_model_len)]
+        )
 
     async def ClusterStatus(self, request, context):
         d = self.dispatcher
-        workers = [pb.WorkerStatus(
-            name=w.name, role=w.role, kv_address=d.workers[w.name].kv_address,
-            healthy=w.healthy, num_queued_prompt_tokens=w.num_queued_prompt_tokens,
-            num_running=w.num_running, num_free_blocks=w.num_free_blocks,
-            num_total_blocks=w.num_total_blocks) for w in await d.poll_loads()]
-        return pb.ClusterStatusResponse(mode=d.mode, model=self.preparer.model_name,
-                                        workers=workers, num_requests_in_flight=d.num_in_flight,
-                                        uptime_s=time.monotonic() - self.started)
+        workers = [
+            pb.WorkerStatus(
+                name=w.name,
+                role=w.role,
+                kv_address=d.workers[w.name].kv_address,
+                healthy=w.healthy,
+                num_queued_prompt_tokens=w.num_queued_prompt_tokens,
+                num_running=w.num_running,
+                num_free_blocks=w.num_free_blocks,
+                num_total_blocks=w.num_total_blocks,
+            )
+            for w in await d.poll_loads()
+        ]
+        return pb.ClusterStatusResponse(
+            mode=d.mode,
+            model=self.preparer.model_name,
+            workers=workers,
+            num_requests_in_flight=d.num_in_flight,
+            uptime_s=time.monotonic() - self.started,
+        )
 
     def _count_error(self, code: str) -> None:
         if self.metrics is not None:
@@ -170,21 +207,30 @@ class TandemService(pb_grpc.TandemServicer):
 
 
 def to_response(chunk) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(request_id=chunk.request_id, token_ids=chunk.token_ids,
-                              text=chunk.text)
+    msg = pb.GenerateResponse(
+        request_id=chunk.request_id, token_ids=chunk.token_ids, text=chunk.text
+    )
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH.get(chunk.finish_reason, pb.FINISH_REASON_UNSPECIFIED)
         u, t = chunk.usage, chunk.timings
-        msg.usage.CopyFrom(pb.Usage(prompt_tokens=u.prompt_tokens,
-                                    completion_tokens=u.completion_tokens,
-                                    cached_prompt_tokens=u.cached_prompt_tokens))
+        msg.usage.CopyFrom(
+            pb.Usage(
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                cached_prompt_tokens=u.cached_prompt_tokens,
+            )
+        )
         msg.timings.CopyFrom(pb.Timings(**t.__dict__))
     return msg
 
 
-async def start_grpc_server(service: TandemService, host: str, port: int,
-                            api_key: str | None = None, tls: TLSConfig | None = None
-                            ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+async def start_grpc_server(
+    service: TandemService,
+    host: str,
+    port: int,
+    api_key: str | None = None,
+    tls: TLSConfig | None = None,
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Serve the API, grpc.health.v1 (SERVING for "" and the Tandem service) and reflection,
     over TLS when `tls` is given. Returns the server, its bound port (port 0: ephemeral) and
     the health servicer.
@@ -196,11 +242,19 @@ async def start_grpc_server(service: TandemService, host: str, port: int,
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     address = f"{host}:{port}"
-    bound = (server.add_secure_port(address, server_credentials(tls)) if tls
-             else server.add_insecure_port(address))
+    bound = (
+        server.add_secure_port(address, server_credentials(tls))
+        if tls
+        else server.add_insecure_port(address)
+    )
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

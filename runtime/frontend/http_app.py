@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API (FastAPI): completions, chat completions, models, health,
 and Prometheus metrics. Requests go through the same preparer and dispatcher as gRPC."""
+
 from __future__ import annotations
 
 import hmac
@@ -23,8 +24,13 @@ from runtime.frontend.results import ServingError
 log = logging.getLogger(__name__)
 
 # RESOURCE_EXHAUSTED: the cluster or this API key is at capacity: 429 with Retry-After.
-_HTTP_STATUS = {"UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 429, "DEADLINE_EXCEEDED": 504,
-                "UNAUTHENTICATED": 401, "INVALID_ARGUMENT": 400}
+_HTTP_STATUS = {
+    "UNAVAILABLE": 503,
+    "RESOURCE_EXHAUSTED": 429,
+    "DEADLINE_EXCEEDED": 504,
+    "UNAUTHENTICATED": 401,
+    "INVALID_ARGUMENT": 400,
+}
 
 
 class _AsciiJSON(JSONResponse):
@@ -33,18 +39,23 @@ class _AsciiJSON(JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error",
-                   headers: dict | None = None) -> JSONResponse:
-    return _AsciiJSON({"error": {"message": message, "type": kind, "param": None,
-                                 "code": status}}, status_code=status, headers=headers)
+def error_response(
+    status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None
+) -> JSONResponse:
+    return _AsciiJSON(
+        {"error": {"message": message, "type": kind, "param": None, "code": status}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request's JSON body, at most `limit` bytes (413 past it; 415 for another type)."""
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
-        raise HTTPException(415, f"send the body as JSON with 'Content-Type: application/json', "
-                                 f"not {kind!r}")
+        raise HTTPException(
+            415, f"send the body as JSON with 'Content-Type: application/json', not {kind!r}"
+        )
     too_large = HTTPException(413, f"the request body is larger than {limit} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -57,13 +68,13 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise too_large
             chunks.append(chunk)
     except ClientDisconnect:
-        raise HTTPException(400, "the client closed the connection before the body "
-                                 "ended") from None
+        raise HTTPException(400, "the client closed the connection before the body ended") from None
     return b"".join(chunks)
 
 
-def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
-              is_ready=lambda: True) -> FastAPI:
+def build_app(
+    dispatcher, preparer, metrics, api_key: str | None = None, is_ready=lambda: True
+) -> FastAPI:
     """The app over a `Dispatcher`, a `RequestPreparer` and `FrontendMetrics`."""
     app = FastAPI(title="Tandem", docs_url=None, redoc_url=None)
     expected = f"Bearer {api_key}".encode() if api_key else None
@@ -75,14 +86,18 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
         if expected and (path.startswith("/v1/") or path == "/metrics"):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return error_response(401, "missing or wrong API key: send "
-                                      "'Authorization: Bearer <key>'", "authentication_error")
+                return error_response(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    "authentication_error",
+                )
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request, exc: RequestValidationError):
-        parts = [f"{'.'.join(str(x) for x in e['loc'] if x != 'body')}: {e['msg']}"
-                 for e in exc.errors()]
+        parts = [
+            f"{'.'.join(str(x) for x in e['loc'] if x != 'body')}: {e['msg']}" for e in exc.errors()
+        ]
         metrics.errors.labels("INVALID_ARGUMENT").inc()
         return error_response(400, "; ".join(parts) or "malformed request body")
 
@@ -101,8 +116,11 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
     async def on_internal_error(request, exc: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
         metrics.errors.labels("INTERNAL").inc()
-        return error_response(500, "internal error: the request failed on the server, "
-                                   "not because of what it sent", "server_error")
+        return error_response(
+            500,
+            "internal error: the request failed on the server, not because of what it sent",
+            "server_error",
+        )
 
     @app.exception_handler(ServingError)
     async def on_serving_error(request, exc: ServingError):
@@ -123,9 +141,19 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{
-            "id": preparer.model_name, "object": "model", "created": 0, "owned_by": "tandem",
-            "root": preparer.model_path, "max_model_len": preparer.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": preparer.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tandem",
+                    "root": preparer.model_path,
+                    "max_model_len": preparer.max_model_len,
+                }
+            ],
+        }
 
     # The bodies are read here, then parsed, tokenized and checked on the preparer's thread:
     # a long prompt must not hold the event loop that answers every other request.
@@ -133,8 +161,7 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
     async def completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
         body, req = await preparer.run(_prepare, raw, CompletionRequest)
-        return await _respond(request, body, req, "cmpl", "text_completion",
-                              _completion_choice)
+        return await _respond(request, body, req, "cmpl", "text_completion", _completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -151,8 +178,7 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
         params = preparer.sampling_params(len(ids), **body.sampling_fields())
         return body, PreparedRequest(f"{uuid.uuid4().hex}", tuple(ids), params)
 
-    async def _respond(request: Request, body, req: PreparedRequest, prefix: str, obj: str,
-                       choice):
+    async def _respond(request: Request, body, req: PreparedRequest, prefix: str, obj: str, choice):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
         head = {"id": rid, "created": created, "model": preparer.model_name}
         stream = dispatcher.generate(req, client_key(request.headers.get("authorization", "")))
@@ -161,13 +187,25 @@ def build_app(dispatcher, preparer, metrics, api_key: str | None = None,
             async for chunk in stream:
                 text.append(chunk.text)
                 last = chunk
-            return {**head, "object": obj, "choices": [choice("".join(text), last.finish_reason,
-                                                               final=True)],
-                    "usage": _usage(last.usage), "timings": last.timings.__dict__}
-        first = await anext(stream, None)   # errors before the first token stay HTTP errors
-        return StreamingResponse(_sse(head, obj + (".chunk" if obj.startswith("chat") else ""),
-                                      first, stream, choice, body.include_usage),
-                                 media_type="text/event-stream")
+            return {
+                **head,
+                "object": obj,
+                "choices": [choice("".join(text), last.finish_reason, final=True)],
+                "usage": _usage(last.usage),
+                "timings": last.timings.__dict__,
+            }
+        first = await anext(stream, None)  # errors before the first token stay HTTP errors
+        return StreamingResponse(
+            _sse(
+                head,
+                obj + (".chunk" if obj.startswith("chat") else ""),
+                first,
+                stream,
+                choice,
+                body.include_usage,
+            ),
+            media_type="text/event-stream",
+        )
 
     return app
 
@@ -176,21 +214,22 @@ async def _sse(head, obj, first, stream, choice, include_usage):
     def event(payload) -> str:
         return f"data: {json.dumps(payload)}\n\n"
 
-    if obj == "chat.completion.chunk":   # OpenAI sends the role alone first
+    if obj == "chat.completion.chunk":  # OpenAI sends the role alone first
         yield event({**head, "object": obj, "choices": [choice("", None, role_only=True)]})
     last, chunk = None, first
     try:
         while chunk is not None:
             last = chunk
-            yield event({**head, "object": obj,
-                         "choices": [choice(chunk.text, chunk.finish_reason)]})
+            yield event(
+                {**head, "object": obj, "choices": [choice(chunk.text, chunk.finish_reason)]}
+            )
             chunk = await anext(stream, None)
-    except (InvalidRequest, ServingError) as e:   # headers are gone: report in the stream
+    except (InvalidRequest, ServingError) as e:  # headers are gone: report in the stream
         yield event({"error": {"message": str(e), "type": "server_error"}})
-    except Exception:   # a bug: still end the stream cleanly rather than drop the connection
+    except Exception:  # a bug: still end the stream cleanly rather than drop the connection
         log.exception("streaming a response failed")
         yield event({"error": {"message": "internal error", "type": "server_error"}})
-    finally:   # a client that went away cancels us here: abort the request on the workers
+    finally:  # a client that went away cancels us here: abort the request on the workers
         await stream.aclose()
     if include_usage and last is not None and last.usage is not None:
         yield event({**head, "object": obj, "choices": [], "usage": _usage(last.usage)})
@@ -198,9 +237,12 @@ async def _sse(head, obj, first, stream, choice, include_usage):
 
 
 def _usage(u) -> dict:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens}}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
+    }
 
 
 def _completion_choice(text, finish_reason, final=False, role_only=False) -> dict:
@@ -209,8 +251,13 @@ def _completion_choice(text, finish_reason, final=False, role_only=False) -> dic
 
 def _chat_choice(text, finish_reason, final=False, role_only=False) -> dict:
     if final:
-        return {"index": 0, "message": {"role": "assistant", "content": text},
-                "logprobs": None, "finish_reason": finish_reason}
-    delta = {"role": "assistant", "content": ""} if role_only else (
-        {"content": text} if text else {})
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+    delta = (
+        {"role": "assistant", "content": ""} if role_only else ({"content": text} if text else {})
+    )
     return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

@@ -1,8 +1,15 @@
 """Prometheus metrics of the frontend (vLLM `bench serve` definitions of TTFT and TPOT)."""
+
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the HTTP app)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the HTTP app)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from runtime.workers.load import WorkerLoad
 
@@ -15,38 +22,57 @@ class FrontendMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.ttft = Histogram("tandem_time_to_first_token_seconds",
-                              "Request arrival to its first token sent", buckets=_LATENCY,
-                              registry=r)
-        self.tpot = Histogram("tandem_time_per_output_token_seconds",
-                              "(latency - TTFT) / (output tokens - 1)", buckets=_TPOT, registry=r)
-        self.e2e = Histogram("tandem_e2e_request_latency_seconds",
-                             "Request arrival to its last token", buckets=_LATENCY, registry=r)
-        self.kv_seconds = Histogram("tandem_kv_transfer_seconds",
-                                    "KV handoff call start to the decode side's ack",
-                                    buckets=_LATENCY, registry=r)
-        self.kv_bytes = Counter("tandem_kv_transfer_bytes", "Encoded KV bytes handed off",
-                                registry=r)
-        self.requests = Counter("tandem_requests", "Finished requests", ["finish_reason"],
-                                registry=r)
-        self.errors = Counter("tandem_request_errors", "Requests that failed", ["code"],
-                              registry=r)
+        self.ttft = Histogram(
+            "tandem_time_to_first_token_seconds",
+            "Request arrival to its first token sent",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "tandem_time_per_output_token_seconds",
+            "(latency - TTFT) / (output tokens - 1)",
+            buckets=_TPOT,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "tandem_e2e_request_latency_seconds",
+            "Request arrival to its last token",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.kv_seconds = Histogram(
+            "tandem_kv_transfer_seconds",
+            "KV handoff call start to the decode side's ack",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.kv_bytes = Counter(
+            "tandem_kv_transfer_bytes", "Encoded KV bytes handed off", registry=r
+        )
+        self.requests = Counter(
+            "tandem_requests", "Finished requests", ["finish_reason"], registry=r
+        )
+        self.errors = Counter("tandem_request_errors", "Requests that failed", ["code"], registry=r)
         self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens", registry=r)
-        self.generation_tokens = Counter("tandem_generation_tokens", "Generated tokens",
-                                         registry=r)
+        self.generation_tokens = Counter("tandem_generation_tokens", "Generated tokens", registry=r)
         self.in_flight = Gauge("tandem_requests_in_flight", "Requests being served", registry=r)
-        self.pool_size = Gauge("tandem_pool_size", "Healthy workers per pool", ["role"],
-                               registry=r)
+        self.pool_size = Gauge("tandem_pool_size", "Healthy workers per pool", ["role"], registry=r)
         labels = ["worker", "role"]
-        self.queued_prompt_tokens = Gauge("tandem_worker_queued_prompt_tokens",
-                                          "Prompt tokens waiting to be computed", labels,
-                                          registry=r)
-        self.running = Gauge("tandem_worker_running_sequences", "Sequences decoding", labels,
-                             registry=r)
-        self.waiting = Gauge("tandem_worker_waiting_sequences", "Sequences queued", labels,
-                             registry=r)
-        self.free_blocks = Gauge("tandem_worker_free_kv_blocks", "Free KV cache blocks", labels,
-                                 registry=r)
+        self.queued_prompt_tokens = Gauge(
+            "tandem_worker_queued_prompt_tokens",
+            "Prompt tokens waiting to be computed",
+            labels,
+            registry=r,
+        )
+        self.running = Gauge(
+            "tandem_worker_running_sequences", "Sequences decoding", labels, registry=r
+        )
+        self.waiting = Gauge(
+            "tandem_worker_waiting_sequences", "Sequences queued", labels, registry=r
+        )
+        self.free_blocks = Gauge(
+            "tandem_worker_free_kv_blocks", "Free KV cache blocks", labels, registry=r
+        )
 
     def observe_finished(self, timings, usage, finish_reason: str) -> None:
         self.requests.labels(finish_reason or "unknown").inc()

@@ -1,4 +1,5 @@
 """OpenAI request bodies (with vLLM's extension fields), parsed and validated at the edge."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,10 @@ from runtime.frontend.requests import InvalidRequest
 
 MAX_LISTED_ERRORS = 5
 # Union fields whose per-branch errors would read as noise: one line says what is allowed.
-_UNION_HINTS = {"prompt": "must be a string, a list of token ids, or a list holding one of those",
-                "stop": "must be a string or a list of strings"}
+_UNION_HINTS = {
+    "prompt": "must be a string, a list of token ids, or a list holding one of those",
+    "stop": "must be a string or a list of strings",
+}
 
 
 class _Body(BaseModel):
@@ -44,12 +47,19 @@ class _Sampling(_Body):
     skip_special_tokens: bool = True
 
     def sampling_fields(self) -> dict:
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
-                "seed": self.seed, "stop": self.stop or (),
-                "stop_token_ids": tuple(self.stop_token_ids or ()), "ignore_eos": self.ignore_eos,
-                "include_stop_str_in_output": self.include_stop_str_in_output,
-                "skip_special_tokens": self.skip_special_tokens}
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "seed": self.seed,
+            "stop": self.stop or (),
+            "stop_token_ids": tuple(self.stop_token_ids or ()),
+            "ignore_eos": self.ignore_eos,
+            "include_stop_str_in_output": self.include_stop_str_in_output,
+            "skip_special_tokens": self.skip_special_tokens,
+        }
 
     @property
     def include_usage(self) -> bool:
@@ -65,8 +75,9 @@ class CompletionRequest(_Sampling):
         prompt = self.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
             if len(prompt) != 1:
-                raise InvalidRequest("send one prompt per request (batched prompts are not "
-                                     "supported)")
+                raise InvalidRequest(
+                    "send one prompt per request (batched prompts are not supported)"
+                )
             prompt = prompt[0]
         if isinstance(prompt, str):
             return {"prompt": prompt}
@@ -98,15 +109,15 @@ def parse_body(raw: bytes, schema: type[_Sampling]) -> _Sampling:
         data = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise InvalidRequest("the body nests arrays or objects too deeply") from None
-    except ValueError as e:   # also UnicodeDecodeError and over-long integer literals
+    except ValueError as e:  # also UnicodeDecodeError and over-long integer literals
         reason = str(e)
         if "integer string conversion" in reason:
             reason = "an integer literal has too many digits"
-        raise InvalidRequest(f"the body is not valid JSON ({reason}): send one JSON "
-                             f"object") from None
+        raise InvalidRequest(
+            f"the body is not valid JSON ({reason}): send one JSON object"
+        ) from None
     if not isinstance(data, dict):
-        raise InvalidRequest(f"the body must be a JSON object, got a JSON "
-                             f"{_json_type(data)}")
+        raise InvalidRequest(f"the body must be a JSON object, got a JSON {_json_type(data)}")
     try:
         return schema.model_validate(data)
     except ValidationError as e:
@@ -119,8 +130,11 @@ def describe(e: ValidationError) -> str:
     for err in e.errors(include_url=False, include_input=False, include_context=False):
         loc = err["loc"]
         hint = _UNION_HINTS.get(str(loc[0])) if loc and err["type"] != "missing" else None
-        line = (f"{loc[0]}: {hint}" if hint
-                else f"{'.'.join(str(x) for x in loc) or 'body'}: {err['msg']}")
+        line = (
+            f"{loc[0]}: {hint}"
+            if hint
+            else f"{'.'.join(str(x) for x in loc) or 'body'}: {err['msg']}"
+        )
         if line not in lines:
             lines.append(line)
     more = len(lines) - MAX_LISTED_ERRORS

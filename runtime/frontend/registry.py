@@ -1,4 +1,5 @@
 """The cluster's workers as the frontend sees them: handles, health and loads."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,10 +33,10 @@ class WorkerRegistry:
     def __init__(self, workers: list[WorkerHandle], router: Router | None = None):
         self.handles = {w.name: w for w in workers}
         self.router = router or Router()
-        self._heard = {w.name: time.monotonic() for w in workers}   # last answer per worker
+        self._heard = {w.name: time.monotonic() for w in workers}  # last answer per worker
         self.mode = "colocated" if any(w.role == "colocated" for w in workers) else "disaggregated"
         self._needed = ("colocated",) if self.mode == "colocated" else ("prefill", "decode")
-        self._loads: dict[str, WorkerLoad] = {}   # the last report of each worker, by name
+        self._loads: dict[str, WorkerLoad] = {}  # the last report of each worker, by name
         for w in workers:
             self._report(WorkerLoad(w.name, w.role, incarnation=w.incarnation))
 
@@ -54,8 +55,7 @@ class WorkerRegistry:
 
     def mark_down(self, name: str) -> None:
         handle = self.handles[name]
-        self._report(WorkerLoad(name, handle.role, healthy=False,
-                                incarnation=handle.incarnation))
+        self._report(WorkerLoad(name, handle.role, healthy=False, incarnation=handle.incarnation))
 
     async def poll(self) -> list[WorkerLoad]:
         """Every worker's load snapshot (unhealthy ones for those that did not answer)."""
@@ -78,11 +78,15 @@ class WorkerRegistry:
             load = await asyncio.wait_for(_ref(handle.actor.load.remote()), LOAD_TIMEOUT_S)
             if load.incarnation != handle.incarnation:
                 fresh = await asyncio.wait_for(handle.refreshed(), LOAD_TIMEOUT_S)
-                log.warning("worker %s is back in a new process (%s, was %s)%s", name,
-                            fresh.incarnation, handle.incarnation,
-                            f"; KV receiver at {fresh.kv_address}" if fresh.kv_address else "")
+                log.warning(
+                    "worker %s is back in a new process (%s, was %s)%s",
+                    name,
+                    fresh.incarnation,
+                    handle.incarnation,
+                    f"; KV receiver at {fresh.kv_address}" if fresh.kv_address else "",
+                )
                 self.handles[name] = handle = fresh
-                if load.incarnation != fresh.incarnation:   # restarted again meanwhile
+                if load.incarnation != fresh.incarnation:  # restarted again meanwhile
                     raise RuntimeError("the worker restarted while being looked up")
             self._heard[name] = time.monotonic()
             return load

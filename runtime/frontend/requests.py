@@ -1,4 +1,5 @@
 """Turning what a client sent into a request the workers can run, or a message saying why not."""
+
 from __future__ import annotations
 
 import asyncio
@@ -68,9 +69,11 @@ def check_text(name: str, text: str) -> None:
     """InvalidRequest unless `text` is valid Unicode (JSON can escape a lone surrogate)."""
     at = lone_surrogate_at(text)
     if at is not None:
-        raise InvalidRequest(f"{name} is not valid Unicode: it has a lone surrogate "
-                             f"({text[at]!r}) at character {at}; send UTF-8 text, with any "
-                             f"\\ud800-\\udfff escape as half of a surrogate pair")
+        raise InvalidRequest(
+            f"{name} is not valid Unicode: it has a lone surrogate "
+            f"({text[at]!r}) at character {at}; send UTF-8 text, with any "
+            f"\\ud800-\\udfff escape as half of a surrogate pair"
+        )
 
 
 class RequestPreparer:
@@ -81,8 +84,14 @@ class RequestPreparer:
     them through `run`, on the preparer's thread, so the event loop keeps answering.
     """
 
-    def __init__(self, tokenizer, model_name: str, model_path: str, max_model_len: int,
-                 limits: RequestLimits = RequestLimits()):
+    def __init__(
+        self,
+        tokenizer,
+        model_name: str,
+        model_path: str,
+        max_model_len: int,
+        limits: RequestLimits = RequestLimits(),
+    ):
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.model_path = model_path
@@ -91,16 +100,26 @@ class RequestPreparer:
         config = json.loads((Path(model_path) / "config.json").read_text())
         self.vocab_size = int(config["vocab_size"])
         longest_token = max(map(len, tokenizer.get_vocab()), default=1)
-        self.max_prompt_chars = (limits.max_prompt_chars if limits.max_prompt_chars is not None
-                                 else max_model_len * longest_token)
+        self.max_prompt_chars = (
+            limits.max_prompt_chars
+            if limits.max_prompt_chars is not None
+            else max_model_len * longest_token
+        )
         self._thread = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="tandem-prepare")
 
     @classmethod
-    def for_model(cls, model_name: str, model_path: str, max_model_len: int,
-                  limits: RequestLimits = RequestLimits()) -> "RequestPreparer":
+    def for_model(
+        cls,
+        model_name: str,
+        model_path: str,
+        max_model_len: int,
+        limits: RequestLimits = RequestLimits(),
+    ) -> "RequestPreparer":
         from transformers import AutoTokenizer
-        return cls(AutoTokenizer.from_pretrained(model_path), model_name, model_path,
-                   max_model_len, limits)
+
+        return cls(
+            AutoTokenizer.from_pretrained(model_path), model_name, model_path, max_model_len, limits
+        )
 
     async def run(self, fn, *args):
         """`fn(*args)` on the preparer's thread: awaiting it leaves the event loop free."""
@@ -109,17 +128,22 @@ class RequestPreparer:
 
     def check_model(self, model: str | None) -> None:
         if model and model not in (self.model_name, self.model_path):
-            raise InvalidRequest(f"unknown model {quoted(model)}: this server serves "
-                                 f"{self.model_name!r} (see ListModels or GET /v1/models)")
+            raise InvalidRequest(
+                f"unknown model {quoted(model)}: this server serves "
+                f"{self.model_name!r} (see ListModels or GET /v1/models)"
+            )
 
     def check_request_id(self, request_id: str) -> None:
         limit = self.limits.max_request_id_chars
         if len(request_id) > limit or not request_id.isprintable():
-            raise InvalidRequest(f"request_id must be at most {limit} printable characters, "
-                                 f"got {len(request_id)} characters {request_id[:limit]!r}")
+            raise InvalidRequest(
+                f"request_id must be at most {limit} printable characters, "
+                f"got {len(request_id)} characters {request_id[:limit]!r}"
+            )
 
-    def prompt_ids(self, prompt: str | None = None, messages: list | None = None,
-                   token_ids: list | None = None) -> list[int]:
+    def prompt_ids(
+        self, prompt: str | None = None, messages: list | None = None, token_ids: list | None = None
+    ) -> list[int]:
         """Exactly one of text, chat messages or token ids, as token ids."""
         given = [x is not None for x in (prompt, messages, token_ids)]
         if sum(given) != 1:
@@ -136,32 +160,41 @@ class RequestPreparer:
         if not token_ids:
             raise InvalidRequest("prompt_token_ids is empty: send at least one token id")
         if len(token_ids) >= self.max_model_len:
-            raise InvalidRequest(f"the prompt has {len(token_ids)} tokens but the context "
-                                 f"holds {self.max_model_len} including at least one generated "
-                                 f"token: shorten the prompt")
-        bad = [t for t in token_ids if not isinstance(t, int) or isinstance(t, bool)
-               or not 0 <= t < self.vocab_size]
+            raise InvalidRequest(
+                f"the prompt has {len(token_ids)} tokens but the context "
+                f"holds {self.max_model_len} including at least one generated "
+                f"token: shorten the prompt"
+            )
+        bad = [
+            t
+            for t in token_ids
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size
+        ]
         if bad:
-            raise InvalidRequest(f"prompt token ids must be ints in [0, {self.vocab_size}); "
-                                 f"got {bad[:5]}")
+            raise InvalidRequest(
+                f"prompt token ids must be ints in [0, {self.vocab_size}); got {bad[:5]}"
+            )
         return list(token_ids)
 
     def render_chat(self, messages) -> str:
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list of {role, content} objects")
         if len(messages) > self.limits.max_chat_messages:
-            raise InvalidRequest(f"{len(messages)} messages: at most "
-                                 f"{self.limits.max_chat_messages} are allowed")
+            raise InvalidRequest(
+                f"{len(messages)} messages: at most {self.limits.max_chat_messages} are allowed"
+            )
         clean = [self._chat_message(i, m) for i, m in enumerate(messages)]
         self._check_prompt_chars("the messages' content", sum(len(m["content"]) for m in clean))
         for i, m in enumerate(clean):
             check_text(f"messages[{i}].content", m["content"])
         if clean[-1]["role"] == "assistant":
-            raise InvalidRequest("the last message must not be from the assistant: the model "
-                                 "answers after it")
+            raise InvalidRequest(
+                "the last message must not be from the assistant: the model answers after it"
+            )
         try:
-            return self.tokenizer.apply_chat_template(clean, tokenize=False,
-                                                      add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                clean, tokenize=False, add_generation_prompt=True
+            )
         except Exception as e:
             raise InvalidRequest(f"the model's chat template rejected the messages: {e}") from None
 
@@ -171,24 +204,31 @@ class RequestPreparer:
             raise InvalidRequest(f"messages[{i}] must be an object with role and content")
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or role not in CHAT_ROLES:
-            raise InvalidRequest(f"messages[{i}].role must be one of {CHAT_ROLES}, got "
-                                 f"{quoted(role)}")
-        if isinstance(content, list):   # OpenAI content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text"
-                       and isinstance(p.get("text"), str) for p in content):
-                raise InvalidRequest(f"messages[{i}].content parts must all be "
-                                     f"{{type: text, text: <string>}}")
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {CHAT_ROLES}, got {quoted(role)}"
+            )
+        if isinstance(content, list):  # OpenAI content parts: text only
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in content
+            ):
+                raise InvalidRequest(
+                    f"messages[{i}].content parts must all be {{type: text, text: <string>}}"
+                )
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
-            raise InvalidRequest(f"messages[{i}].content must be a string, got "
-                                 f"{type(content).__name__}")
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string, got {type(content).__name__}"
+            )
         return {"role": role, "content": content}
 
     def _check_prompt_chars(self, what: str, num_chars: int) -> None:
         if num_chars > self.max_prompt_chars:
-            raise InvalidRequest(f"{what} has {num_chars} characters, more than the "
-                                 f"{self.max_prompt_chars} that can fit the context of "
-                                 f"{self.max_model_len} tokens: shorten the prompt")
+            raise InvalidRequest(
+                f"{what} has {num_chars} characters, more than the "
+                f"{self.max_prompt_chars} that can fit the context of "
+                f"{self.max_model_len} tokens: shorten the prompt"
+            )
 
     def sampling_params(self, num_prompt_tokens: int, **fields) -> SamplingParams:
         """SamplingParams from the given fields (None: the default); `max_tokens` None takes
@@ -196,9 +236,11 @@ class RequestPreparer:
         stop conditions against the limits and the vocabulary."""
         room = self.max_model_len - num_prompt_tokens
         if room < 1:
-            raise InvalidRequest(f"the prompt has {num_prompt_tokens} tokens but the context "
-                                 f"holds {self.max_model_len} including at least one generated "
-                                 f"token: shorten the prompt")
+            raise InvalidRequest(
+                f"the prompt has {num_prompt_tokens} tokens but the context "
+                f"holds {self.max_model_len} including at least one generated "
+                f"token: shorten the prompt"
+            )
         fields = {k: v for k, v in fields.items() if v is not None}
         fields.setdefault("max_tokens", room)
         self._check_stops(fields.get("stop", ()), fields.get("stop_token_ids", ()))
@@ -207,13 +249,16 @@ class RequestPreparer:
         except (TypeError, ValueError) as e:
             raise InvalidRequest(str(e)) from None
         if params.max_tokens > room:
-            raise InvalidRequest(f"max_tokens={params.max_tokens} plus the prompt's "
-                                 f"{num_prompt_tokens} tokens exceeds the context of "
-                                 f"{self.max_model_len} tokens: set max_tokens <= {room}")
+            raise InvalidRequest(
+                f"max_tokens={params.max_tokens} plus the prompt's "
+                f"{num_prompt_tokens} tokens exceeds the context of "
+                f"{self.max_model_len} tokens: set max_tokens <= {room}"
+            )
         bad = [t for t in params.stop_token_ids if t >= self.vocab_size]
         if bad:
-            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {self.vocab_size}), "
-                                 f"got {bad[:5]}")
+            raise InvalidRequest(
+                f"stop_token_ids must be token ids in [0, {self.vocab_size}), got {bad[:5]}"
+            )
         return params
 
     def _check_stops(self, stop, stop_token_ids) -> None:
@@ -222,13 +267,20 @@ class RequestPreparer:
         stops = [stop] if isinstance(stop, str) else stop
         if isinstance(stops, (list, tuple)):
             if len(stops) > lim.max_stop_strings:
-                raise InvalidRequest(f"{len(stops)} stop strings: at most "
-                                     f"{lim.max_stop_strings} are allowed")
+                raise InvalidRequest(
+                    f"{len(stops)} stop strings: at most {lim.max_stop_strings} are allowed"
+                )
             long = [s for s in stops if isinstance(s, str) and len(s) > lim.max_stop_chars]
             if long:
-                raise InvalidRequest(f"a stop string has {len(long[0])} characters: at most "
-                                     f"{lim.max_stop_chars} are allowed")
-        if (isinstance(stop_token_ids, (list, tuple))
-                and len(stop_token_ids) > lim.max_stop_token_ids):
-            raise InvalidRequest(f"{len(stop_token_ids)} stop_token_ids: at most "
-                                 f"{lim.max_stop_token_ids} are allowed")
+                raise InvalidRequest(
+                    f"a stop string has {len(long[0])} characters: at most "
+                    f"{lim.max_stop_chars} are allowed"
+                )
+        if (
+            isinstance(stop_token_ids, (list, tuple))
+            and len(stop_token_ids) > lim.max_stop_token_ids
+        ):
+            raise InvalidRequest(
+                f"{len(stop_token_ids)} stop_token_ids: at most "
+                f"{lim.max_stop_token_ids} are allowed"
+            )

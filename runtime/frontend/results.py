@@ -1,4 +1,5 @@
 """What the dispatcher streams to the API layers (gRPC and HTTP turn these into their wire)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

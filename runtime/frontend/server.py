@@ -1,4 +1,5 @@
 """The frontend process: gRPC API + OpenAI HTTP on one asyncio loop, over the cluster's workers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -45,22 +46,29 @@ class Frontend:
     `grpc_port` / `http_port` hold the bound ports once started.
     """
 
-    def __init__(self, config: FrontendConfig, workers: list[WorkerHandle],
-                 preparer: RequestPreparer | None = None):
+    def __init__(
+        self,
+        config: FrontendConfig,
+        workers: list[WorkerHandle],
+        preparer: RequestPreparer | None = None,
+    ):
         self.config = config
         self.metrics = FrontendMetrics()
         s = config.server
-        self.dispatcher = Dispatcher(workers, on_finished=self.metrics.observe_finished,
-                                     recovery_timeout_s=s.recovery_timeout_s,
-                                     max_streams_per_key=s.max_streams_per_key)
+        self.dispatcher = Dispatcher(
+            workers,
+            on_finished=self.metrics.observe_finished,
+            recovery_timeout_s=s.recovery_timeout_s,
+            max_streams_per_key=s.max_streams_per_key,
+        )
         max_len = min(w.max_model_len for w in workers)
-        self.preparer = preparer or RequestPreparer.for_model(config.model_name,
-                                                              config.model_path, max_len,
-                                                              config.limits)
+        self.preparer = preparer or RequestPreparer.for_model(
+            config.model_name, config.model_path, max_len, config.limits
+        )
         self.grpc_port = self.http_port = 0
         self._grpc = self._health = self._uvicorn = None
         self._tasks: list[asyncio.Task] = []
-        self._serving: bool | None = None   # what health last said
+        self._serving: bool | None = None  # what health last said
         self._stopping = False
 
     @property
@@ -79,22 +87,37 @@ class Frontend:
         await self.dispatcher.poll_loads()
         service = TandemService(self.dispatcher, self.preparer, self.metrics)
         self._grpc, self.grpc_port, self._health = await start_grpc_server(
-            service, s.host, s.grpc_port, self.config.api_key, s.tls)
+            service, s.host, s.grpc_port, self.config.api_key, s.tls
+        )
         sock = bind_socket(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
-        app = build_app(self.dispatcher, self.preparer, self.metrics, self.config.api_key,
-                        is_ready=lambda: self.dispatcher.serving and not self._stopping)
+        app = build_app(
+            self.dispatcher,
+            self.preparer,
+            self.metrics,
+            self.config.api_key,
+            is_ready=lambda: self.dispatcher.serving and not self._stopping,
+        )
         # The dispatcher has ended every request before uvicorn is told to exit; its own
         # timeout only bounds connections that are slow to close.
         tls = {"ssl_certfile": s.tls.cert_file, "ssl_keyfile": s.tls.key_file} if s.tls else {}
-        self._uvicorn = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning",
-                                                        lifespan="off", timeout_keep_alive=30,
-                                                        timeout_graceful_shutdown=2, **tls))
-        self._tasks = [asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
-                       asyncio.create_task(self._poll_loads())]
+        self._uvicorn = _EmbeddedUvicorn(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                timeout_keep_alive=30,
+                timeout_graceful_shutdown=2,
+                **tls,
+            )
+        )
+        self._tasks = [
+            asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
+            asyncio.create_task(self._poll_loads()),
+        ]
         while not self._uvicorn.started:
             if self._tasks[0].done():
-                self._tasks[0].result()   # re-raises uvicorn's start-up error
+                self._tasks[0].result()  # re-raises uvicorn's start-up error
             await asyncio.sleep(0.01)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -104,8 +127,9 @@ class Frontend:
         self._stopping = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        await self.dispatcher.drain(self.config.server.shutdown_grace_s if grace_s is None
-                                    else grace_s)
+        await self.dispatcher.drain(
+            self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        )
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._grpc is not None:
@@ -129,11 +153,19 @@ class Frontend:
         if serving == self._serving or self._stopping or self._health is None:
             return
         if self._serving is not None or not serving:
-            log.warning("cluster %s", "serving again" if serving else
-                        "NOT serving: no healthy " +
-                        " or ".join(self.dispatcher.registry.missing_roles()) + " worker")
+            log.warning(
+                "cluster %s",
+                "serving again"
+                if serving
+                else "NOT serving: no healthy "
+                + " or ".join(self.dispatcher.registry.missing_roles())
+                + " worker",
+            )
         self._serving = serving
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", SERVICE_NAME):
             await self._health.set(name, status)

@@ -11,6 +11,7 @@ buffers are reused rather than unmapped and faulted in again; the heap then hold
 the bytes in flight (bounded by `KVTransferConfig.max_inflight_bytes` on the sender and gRPC's
 flow-control window on the receiver, which writes each chunk into the cache as it lands).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -40,5 +41,6 @@ def _tune() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                       512 << 20))
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 512 << 20)
+    )

@@ -1,4 +1,5 @@
 """One incoming handoff on the decode side: chunk order, coverage, and the trailer's checks."""
+
 from __future__ import annotations
 
 import grpc
@@ -36,9 +37,11 @@ class KVAssembly:
         (first layer, first token, kv [layers, 2, tokens, kv_heads, head_dim]) in the
         receiver's dtype, for `Engine.write_kv` (a view of the received bytes for raw KV)."""
         if chunk.index != self.num_chunks:
-            raise KVTransferError(grpc.StatusCode.DATA_LOSS,
-                                  f"chunk {chunk.index} arrived where chunk {self.num_chunks} "
-                                  f"was due", self.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.DATA_LOSS,
+                f"chunk {chunk.index} arrived where chunk {self.num_chunks} was due",
+                self.request_id,
+            )
         values = decode_chunk(chunk, self.spec, self.dtype, self.request_id)
         l0, l1, t0, t1 = chunk.layer_start, chunk.layer_end, chunk.token_start, chunk.token_end
         self._covered[l0:l1, t0:t1] = True
@@ -49,24 +52,34 @@ class KVAssembly:
     def finish(self, trailer: pb.Trailer) -> KVHandle:
         """The request's handle once the KV is complete; DATA_LOSS otherwise."""
         if trailer.num_chunks != self.num_chunks or trailer.num_bytes != self.num_bytes:
-            raise KVTransferError(grpc.StatusCode.DATA_LOSS,
-                                  f"trailer counts {trailer.num_chunks} chunks / "
-                                  f"{trailer.num_bytes} bytes, received {self.num_chunks} / "
-                                  f"{self.num_bytes}", self.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.DATA_LOSS,
+                f"trailer counts {trailer.num_chunks} chunks / "
+                f"{trailer.num_bytes} bytes, received {self.num_chunks} / "
+                f"{self.num_bytes}",
+                self.request_id,
+            )
         if not self._covered.all():
             missing = np.argwhere(~self._covered)[0].tolist()
-            raise KVTransferError(grpc.StatusCode.DATA_LOSS,
-                                  f"KV incomplete: layer {missing[0]} token {missing[1]} never "
-                                  f"arrived", self.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.DATA_LOSS,
+                f"KV incomplete: layer {missing[0]} token {missing[1]} never arrived",
+                self.request_id,
+            )
         try:
             handle = handle_from_proto(self.request_id, trailer.request)
         except ValueError as e:
-            raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"bad request state in the trailer: {e}", self.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"bad request state in the trailer: {e}",
+                self.request_id,
+            )
         if handle.num_kv_tokens != self.spec.num_tokens or not handle.output_token_ids:
-            raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"trailer has {handle.num_kv_tokens} prompt tokens and "
-                                  f"{len(handle.output_token_ids)} output tokens; the header "
-                                  f"announced KV of {self.spec.num_tokens} tokens",
-                                  self.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"trailer has {handle.num_kv_tokens} prompt tokens and "
+                f"{len(handle.output_token_ids)} output tokens; the header "
+                f"announced KV of {self.spec.num_tokens} tokens",
+                self.request_id,
+            )
         return handle

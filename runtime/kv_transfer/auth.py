@@ -1,4 +1,5 @@
 """Authentication of the KV channel: a cluster secret in call metadata, TLS optional."""
+
 from __future__ import annotations
 
 import hmac
@@ -26,9 +27,11 @@ class SecretCheck(grpc.ServerInterceptor):
         self._secret = secret.encode()
 
         def deny(request_or_iterator, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"missing or wrong cluster secret in the {SECRET_METADATA_KEY!r} "
-                          f"metadata entry")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"missing or wrong cluster secret in the {SECRET_METADATA_KEY!r} metadata entry",
+            )
+
         self._deny = grpc.stream_unary_rpc_method_handler(deny)
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
 
@@ -61,9 +64,12 @@ def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
 
 def make_channel(target: str, config: KVTransferConfig) -> grpc.Channel:
     """A sender's channel to a receiver: TLS when configured, message limits, keepalive."""
-    options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes),
-               ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+    ]
     if config.tls is None:
         return grpc.insecure_channel(target, options=options)
     if config.tls.server_name:

@@ -1,4 +1,5 @@
 """Configuration of the KV handoff, shared by the sender (prefill) and receiver (decode) sides."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

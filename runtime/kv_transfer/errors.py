@@ -1,4 +1,5 @@
 """The one error type of the KV handoff: a gRPC status code and a message saying what failed."""
+
 from __future__ import annotations
 
 import grpc

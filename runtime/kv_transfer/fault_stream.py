@@ -1,5 +1,6 @@
 """Injected faults on a handoff's message stream (`runtime.faults`): delay, drop, corrupt,
 stall. Only wrapped around a stream when such a fault is configured."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """A model fingerprint from its config and weights: the KV of two models mixes only if equal."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +9,13 @@ from pathlib import Path
 
 # Keys that describe how a checkpoint was saved or run, not what the model computes.
 _VOLATILE_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache"}
-_ROWS = 64          # leading rows hashed of each sampled tensor
-_SAMPLES = 4        # tensors sampled, spread over the sorted names
+_ROWS = 64  # leading rows hashed of each sampled tensor
+_SAMPLES = 4  # tensors sampled, spread over the sorted names
 
 
 @lru_cache(maxsize=16)
 def model_fingerprint(path: str | Path) -> str:
-    """"sha256:<16 hex>" over the canonical config.json and a few weight tensors' leading rows.
+    """ "sha256:<16 hex>" over the canonical config.json and a few weight tensors' leading rows.
 
     Weights are hashed as float32 values, so a bf16 and an fp32 copy of the same weights agree,
     as do two engines that load them in different dtypes. Cheap: reads a few KiB of weights.

@@ -1,4 +1,5 @@
 """A KVHandle's request state on the wire (prompt, first token, sampling params, logprobs)."""
+
 from __future__ import annotations
 
 from runtime.engine import KVHandle, SamplingParams
@@ -7,10 +8,17 @@ from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 
 def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
     msg = pb.SamplingParams(
-        max_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-        min_p=p.min_p, stop=list(p.stop), stop_token_ids=list(p.stop_token_ids),
-        ignore_eos=p.ignore_eos, include_stop_str_in_output=p.include_stop_str_in_output,
-        skip_special_tokens=p.skip_special_tokens)
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_k=p.top_k,
+        top_p=p.top_p,
+        min_p=p.min_p,
+        stop=list(p.stop),
+        stop_token_ids=list(p.stop_token_ids),
+        ignore_eos=p.ignore_eos,
+        include_stop_str_in_output=p.include_stop_str_in_output,
+        skip_special_tokens=p.skip_special_tokens,
+    )
     if p.seed is not None:
         msg.seed = p.seed
     if p.logprobs is not None:
@@ -21,17 +29,27 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
 def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
     """ValueError (from SamplingParams' own validation) on out-of-range values."""
     return SamplingParams(
-        max_tokens=m.max_tokens, temperature=m.temperature, top_k=m.top_k, top_p=m.top_p,
-        min_p=m.min_p, seed=m.seed if m.HasField("seed") else None, stop=tuple(m.stop),
-        stop_token_ids=tuple(m.stop_token_ids), ignore_eos=m.ignore_eos,
+        max_tokens=m.max_tokens,
+        temperature=m.temperature,
+        top_k=m.top_k,
+        top_p=m.top_p,
+        min_p=m.min_p,
+        seed=m.seed if m.HasField("seed") else None,
+        stop=tuple(m.stop),
+        stop_token_ids=tuple(m.stop_token_ids),
+        ignore_eos=m.ignore_eos,
         logprobs=m.logprobs if m.HasField("logprobs") else None,
         include_stop_str_in_output=m.include_stop_str_in_output,
-        skip_special_tokens=m.skip_special_tokens)
+        skip_special_tokens=m.skip_special_tokens,
+    )
 
 
 def state_to_proto(h: KVHandle) -> pb.RequestState:
-    msg = pb.RequestState(prompt_token_ids=h.prompt_token_ids,
-                          output_token_ids=h.output_token_ids, params=params_to_proto(h.params))
+    msg = pb.RequestState(
+        prompt_token_ids=h.prompt_token_ids,
+        output_token_ids=h.output_token_ids,
+        params=params_to_proto(h.params),
+    )
     for i in range(len(h.logprobs)):
         lp = pb.TokenLogprobs()
         if h.logprobs[i] is not None:
@@ -46,7 +64,15 @@ def state_to_proto(h: KVHandle) -> pb.RequestState:
 
 def handle_from_proto(request_id: str, m: pb.RequestState) -> KVHandle:
     logprobs = tuple(lp.logprob if lp.HasField("logprob") else None for lp in m.logprobs)
-    top = tuple([(t.token_id, t.logprob) for t in lp.top] if lp.has_top else None
-                for lp in m.logprobs)
-    return KVHandle(request_id, tuple(m.prompt_token_ids), tuple(m.output_token_ids),
-                    params_from_proto(m.params), len(m.prompt_token_ids), logprobs, top)
+    top = tuple(
+        [(t.token_id, t.logprob) for t in lp.top] if lp.has_top else None for lp in m.logprobs
+    )
+    return KVHandle(
+        request_id,
+        tuple(m.prompt_token_ids),
+        tuple(m.output_token_ids),
+        params_from_proto(m.params),
+        len(m.prompt_token_ids),
+        logprobs,
+        top,
+    )

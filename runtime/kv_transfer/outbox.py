@@ -1,4 +1,5 @@
 """The sender's flow control: a byte budget shared by all handoffs, and one outbox per handoff."""
+
 from __future__ import annotations
 
 import threading
@@ -65,7 +66,7 @@ class Outbox:
     def _done_with(self, nbytes: int) -> None:
         with self._cv:
             if self.closed:
-                return   # close() returned it already
+                return  # close() returned it already
             self._held -= nbytes
         self._budget.release(nbytes)
 

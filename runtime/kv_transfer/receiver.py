@@ -1,4 +1,5 @@
 """The decode side of the KV handoff: a gRPC service that admits handed-off requests."""
+
 from __future__ import annotations
 
 import threading
@@ -8,9 +9,9 @@ import grpc
 
 from runtime.engine import Engine, EngineThread, NoFreeBlocksError
 from runtime.faults import Faults
-from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer._proto import kv_transfer_pb2_grpc as pb_grpc
+from runtime.kv_transfer.allocator import keep_message_buffers_on_heap
 from runtime.kv_transfer.assembly import KVAssembly
 from runtime.kv_transfer.auth import SecretCheck, server_credentials
 from runtime.kv_transfer.config import KVTransferConfig
@@ -19,18 +20,23 @@ from runtime.kv_transfer.fingerprint import model_fingerprint
 from runtime.kv_transfer.wire import CONTRACT_VERSION, parse_message, spec_from_header
 
 _ABORTED = object()
-_NO_DEADLINE_S = 365 * 86400   # gRPC reports a call without a deadline as ~infinitely far off
+_NO_DEADLINE_S = 365 * 86400  # gRPC reports a call without a deadline as ~infinitely far off
 
 
 def _aborted_here(request_id: str) -> KVTransferError:
     """The import is gone: the decode worker aborted the request (a client cancel)."""
-    return KVTransferError(grpc.StatusCode.CANCELLED, "the decode worker aborted the request "
-                           "during its handoff", request_id)
+    return KVTransferError(
+        grpc.StatusCode.CANCELLED,
+        "the decode worker aborted the request during its handoff",
+        request_id,
+    )
 
 
 def server_options(config: KVTransferConfig) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes)]
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
 
 
 class KVReceiver(pb_grpc.KVTransferServicer):
@@ -56,8 +62,14 @@ class KVReceiver(pb_grpc.KVTransferServicer):
     DEADLINE_EXCEEDED; the request is not lost, and its id lets the router drop the duplicate.
     """
 
-    def __init__(self, engine: Engine, engine_thread: EngineThread, config: KVTransferConfig,
-                 fingerprint: str | None = None, faults: Faults | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        engine_thread: EngineThread,
+        config: KVTransferConfig,
+        fingerprint: str | None = None,
+        faults: Faults | None = None,
+    ):
         self.engine = engine
         self.faults = faults or Faults()
         self.engine_thread = engine_thread
@@ -65,7 +77,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         self.fingerprint = fingerprint or model_fingerprint(engine.kv.model_path)
         keep_message_buffers_on_heap()
         self._lock = threading.Lock()
-        self._active: set[str] = set()   # request ids of the handoffs in progress
+        self._active: set[str] = set()  # request ids of the handoffs in progress
         self._server: grpc.Server | None = None
         self.num_admitted = 0
 
@@ -73,17 +85,30 @@ class KVReceiver(pb_grpc.KVTransferServicer):
     def start(self, address: str = "127.0.0.1:0") -> int:
         """Serve on `address` (port 0: an ephemeral port); returns the bound port."""
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=self.config.max_concurrent_handoffs,
-                               thread_name_prefix="kv-recv"),
-            interceptors=[SecretCheck(self.config.secret)], options=server_options(self.config),
-            maximum_concurrent_rpcs=self.config.max_concurrent_handoffs)
+            ThreadPoolExecutor(
+                max_workers=self.config.max_concurrent_handoffs, thread_name_prefix="kv-recv"
+            ),
+            interceptors=[SecretCheck(self.config.secret)],
+            options=server_options(self.config),
+            maximum_concurrent_rpcs=self.config.max_concurrent_handoffs,
+        )
         # Requests arrive as the serialized bytes: `parse_message` views the chunks' payloads
         # in place, where protobuf's parser would copy them.
         service = pb.DESCRIPTOR.services_by_name["KVTransfer"].full_name
-        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            service, {"Handoff": grpc.stream_unary_rpc_method_handler(
-                self.Handoff, request_deserializer=None,
-                response_serializer=pb.HandoffAck.SerializeToString)})])
+        self._server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    service,
+                    {
+                        "Handoff": grpc.stream_unary_rpc_method_handler(
+                            self.Handoff,
+                            request_deserializer=None,
+                            response_serializer=pb.HandoffAck.SerializeToString,
+                        )
+                    },
+                )
+            ]
+        )
         if self.config.tls is not None:
             port = self._server.add_secure_port(address, server_credentials(self.config.tls))
         else:
@@ -108,33 +133,43 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         try:
             remaining = context.time_remaining()
             if remaining is None or remaining > _NO_DEADLINE_S:
-                raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                                      "KV handoff calls must carry a deadline")
+                raise KVTransferError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "KV handoff calls must carry a deadline"
+                )
             # No reader thread ahead of this one: on a 2-core host the extra thread hops per
             # message cost more CPU than the overlap won (94 MB handoffs 25-40% slower).
             for header, chunks, trailer in (parse_message(m) for m in request_iterator):
                 if header is not None:
                     if assembly is not None:
-                        raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                                              "a second header in one handoff",
-                                              assembly.request_id)
+                        raise KVTransferError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "a second header in one handoff",
+                            assembly.request_id,
+                        )
                     assembly = self._open(header)
                     self.faults.at("kv.header_received")
                     self._reserve(assembly)
                     reserved = True
                 elif assembly is None:
-                    raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                                          "the first message of a handoff carries no header")
+                    raise KVTransferError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the first message of a handoff carries no header",
+                    )
                 for chunk in chunks:
                     self._write(assembly, chunk)
                 if trailer is not None:
                     self._commit(assembly.finish(trailer), context)
                     committed = True
-                    return pb.HandoffAck(request_id=assembly.request_id,
-                                         num_chunks=assembly.num_chunks,
-                                         num_bytes=assembly.num_bytes)
-            raise KVTransferError(grpc.StatusCode.DATA_LOSS, "the stream ended before its trailer",
-                                  assembly.request_id if assembly else None)
+                    return pb.HandoffAck(
+                        request_id=assembly.request_id,
+                        num_chunks=assembly.num_chunks,
+                        num_bytes=assembly.num_bytes,
+                    )
+            raise KVTransferError(
+                grpc.StatusCode.DATA_LOSS,
+                "the stream ended before its trailer",
+                assembly.request_id if assembly else None,
+            )
         except KVTransferError as e:
             self._close(assembly, reserved and not committed)
             context.abort(e.code, e.message)
@@ -142,34 +177,48 @@ class KVReceiver(pb_grpc.KVTransferServicer):
             # The call ended under us (deadline, cancellation, dead sender): nothing to answer.
             self._close(assembly, reserved and not committed)
             context.abort(grpc.StatusCode.CANCELLED, "the handoff call ended before its trailer")
-        finally:   # also after an unexpected error (a bug: gRPC answers UNKNOWN)
+        finally:  # also after an unexpected error (a bug: gRPC answers UNKNOWN)
             self._close(assembly, reserved and not committed)
 
     def _open(self, header: pb.Header) -> KVAssembly:
         rid = header.request_id
         if header.version != CONTRACT_VERSION:
-            raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"sender speaks KV contract v{header.version}, this receiver "
-                                  f"v{CONTRACT_VERSION}", rid)
+            raise KVTransferError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sender speaks KV contract v{header.version}, this receiver v{CONTRACT_VERSION}",
+                rid,
+            )
         if header.model_fingerprint != self.fingerprint:
-            raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"model mismatch: sender fingerprint "
-                                  f"{header.model_fingerprint or '(none)'}, receiver fingerprint "
-                                  f"{self.fingerprint}", rid)
+            raise KVTransferError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model mismatch: sender fingerprint "
+                f"{header.model_fingerprint or '(none)'}, receiver fingerprint "
+                f"{self.fingerprint}",
+                rid,
+            )
         g = self.engine.kv
         if (header.num_layers, header.num_kv_heads, header.head_dim) != (
-                g.num_layers, g.num_kv_heads, g.head_dim):
-            raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"KV geometry {header.num_layers}x{header.num_kv_heads}x"
-                                  f"{header.head_dim} (layers x kv heads x head dim) differs from "
-                                  f"this model's {g.num_layers}x{g.num_kv_heads}x{g.head_dim}", rid)
+            g.num_layers,
+            g.num_kv_heads,
+            g.head_dim,
+        ):
+            raise KVTransferError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"KV geometry {header.num_layers}x{header.num_kv_heads}x"
+                f"{header.head_dim} (layers x kv heads x head dim) differs from "
+                f"this model's {g.num_layers}x{g.num_kv_heads}x{g.head_dim}",
+                rid,
+            )
         if not rid:
             raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT, "header has no request id")
         spec = spec_from_header(header)
         with self._lock:
             if rid in self._active:
-                raise KVTransferError(grpc.StatusCode.ALREADY_EXISTS,
-                                      f"request {rid!r} is already on this decode worker", rid)
+                raise KVTransferError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request {rid!r} is already on this decode worker",
+                    rid,
+                )
             self._active.add(rid)
         return KVAssembly(header, spec, self.engine.kv.dtype)
 
@@ -177,23 +226,31 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         rid, num_tokens = assembly.request_id, assembly.spec.num_tokens
 
         if self.faults.fire("kv_refuse_blocks"):
-            raise KVTransferError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  "decode side cannot hold the KV now (injected fault)", rid)
+            raise KVTransferError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "decode side cannot hold the KV now (injected fault)",
+                rid,
+            )
 
         def reserve():  # on the engine thread
             if rid in self.engine.requests:
-                raise KVTransferError(grpc.StatusCode.ALREADY_EXISTS,
-                                      f"request {rid!r} is already on this decode worker", rid)
+                raise KVTransferError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request {rid!r} is already on this decode worker",
+                    rid,
+                )
             self.engine.begin_import(rid, num_tokens)
 
         try:
             self.engine_thread.call(reserve)
         except NoFreeBlocksError as e:
-            raise KVTransferError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"decode side cannot hold the KV now: {e}", rid)
+            raise KVTransferError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"decode side cannot hold the KV now: {e}", rid
+            )
         except ValueError as e:
-            raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"decode engine refused the request: {e}", rid)
+            raise KVTransferError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"decode engine refused the request: {e}", rid
+            )
 
     def _write(self, assembly: KVAssembly, chunk) -> None:
         """Verify one chunk and write it into the import's blocks (this handler's thread)."""
@@ -216,13 +273,18 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         except KeyError:
             raise _aborted_here(handle.request_id) from None
         except ValueError as e:
-            raise KVTransferError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"decode engine refused the request: {e}", handle.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"decode engine refused the request: {e}",
+                handle.request_id,
+            )
         if outcome is _ABORTED:
             expired = (context.time_remaining() or 0) <= 0
-            raise KVTransferError(grpc.StatusCode.DEADLINE_EXCEEDED if expired
-                                  else grpc.StatusCode.CANCELLED,
-                                  "the call ended before the KV was admitted", handle.request_id)
+            raise KVTransferError(
+                grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED,
+                "the call ended before the KV was admitted",
+                handle.request_id,
+            )
 
     def _close(self, assembly: KVAssembly | None, abort_import: bool) -> None:
         """End this call's hold on its request: free an uncommitted import's blocks (waiting
@@ -237,4 +299,4 @@ class KVReceiver(pb_grpc.KVTransferServicer):
             try:
                 self.engine_thread.call(self.engine.abort, assembly.request_id)
             except RuntimeError:
-                pass   # the engine thread is shut down: the engine and its blocks are gone
+                pass  # the engine thread is shut down: the engine and its blocks are gone

@@ -1,4 +1,5 @@
 """The prefill side of the KV handoff: stream each routed request's KV to its decode worker."""
+
 from __future__ import annotations
 
 import threading
@@ -21,9 +22,13 @@ from runtime.kv_transfer.fault_stream import with_faults
 from runtime.kv_transfer.fingerprint import model_fingerprint
 from runtime.kv_transfer.handles import state_to_proto
 from runtime.kv_transfer.outbox import ByteBudget, Outbox
-from runtime.kv_transfer.wire import (HANDOFF_METHOD, WireSpec, chunk_message, make_header,
-                                      token_splits)
-
+from runtime.kv_transfer.wire import (
+    HANDOFF_METHOD,
+    WireSpec,
+    chunk_message,
+    make_header,
+    token_splits,
+)
 
 # Layer-wise streaming from this prompt length up on GPU prefill engines: a placeholder
 # until the crossover is measured on a GPU (`make bench-kv` prints it).
@@ -51,15 +56,15 @@ class _Handoff:
     future: Future = field(default_factory=Future)
     spec: WireSpec | None = None
     outbox: Outbox | None = None
-    call: object = None                 # the gRPC future
+    call: object = None  # the gRPC future
     layerwise: bool = False
-    next_token: int = 0                 # tokens [0, next_token) of every layer are queued
-    pending: list = field(default_factory=list)   # (layer, StagedKV [2, T, H, D]) to coalesce
+    next_token: int = 0  # tokens [0, next_token) of every layer are queued
+    pending: list = field(default_factory=list)  # (layer, StagedKV [2, T, H, D]) to coalesce
     pending_range: tuple[int, int] = (0, 0)
-    num_chunks: int = 0                 # counted as chunks are encoded, for the trailer
+    num_chunks: int = 0  # counted as chunks are encoded, for the trailer
     num_bytes: int = 0
     started: float = 0.0
-    outcome: HandoffResult | None = None   # set when settled without the call's verdict
+    outcome: HandoffResult | None = None  # set when settled without the call's verdict
     resolved: bool = False
 
 
@@ -90,9 +95,15 @@ class KVSender:
     (not `engine.abort`), so its call ends too.
     """
 
-    def __init__(self, engine: Engine, engine_thread: EngineThread, config: KVTransferConfig,
-                 channel_factory=None, fingerprint: str | None = None,
-                 faults: Faults | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        engine_thread: EngineThread,
+        config: KVTransferConfig,
+        channel_factory=None,
+        fingerprint: str | None = None,
+        faults: Faults | None = None,
+    ):
         self.engine = engine
         self.faults = faults
         self.engine_thread = engine_thread
@@ -142,7 +153,7 @@ class KVSender:
         try:
             self._finish(h, handle)
         except BaseException:
-            self._forget(h)   # e.g. not a prefilled request: nothing was sent
+            self._forget(h)  # e.g. not a prefilled request: nothing was sent
             raise
         return future
 
@@ -167,12 +178,15 @@ class KVSender:
     # -- layer-wise streaming (engine thread, inside the forward) --------------------------
     def _layer_done(self, layer: int) -> None:
         if layer == 0:
-            threshold = self.layerwise_min_tokens   # set: `step` hooks this in only then
-            self._spans = [s for s in self.engine.scheduled_prompt_spans()
-                           if s.num_prompt_tokens >= threshold
-                           and self._get(s.request_id) is not None]
-            self._tables = {s.request_id: torch.tensor(s.block_table, dtype=torch.long)
-                            for s in self._spans}
+            threshold = self.layerwise_min_tokens  # set: `step` hooks this in only then
+            self._spans = [
+                s
+                for s in self.engine.scheduled_prompt_spans()
+                if s.num_prompt_tokens >= threshold and self._get(s.request_id) is not None
+            ]
+            self._tables = {
+                s.request_id: torch.tensor(s.block_table, dtype=torch.long) for s in self._spans
+            }
         last = layer == self.engine.kv.num_layers - 1
         for s in self._spans:
             h = self._get(s.request_id)
@@ -182,8 +196,7 @@ class KVSender:
                 self._open_stream(h, s.num_prompt_tokens, layerwise=True)
             # Copied out now: preemption could hand these blocks to another request before
             # the chunk is encoded (on a GPU the copy lands while later layers compute).
-            staged = self.engine.kv.stage(layer, self._tables[s.request_id], h.next_token,
-                                          s.end)
+            staged = self.engine.kv.stage(layer, self._tables[s.request_id], h.next_token, s.end)
             self._stage(h, layer, h.next_token, s.end, staged, last)
             if last:
                 h.next_token = s.end
@@ -191,8 +204,9 @@ class KVSender:
     def _stage(self, h: _Handoff, layer: int, start: int, end: int, staged, last: bool) -> None:
         """Coalesce consecutive layers of one token range into ~chunk_bytes chunks."""
         size = int((end - start) * h.spec.layer_token_bytes())
-        if h.pending and (h.pending_range != (start, end)
-                          or (len(h.pending) + 1) * size > self.config.chunk_bytes):
+        if h.pending and (
+            h.pending_range != (start, end) or (len(h.pending) + 1) * size > self.config.chunk_bytes
+        ):
             self._flush(h)
         h.pending.append((layer, staged))
         h.pending_range = (start, end)
@@ -205,18 +219,27 @@ class KVSender:
             return
         first, (start, end) = pending[0][0], h.pending_range
         staged = [st for _, st in pending]
-        spec = h.spec   # the budget counts the staged copies' bytes (the cache's dtype)
+        spec = h.spec  # the budget counts the staged copies' bytes (the cache's dtype)
         token_bytes = len(staged) * 2 * spec.num_kv_heads * spec.head_dim * spec.dtype.itemsize
         for a, b in token_splits(spec, len(pending), start, end, self.config.chunk_bytes):
-            h.outbox.put(lambda a=a, b=b: self._encode_staged(h, first, staged, start, a, b),
-                         (b - a) * token_bytes)
+            h.outbox.put(
+                lambda a=a, b=b: self._encode_staged(h, first, staged, start, a, b),
+                (b - a) * token_bytes,
+            )
 
     # -- building the stream --------------------------------------------------------------
     def _spec(self, num_tokens: int) -> WireSpec:
         kv = self.engine.kv
         group = self.config.group_tokens or kv.block_size
-        return WireSpec(kv.dtype, kv.num_layers, kv.num_kv_heads, kv.head_dim,
-                        num_tokens, self.config.encoding, group)
+        return WireSpec(
+            kv.dtype,
+            kv.num_layers,
+            kv.num_kv_heads,
+            kv.head_dim,
+            num_tokens,
+            self.config.encoding,
+            group,
+        )
 
     def _open_stream(self, h: _Handoff, num_tokens: int, layerwise: bool) -> None:
         h.spec = self._spec(num_tokens)
@@ -227,27 +250,31 @@ class KVSender:
 
     # Messages go out serialized (bytes): chunks skip protobuf's copies (wire.chunk_message).
     def _header(self, h: _Handoff) -> bytes:
-        header = make_header(h.request_id, self.fingerprint, h.spec,
-                             self.engine.kv.block_size)
+        header = make_header(h.request_id, self.fingerprint, h.spec, self.engine.kv.block_size)
         return pb.HandoffMessage(header=header).SerializeToString()
 
-    def _encode_staged(self, h: _Handoff, l0: int, staged: list, start: int, a: int,
-                       b: int) -> bytes:
+    def _encode_staged(
+        self, h: _Handoff, l0: int, staged: list, start: int, a: int, b: int
+    ) -> bytes:
         """A chunk of layers [l0, l0 + len(staged)) x tokens [a, b) out of staged copies of
         tokens [start, ...) (waiting for any still landing)."""
+
         def pack_into(out):
             for i, st in enumerate(staged):
-                out[i].copy_(st.wait()[:, a - start:b - start])
+                out[i].copy_(st.wait()[:, a - start : b - start])
+
         return self._chunk(h, l0, l0 + len(staged), a, b, pack_into)
 
     def _encode_packed(self, h: _Handoff, l0: int, l1: int, a: int, b: int, cache, table) -> bytes:
         """A chunk of layers [l0, l1) x tokens [a, b), gathered from the cache for it (in one
         call for all its layers; a GPU cache packs on the device, then copies to the host)."""
+
         def pack_into(out):
             if cache.is_cuda:
                 out.copy_(pack_kv(cache[l0:l1], table, a, b))
             else:
                 pack_kv(cache[l0:l1], table, a, b, out=out)
+
         return self._chunk(h, l0, l1, a, b, pack_into)
 
     def _chunk(self, h: _Handoff, l0: int, l1: int, a: int, b: int, pack_into) -> bytes:
@@ -257,8 +284,9 @@ class KVSender:
         return message
 
     def _trailer(self, h: _Handoff, handle: KVHandle) -> bytes:
-        trailer = pb.Trailer(num_chunks=h.num_chunks, num_bytes=h.num_bytes,
-                             request=state_to_proto(handle))
+        trailer = pb.Trailer(
+            num_chunks=h.num_chunks, num_bytes=h.num_bytes, request=state_to_proto(handle)
+        )
         return pb.HandoffMessage(trailer=trailer).SerializeToString()
 
     def _finish(self, h: _Handoff, handle: KVHandle) -> None:
@@ -282,14 +310,14 @@ class KVSender:
         per_layer = total * spec.layer_token_bytes()
         group = max(1, min(spec.num_layers, int(self.config.chunk_bytes // max(per_layer, 1))))
 
-        def chunks():   # each gathered from the blocks straight into (or for) its message
+        def chunks():  # each gathered from the blocks straight into (or for) its message
             for l0 in range(0, spec.num_layers, group):
                 l1 = min(l0 + group, spec.num_layers)
                 for a, b in token_splits(spec, l1 - l0, 0, total, self.config.chunk_bytes):
                     yield self._encode_packed(h, l0, l1, a, b, cache, table)
 
         if per_layer * spec.num_layers <= self.config.chunk_bytes:
-            parts = list(chunks())   # serialized messages concatenate into their merge
+            parts = list(chunks())  # serialized messages concatenate into their merge
             yield b"".join([self._header(h), *parts, self._trailer(h, handle)])
             return
         yield self._header(h)
@@ -301,39 +329,51 @@ class KVSender:
         channel = self._channels.get(h.target)
         if channel is None:
             channel = self._channels[h.target] = self._channel_factory(h.target)
-        handoff = channel.stream_unary(HANDOFF_METHOD, request_serializer=None,
-                                       response_deserializer=pb.HandoffAck.FromString)
+        handoff = channel.stream_unary(
+            HANDOFF_METHOD, request_serializer=None, response_deserializer=pb.HandoffAck.FromString
+        )
         h.started = time.perf_counter()
         if self.faults is not None and self.faults.config.kv_stream:
             messages = with_faults(messages, self.faults)
         # gRPC's own thread pulls `messages`, encoding each chunk as it goes: the transport
         # still writes the previous one meanwhile, and an encoder thread ahead of it cost more
         # in thread hops than it overlapped (94 MB handoffs 25-40% slower on 2 cores).
-        h.call = handoff.future(messages,
-                                timeout=self.config.deadline_s,
-                                metadata=secret_metadata(self.config.secret))
+        h.call = handoff.future(
+            messages, timeout=self.config.deadline_s, metadata=secret_metadata(self.config.secret)
+        )
         h.call.add_done_callback(lambda call: self._on_call_done(h, call))
 
     def _on_call_done(self, h: _Handoff, call) -> None:
         if h.outbox is not None:
             h.outbox.close()
-        if h.outcome is not None:   # settled already (e.g. finished on the prefill side)
+        if h.outcome is not None:  # settled already (e.g. finished on the prefill side)
             return
         try:
             ack = call.result()
         except grpc.RpcError as e:
             return self._fail(h, KVTransferError.from_rpc_error(e, h.request_id))
         except grpc.FutureCancelledError:
-            return self._fail(h, KVTransferError(grpc.StatusCode.CANCELLED,
-                                                 "the handoff was cancelled", h.request_id))
-        result = HandoffResult(h.request_id, h.target, ack.num_chunks, ack.num_bytes,
-                               h.layerwise, time.perf_counter() - h.started)
+            return self._fail(
+                h,
+                KVTransferError(
+                    grpc.StatusCode.CANCELLED, "the handoff was cancelled", h.request_id
+                ),
+            )
+        result = HandoffResult(
+            h.request_id,
+            h.target,
+            ack.num_chunks,
+            ack.num_bytes,
+            h.layerwise,
+            time.perf_counter() - h.started,
+        )
 
         def release():
             try:
                 self.engine.release(h.request_id)
             except KeyError:
-                pass   # aborted here meanwhile: its blocks are free already
+                pass  # aborted here meanwhile: its blocks are free already
+
         self._on_engine(h, release, result, None)
 
     def _fail(self, h: _Handoff, error: KVTransferError) -> None:
@@ -352,14 +392,15 @@ class KVSender:
 
         def settle(done: Future) -> None:
             self._resolve(h, result, error or done.exception())
+
         self.engine_thread.submit(fn).add_done_callback(settle)
 
     def _resolve(self, h: _Handoff, result, error) -> None:
-        with self._lock:   # a call's verdict and a local settle may race: the first one wins
+        with self._lock:  # a call's verdict and a local settle may race: the first one wins
             if h.resolved:
                 return
             h.resolved = True
-        if error is not None:   # outside the lock: callbacks run here and may call route()
+        if error is not None:  # outside the lock: callbacks run here and may call route()
             h.future.set_exception(error)
         else:
             h.future.set_result(result)

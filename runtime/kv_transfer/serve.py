@@ -6,6 +6,7 @@ Prints `port N` once serving, then one JSON line per finished request ({"request
 "token_ids", "text", "finish_reason"}) on stdout; stops when stdin closes. Used by the
 two-process test and the benchmark; the Ray decode worker embeds the same pieces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,19 +49,29 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print("set TANDEM_KV_SECRET to the cluster secret", file=sys.stderr)
         return 2
-    engine = Engine(EngineConfig(
-        model=ModelConfig(path=args.model, dtype=args.dtype),
-        cache=CacheConfig(block_size=args.block_size, num_blocks=args.num_blocks),
-        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs), role="decode",
-        num_threads=args.threads))
+    engine = Engine(
+        EngineConfig(
+            model=ModelConfig(path=args.model, dtype=args.dtype),
+            cache=CacheConfig(block_size=args.block_size, num_blocks=args.num_blocks),
+            scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),
+            role="decode",
+            num_threads=args.threads,
+        )
+    )
     thread = EngineThread("decode")
     receiver = KVReceiver(engine, thread, KVTransferConfig(secret=secret))
     port = receiver.start(f"{args.host}:{args.port}")
     lock = threading.Lock()
 
     def emit(out) -> None:
-        line = json.dumps({"request_id": out.request_id, "token_ids": out.token_ids,
-                           "text": out.text, "finish_reason": out.finish_reason})
+        line = json.dumps(
+            {
+                "request_id": out.request_id,
+                "token_ids": out.token_ids,
+                "text": out.text,
+                "finish_reason": out.finish_reason,
+            }
+        )
         with lock:
             print(line, flush=True)
 
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     loop.start()
     with lock:
         print(f"port {port}", flush=True)
-    sys.stdin.read()   # until the parent closes our stdin
+    sys.stdin.read()  # until the parent closes our stdin
     stop.set()
     loop.join()
     receiver.stop(grace=1.0)

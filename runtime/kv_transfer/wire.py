@@ -4,6 +4,7 @@ A chunk carries layers [l0, l1) by tokens [t0, t1) of K and V as one token-major
 [layers, 2, tokens, kv_heads, head_dim] (the layout `kernels.kv_pack.pack_kv` produces per
 layer), encoded by `kernels.kv_quant` and checksummed with XXH3-64.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -11,9 +12,9 @@ import warnings
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import descriptor_pb2
 import torch
 import xxhash
+from google.protobuf import descriptor_pb2
 
 from kernels.kv_quant import dequantize_kv, encoded_nbytes, quantize_kv
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
@@ -35,7 +36,7 @@ _QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 class WireSpec:
     """The geometry and encoding a Header announces; everything a chunk is checked against."""
 
-    dtype: torch.dtype            # the sender cache's dtype: what raw chunks carry
+    dtype: torch.dtype  # the sender cache's dtype: what raw chunks carry
     num_layers: int
     num_kv_heads: int
     head_dim: int
@@ -50,8 +51,11 @@ class WireSpec:
     def layer_token_bytes(self) -> float:
         """Encoded bytes per (layer, token), K and V together, scales amortized."""
         g = self.group_tokens
-        return 2 * encoded_nbytes(g, self.num_kv_heads, self.head_dim, self.encoding, g,
-                                  self.dtype) / g
+        return (
+            2
+            * encoded_nbytes(g, self.num_kv_heads, self.head_dim, self.encoding, g, self.dtype)
+            / g
+        )
 
     def chunk_nbytes(self, num_layers: int, num_tokens: int) -> tuple[int, int]:
         """(data, scales) bytes of a chunk of that many layers and tokens."""
@@ -62,14 +66,23 @@ class WireSpec:
         return values, num_layers * 2 * groups * self.num_kv_heads * 4
 
 
-def make_header(request_id: str, fingerprint: str, spec: WireSpec, block_size: int,
-                layout: str = "NHD") -> pb.Header:
-    return pb.Header(version=CONTRACT_VERSION, request_id=request_id,
-                     model_fingerprint=fingerprint, dtype=_DTYPES[spec.dtype],
-                     cache_layout=_LAYOUTS[layout], block_size=block_size,
-                     num_layers=spec.num_layers, num_kv_heads=spec.num_kv_heads,
-                     head_dim=spec.head_dim, num_tokens=spec.num_tokens,
-                     encoding=_ENCODINGS[spec.encoding], group_tokens=spec.group_tokens)
+def make_header(
+    request_id: str, fingerprint: str, spec: WireSpec, block_size: int, layout: str = "NHD"
+) -> pb.Header:
+    return pb.Header(
+        version=CONTRACT_VERSION,
+        request_id=request_id,
+        model_fingerprint=fingerprint,
+        dtype=_DTYPES[spec.dtype],
+        cache_layout=_LAYOUTS[layout],
+        block_size=block_size,
+        num_layers=spec.num_layers,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        num_tokens=spec.num_tokens,
+        encoding=_ENCODINGS[spec.encoding],
+        group_tokens=spec.group_tokens,
+    )
 
 
 def spec_from_header(header: pb.Header) -> WireSpec:
@@ -77,17 +90,35 @@ def spec_from_header(header: pb.Header) -> WireSpec:
     dtypes = {v: k for k, v in _DTYPES.items()}
     encodings = {v: k for k, v in _ENCODINGS.items()}
     if header.dtype not in dtypes or header.encoding not in encodings:
-        raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"header has unknown dtype {header.dtype} or encoding "
-                              f"{header.encoding}", header.request_id)
-    if min(header.num_layers, header.num_kv_heads, header.head_dim, header.num_tokens,
-           header.group_tokens) < 1:
-        raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                              "header needs num_layers, num_kv_heads, head_dim, num_tokens and "
-                              "group_tokens >= 1", header.request_id)
-    return WireSpec(dtypes[header.dtype], header.num_layers, header.num_kv_heads,
-                    header.head_dim, header.num_tokens, encodings[header.encoding],
-                    header.group_tokens)
+        raise KVTransferError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"header has unknown dtype {header.dtype} or encoding {header.encoding}",
+            header.request_id,
+        )
+    if (
+        min(
+            header.num_layers,
+            header.num_kv_heads,
+            header.head_dim,
+            header.num_tokens,
+            header.group_tokens,
+        )
+        < 1
+    ):
+        raise KVTransferError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "header needs num_layers, num_kv_heads, head_dim, num_tokens and group_tokens >= 1",
+            header.request_id,
+        )
+    return WireSpec(
+        dtypes[header.dtype],
+        header.num_layers,
+        header.num_kv_heads,
+        header.head_dim,
+        header.num_tokens,
+        encodings[header.encoding],
+        header.group_tokens,
+    )
 
 
 def _payload(t: torch.Tensor) -> memoryview:
@@ -105,7 +136,7 @@ def _from_bytes(data, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tenso
     if len(data) == 0:
         return torch.empty(shape, dtype=dtype)
     raw = torch.frombuffer(data, dtype=torch.uint8)
-    if raw.data_ptr() % 8:   # not where chunk_message puts it: copy to an aligned buffer
+    if raw.data_ptr() % 8:  # not where chunk_message puts it: copy to an aligned buffer
         raw = raw.clone()
     return raw.view(dtype).view(shape)
 
@@ -136,8 +167,9 @@ def checksum(data, scales) -> int:
     return h.intdigest()
 
 
-def _quantize(kv: torch.Tensor, spec: WireSpec,
-              q_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(
+    kv: torch.Tensor, spec: WireSpec, q_out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q [L, 2, T, H, D] (written into `q_out` when given, contiguous) and scales
     [L, 2, groups, H] of a chunk's values."""
     n_l, _, t, h, d = kv.shape
@@ -146,15 +178,18 @@ def _quantize(kv: torch.Tensor, spec: WireSpec,
         flat = None if q_out is None else q_out.view(n_l * 2 * t, h, d)
         q, s = quantize_kv(kv.reshape(n_l * 2 * t, h, d), spec.encoding, g, q_out=flat)
         return q.view(kv.shape), s.view(n_l, 2, t // g, h)
-    parts = [quantize_kv(kv[i, j], spec.encoding, g,
-                         q_out=None if q_out is None else q_out[i, j])
-             for i in range(n_l) for j in range(2)]
+    parts = [
+        quantize_kv(kv[i, j], spec.encoding, g, q_out=None if q_out is None else q_out[i, j])
+        for i in range(n_l)
+        for j in range(2)
+    ]
     q = torch.stack([p[0] for p in parts]).view(kv.shape) if q_out is None else q_out
     return q, torch.stack([p[1] for p in parts]).view(n_l, 2, -1, h)
 
 
-def _quantize_into(kv: torch.Tensor, spec: WireSpec, data: torch.Tensor,
-                   scales: torch.Tensor) -> None:
+def _quantize_into(
+    kv: torch.Tensor, spec: WireSpec, data: torch.Tensor, scales: torch.Tensor
+) -> None:
     """Quantize a chunk's values into its message's payload (uint8 views): q straight into
     `data`, the small scales through a copy (they need not be 4-byte aligned there)."""
     _, s = _quantize(kv, spec, q_out=data.view(spec.value_dtype).view(kv.shape))
@@ -168,14 +203,22 @@ def _encode_values(kv: torch.Tensor, spec: WireSpec) -> tuple[memoryview, memory
     return _payload(q), _payload(s)
 
 
-def _chunk_meta(index: int, layer_start: int, token_start: int, kv: torch.Tensor,
-                digest: int) -> pb.Chunk:
-    return pb.Chunk(index=index, layer_start=layer_start, layer_end=layer_start + kv.shape[0],
-                    token_start=token_start, token_end=token_start + kv.shape[2], xxh3=digest)
+def _chunk_meta(
+    index: int, layer_start: int, token_start: int, kv: torch.Tensor, digest: int
+) -> pb.Chunk:
+    return pb.Chunk(
+        index=index,
+        layer_start=layer_start,
+        layer_end=layer_start + kv.shape[0],
+        token_start=token_start,
+        token_end=token_start + kv.shape[2],
+        xxh3=digest,
+    )
 
 
-def encode_chunk(index: int, layer_start: int, token_start: int, kv: torch.Tensor,
-                 spec: WireSpec) -> pb.Chunk:
+def encode_chunk(
+    index: int, layer_start: int, token_start: int, kv: torch.Tensor, spec: WireSpec
+) -> pb.Chunk:
     """One chunk of `kv` [layers, 2, tokens, kv_heads, head_dim] (the sender cache's dtype)."""
     data, scales = _encode_values(kv, spec)
     chunk = _chunk_meta(index, layer_start, token_start, kv, checksum(data, scales))
@@ -210,8 +253,9 @@ def _reserved_numbers(message_type) -> frozenset[int]:
 # Field keys of a chunk message, once (a handoff writes one message per chunk).
 _CHUNKS_KEY = _key(pb.HandoffMessage, "chunks", 2)
 _INDEX_KEY = _key(pb.Chunk, "index", 0)
-_RANGE_KEYS = tuple(_key(pb.Chunk, name, 0)
-                    for name in ("layer_start", "layer_end", "token_start", "token_end"))
+_RANGE_KEYS = tuple(
+    _key(pb.Chunk, name, 0) for name in ("layer_start", "layer_end", "token_start", "token_end")
+)
 _DATA_KEY, _SCALES_KEY = _key(pb.Chunk, "data", 2), _key(pb.Chunk, "scales", 2)
 _SUM_KEY = _key(pb.Chunk, "xxh3", 1)
 
@@ -225,8 +269,16 @@ def _padded_varint(n: int, extra: int) -> bytes:
     return bytes(out)
 
 
-def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int,
-                 num_tokens: int, data_nbytes: int, scales_nbytes: int, fill) -> bytes:
+def _chunk_bytes(
+    index: int,
+    layer_start: int,
+    token_start: int,
+    num_layers: int,
+    num_tokens: int,
+    data_nbytes: int,
+    scales_nbytes: int,
+    fill,
+) -> bytes:
     """A serialized HandoffMessage with one chunk, its payload written in place by
     `fill(data, scales)` (uint8 tensors over the message's own bytes).
 
@@ -240,7 +292,7 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
     scales_field = _SCALES_KEY + _varint(scales_nbytes) if scales_nbytes else b""
     tail = len(data_field) + data_nbytes + len(scales_field) + scales_nbytes + len(_SUM_KEY) + 8
     pad = 0
-    for _ in range(3):   # the padding can lengthen the outer length varint: settle it
+    for _ in range(3):  # the padding can lengthen the outer length varint: settle it
         meta = _INDEX_KEY + _padded_varint(index, pad) + rest
         outer = _CHUNKS_KEY + _varint(len(meta) + tail)
         misalign = (len(outer) + len(meta) + len(data_field)) % 8
@@ -250,23 +302,32 @@ def _chunk_bytes(index: int, layer_start: int, token_start: int, num_layers: int
     assert pad <= 10, "chunk index too large to pad"
     head = outer + meta + data_field
     message, buf = _fresh_bytes(len(head) + tail - len(data_field))
-    buf[:len(head)] = head
+    buf[: len(head)] = head
     pos = len(head)
-    data = buf[pos:pos + data_nbytes]
+    data = buf[pos : pos + data_nbytes]
     pos += data_nbytes
-    buf[pos:pos + len(scales_field)] = scales_field
+    buf[pos : pos + len(scales_field)] = scales_field
     pos += len(scales_field)
-    scales = buf[pos:pos + scales_nbytes]
+    scales = buf[pos : pos + scales_nbytes]
     pos += scales_nbytes
     empty = torch.empty(0, dtype=torch.uint8)
-    fill(torch.frombuffer(data, dtype=torch.uint8) if data_nbytes else empty,
-         torch.frombuffer(scales, dtype=torch.uint8) if scales_nbytes else empty)
+    fill(
+        torch.frombuffer(data, dtype=torch.uint8) if data_nbytes else empty,
+        torch.frombuffer(scales, dtype=torch.uint8) if scales_nbytes else empty,
+    )
     buf[pos:] = _SUM_KEY + checksum(data, scales).to_bytes(8, "little")
     return message
 
 
-def chunk_message(index: int, layer_start: int, layer_end: int, token_start: int,
-                  token_end: int, spec: WireSpec, pack_into) -> tuple[bytes, int]:
+def chunk_message(
+    index: int,
+    layer_start: int,
+    layer_end: int,
+    token_start: int,
+    token_end: int,
+    spec: WireSpec,
+    pack_into,
+) -> tuple[bytes, int]:
     """A serialized HandoffMessage carrying one chunk, layers [layer_start, layer_end) x tokens
     [token_start, token_end), and the chunk's payload bytes.
 
@@ -290,32 +351,42 @@ def chunk_message(index: int, layer_start: int, layer_end: int, token_start: int
         values = torch.empty(shape, dtype=spec.dtype)
         pack_into(values)
         _quantize_into(values, spec, data, scales)
+
     message = _chunk_bytes(index, layer_start, token_start, n_l, n_t, n_data, n_scales, fill)
     return message, n_data + n_scales
 
 
-def decode_chunk(chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype,
-                 request_id: str = "") -> torch.Tensor:
+def decode_chunk(
+    chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype, request_id: str = ""
+) -> torch.Tensor:
     """A chunk's values as [layers, 2, tokens, kv_heads, head_dim] in `dtype`.
 
     INVALID_ARGUMENT for ranges outside the header; DATA_LOSS for a checksum or size mismatch.
     """
     l0, l1, t0, t1 = chunk.layer_start, chunk.layer_end, chunk.token_start, chunk.token_end
     if not (0 <= l0 < l1 <= spec.num_layers and 0 <= t0 < t1 <= spec.num_tokens):
-        raise KVTransferError(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"chunk {chunk.index} covers layers [{l0}, {l1}) x tokens "
-                              f"[{t0}, {t1}), outside the header's {spec.num_layers} layers x "
-                              f"{spec.num_tokens} tokens", request_id)
+        raise KVTransferError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"chunk {chunk.index} covers layers [{l0}, {l1}) x tokens "
+            f"[{t0}, {t1}), outside the header's {spec.num_layers} layers x "
+            f"{spec.num_tokens} tokens",
+            request_id,
+        )
     if checksum(chunk.data, chunk.scales) != chunk.xxh3:
-        raise KVTransferError(grpc.StatusCode.DATA_LOSS,
-                              f"chunk {chunk.index} (layers [{l0}, {l1}) x tokens [{t0}, {t1})) "
-                              f"fails its checksum (XXH3-64)", request_id)
+        raise KVTransferError(
+            grpc.StatusCode.DATA_LOSS,
+            f"chunk {chunk.index} (layers [{l0}, {l1}) x tokens [{t0}, {t1})) "
+            f"fails its checksum (XXH3-64)",
+            request_id,
+        )
     n_data, n_scales = spec.chunk_nbytes(l1 - l0, t1 - t0)
     if len(chunk.data) != n_data or len(chunk.scales) != n_scales:
-        raise KVTransferError(grpc.StatusCode.DATA_LOSS,
-                              f"chunk {chunk.index} carries {len(chunk.data)}+"
-                              f"{len(chunk.scales)} bytes, expected {n_data}+{n_scales}",
-                              request_id)
+        raise KVTransferError(
+            grpc.StatusCode.DATA_LOSS,
+            f"chunk {chunk.index} carries {len(chunk.data)}+"
+            f"{len(chunk.scales)} bytes, expected {n_data}+{n_scales}",
+            request_id,
+        )
     shape = (l1 - l0, 2, t1 - t0, spec.num_kv_heads, spec.head_dim)
     values = _from_bytes(chunk.data, spec.value_dtype, shape)
     if spec.encoding == "raw":
@@ -324,18 +395,21 @@ def decode_chunk(chunk: pb.Chunk, spec: WireSpec, dtype: torch.dtype,
     scales = _from_bytes(chunk.scales, torch.float32, (shape[0], 2, groups, shape[3]))
     if (t1 - t0) % spec.group_tokens == 0:  # as in _quantize: one call for the whole chunk
         flat = values.view(-1, shape[3], shape[4])
-        return dequantize_kv(flat, scales.reshape(-1, shape[3]), spec.encoding,
-                             spec.group_tokens, dtype).view(shape)
+        return dequantize_kv(
+            flat, scales.reshape(-1, shape[3]), spec.encoding, spec.group_tokens, dtype
+        ).view(shape)
     out = torch.empty(shape, dtype=dtype)
     for i in range(shape[0]):
         for j in range(2):
-            out[i, j] = dequantize_kv(values[i, j], scales[i, j], spec.encoding,
-                                      spec.group_tokens, dtype)
+            out[i, j] = dequantize_kv(
+                values[i, j], scales[i, j], spec.encoding, spec.group_tokens, dtype
+            )
     return out
 
 
-def token_splits(spec: WireSpec, num_layers: int, start: int, end: int,
-                 chunk_bytes: int) -> list[tuple[int, int]]:
+def token_splits(
+    spec: WireSpec, num_layers: int, start: int, end: int, chunk_bytes: int
+) -> list[tuple[int, int]]:
     """Token sub-ranges of [start, end) so a chunk of `num_layers` layers stays near
     `chunk_bytes`; boundaries fall on multiples of group_tokens where the size allows."""
     per_token = max(1.0, num_layers * spec.layer_token_bytes())
@@ -350,8 +424,16 @@ class ChunkView:
     """A received Chunk whose `data` and `scales` are memoryviews into the message's bytes
     (protobuf's parser would copy each payload, and again on every access)."""
 
-    __slots__ = ("index", "layer_start", "layer_end", "token_start", "token_end", "data",
-                 "scales", "xxh3")
+    __slots__ = (
+        "index",
+        "layer_start",
+        "layer_end",
+        "token_start",
+        "token_end",
+        "data",
+        "scales",
+        "xxh3",
+    )
 
     def __init__(self):
         self.index = self.layer_start = self.layer_end = self.token_start = 0
@@ -364,7 +446,7 @@ def _malformed(what: str) -> KVTransferError:
 
 
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    if pos < end and buf[pos] < 0x80:   # most keys and small values: one byte
+    if pos < end and buf[pos] < 0x80:  # most keys and small values: one byte
         return buf[pos], pos + 1
     value = shift = 0
     while True:
@@ -390,12 +472,12 @@ def _fields(buf: memoryview, pos: int, end: int):
             n, pos = _read_varint(buf, pos, end)
             if pos + n > end:
                 raise _malformed("a field runs past the message's end")
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire_type in (1, 5):
             n = 8 if wire_type == 1 else 4
             if pos + n > end:
                 raise _malformed("a field runs past the message's end")
-            value, pos = int.from_bytes(buf[pos:pos + n], "little"), pos + n
+            value, pos = int.from_bytes(buf[pos : pos + n], "little"), pos + n
         else:
             raise _malformed(f"unsupported wire type {wire_type}")
         if number == 0:
@@ -404,10 +486,13 @@ def _fields(buf: memoryview, pos: int, end: int):
 
 
 # The parser's field numbers, read from the contract like the writer's keys.
-_HEADER, _CHUNKS, _TRAILER = (_number(pb.HandoffMessage, n) for n in ("header", "chunks",
-                                                                       "trailer"))
-_CHUNK_INTS = {_number(pb.Chunk, n): n for n in ("index", "layer_start", "layer_end",
-                                                 "token_start", "token_end")}
+_HEADER, _CHUNKS, _TRAILER = (
+    _number(pb.HandoffMessage, n) for n in ("header", "chunks", "trailer")
+)
+_CHUNK_INTS = {
+    _number(pb.Chunk, n): n
+    for n in ("index", "layer_start", "layer_end", "token_start", "token_end")
+}
 _DATA, _SCALES, _XXH3 = (_number(pb.Chunk, n) for n in ("data", "scales", "xxh3"))
 _LAST_CHUNK_FIELD = max(f.number for f in pb.Chunk.DESCRIPTOR.fields)
 # Skipped like any unknown field, as protobuf does: v1's CRC-32C, so that a v1 sender reaches
@@ -419,7 +504,7 @@ def _parse_chunk(buf: memoryview) -> ChunkView:
     chunk = ChunkView()
     for number, wire_type, value in _fields(buf, 0, len(buf)):
         if number in _CHUNK_INTS and wire_type == 0:
-            setattr(chunk, _CHUNK_INTS[number], value & 0xFFFFFFFF)   # uint32, as protobuf
+            setattr(chunk, _CHUNK_INTS[number], value & 0xFFFFFFFF)  # uint32, as protobuf
         elif number == _DATA and wire_type == 2:
             chunk.data = value
         elif number == _SCALES and wire_type == 2:
@@ -435,9 +520,12 @@ def parse_message(message) -> tuple[pb.Header | None, list[ChunkView], pb.Traile
     """A serialized HandoffMessage's header, chunks and trailer (None where absent), the
     chunks' payloads as views of `message`, not copies. Parses as protobuf would: repeated
     occurrences of the header or trailer merge; INVALID_ARGUMENT if malformed."""
-    if not isinstance(message, (bytes, bytearray, memoryview)):   # a protobuf message
-        return (message.header if message.HasField("header") else None, list(message.chunks),
-                message.trailer if message.HasField("trailer") else None)
+    if not isinstance(message, (bytes, bytearray, memoryview)):  # a protobuf message
+        return (
+            message.header if message.HasField("header") else None,
+            list(message.chunks),
+            message.trailer if message.HasField("trailer") else None,
+        )
     buf = memoryview(message).cast("B")
     headers, chunks, trailers = [], [], []
     for number, wire_type, value in _fields(buf, 0, len(buf)):
@@ -452,6 +540,6 @@ def parse_message(message) -> tuple[pb.Header | None, list[ChunkView], pb.Traile
     try:
         header = pb.Header.FromString(b"".join(headers)) if headers else None
         trailer = pb.Trailer.FromString(b"".join(trailers)) if trailers else None
-    except Exception as e:   # protobuf's DecodeError
+    except Exception as e:  # protobuf's DecodeError
         raise _malformed(str(e)) from None
     return header, chunks, trailer

@@ -1,4 +1,5 @@
 """What every worker shares: an engine on its own engine thread, output streams, load reports."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,8 @@ from runtime.engine import Engine, EngineThread
 from runtime.faults import FaultConfig, Faults
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
-from runtime.workers.streams import OutputStreams
 from runtime.workers.load import WorkerLoad
+from runtime.workers.streams import OutputStreams
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, engine: Engine | None = None):
         if config.engine.role != self.role:
-            raise ValueError(f"{type(self).__name__} needs engine role {self.role!r}, "
-                             f"got {config.engine.role!r}")
+            raise ValueError(
+                f"{type(self).__name__} needs engine role {self.role!r}, got {config.engine.role!r}"
+            )
         self.config = config
         self.name = config.name
         self.engine = engine or Engine(config.engine)
@@ -40,9 +42,13 @@ class Worker:
         self.faults = Faults(config.faults, first_process=not _restarted_by_ray())
         self.streams = OutputStreams(config.stream_idle_timeout_s)
         self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
-        self.loop = EngineThread(f"{self.role}-{self.name}", self._step,
-                             self.engine.has_unfinished_requests, self._dispatch,
-                             self._fail_all)
+        self.loop = EngineThread(
+            f"{self.role}-{self.name}",
+            self._step,
+            self.engine.has_unfinished_requests,
+            self._dispatch,
+            self._fail_all,
+        )
         self.loop.call(self._update_load)
 
     # -- any thread -----------------------------------------------------------------------
@@ -53,10 +59,14 @@ class Worker:
     def info(self) -> dict:
         """Name, role, incarnation, and where the KV receiver listens (decode workers); a
         readiness probe."""
-        return {"name": self.name, "role": self.role, "kv_address": self.kv_address,
-                "incarnation": self.incarnation,
-                "max_model_len": self.engine.max_model_len,
-                "num_total_blocks": self.engine.block_manager.num_blocks}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "kv_address": self.kv_address,
+            "incarnation": self.incarnation,
+            "max_model_len": self.engine.max_model_len,
+            "num_total_blocks": self.engine.block_manager.num_blocks,
+        }
 
     @property
     def kv_address(self) -> str:
@@ -113,13 +123,20 @@ class Worker:
 
     def _update_load(self) -> None:
         s, bm = self.engine.scheduler, self.engine.block_manager
-        queued = sum(max(seq.num_prompt_tokens - seq.num_computed_tokens, 0)
-                     for seq in (*s.waiting, *s.running))
-        self._load = WorkerLoad(self.name, self.role, num_queued_prompt_tokens=queued,
-                                num_running=len(s.running), num_waiting=len(s.waiting),
-                                num_free_blocks=bm.num_free_blocks,
-                                num_total_blocks=bm.num_blocks,
-                                incarnation=self.incarnation)
+        queued = sum(
+            max(seq.num_prompt_tokens - seq.num_computed_tokens, 0)
+            for seq in (*s.waiting, *s.running)
+        )
+        self._load = WorkerLoad(
+            self.name,
+            self.role,
+            num_queued_prompt_tokens=queued,
+            num_running=len(s.running),
+            num_waiting=len(s.waiting),
+            num_free_blocks=bm.num_free_blocks,
+            num_total_blocks=bm.num_blocks,
+            incarnation=self.incarnation,
+        )
 
 
 def _restarted_by_ray() -> bool:
@@ -129,6 +146,6 @@ def _restarted_by_ray() -> bool:
     context = ray.get_runtime_context()
     if context.get_actor_id() is None:
         return False
-    with warnings.catch_warnings():   # the property reads Ray's deprecated `actor_id` itself
+    with warnings.catch_warnings():  # the property reads Ray's deprecated `actor_id` itself
         warnings.simplefilter("ignore")
         return bool(context.was_current_actor_reconstructed)

@@ -1,4 +1,5 @@
 """What one worker needs: its engine, its KV handoff side and how it is named and reached."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

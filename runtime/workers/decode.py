@@ -1,4 +1,5 @@
 """The decode worker: admits handed-off requests through its KV receiver and decodes them."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

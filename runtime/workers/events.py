@@ -1,4 +1,5 @@
 """What a worker streams back to the frontend for one request (small, picklable records)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,16 +28,25 @@ class TokenEvent:
     def from_output(cls, out: RequestOutput, first_token_here: bool) -> "TokenEvent":
         t = out.timings
         queue_s = prefill_s = decode_s = None
-        first = len(out.new_token_ids) == len(out.token_ids)   # this event carries token 0
+        first = len(out.new_token_ids) == len(out.token_ids)  # this event carries token 0
         if t is not None and first_token_here and first and t.first_token and t.first_scheduled:
             queue_s = t.first_scheduled - t.arrival
             prefill_s = t.first_token - t.first_scheduled
         if t is not None and out.finished and t.finished:
             start = t.first_token if first_token_here else t.arrival
             decode_s = t.finished - (start or t.arrival)
-        return cls(out.request_id, tuple(out.new_token_ids), out.delta_text, out.finished,
-                   out.finish_reason, len(out.prompt_token_ids), out.num_cached_tokens,
-                   queue_s, prefill_s, decode_s)
+        return cls(
+            out.request_id,
+            tuple(out.new_token_ids),
+            out.delta_text,
+            out.finished,
+            out.finish_reason,
+            len(out.prompt_token_ids),
+            out.num_cached_tokens,
+            queue_s,
+            prefill_s,
+            decode_s,
+        )
 
     @classmethod
     def aborted(cls, request_id: str) -> "TokenEvent":

@@ -1,4 +1,5 @@
 """How the frontend holds a worker actor: its handle and the addresses of its process."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,15 +13,21 @@ class WorkerHandle:
 
     name: str
     role: str
-    actor: object               # ray.actor.ActorHandle
-    kv_address: str = ""        # decode workers: their KV receiver
+    actor: object  # ray.actor.ActorHandle
+    kv_address: str = ""  # decode workers: their KV receiver
     max_model_len: int = 0
     incarnation: str = ""
 
     @classmethod
     def from_info(cls, actor, info: dict) -> "WorkerHandle":
-        return cls(info["name"], info["role"], actor, info["kv_address"],
-                   info["max_model_len"], info["incarnation"])
+        return cls(
+            info["name"],
+            info["role"],
+            actor,
+            info["kv_address"],
+            info["max_model_len"],
+            info["incarnation"],
+        )
 
     async def refreshed(self) -> "WorkerHandle":
         """This handle with the addresses of the actor's current process."""

@@ -1,4 +1,5 @@
 """The load report a worker publishes after its engine steps."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ class WorkerLoad:
     """
 
     name: str
-    role: str                          # "prefill" | "decode" | "colocated"
+    role: str  # "prefill" | "decode" | "colocated"
     num_queued_prompt_tokens: int = 0
     num_running: int = 0
     num_waiting: int = 0

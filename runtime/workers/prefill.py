@@ -1,4 +1,5 @@
 """The prefill worker: computes each prompt's KV and first token, then hands the KV off."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -25,8 +26,9 @@ class PrefillWorker(Worker):
         super().__init__(config, engine)
         self.sender = KVSender(self.engine, self.loop, config.kv, faults=self.faults)
 
-    def prefill(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                target: str) -> Iterator[list]:
+    def prefill(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, target: str
+    ) -> Iterator[list]:
         """Prefill one request and hand its KV to the decode worker's receiver at `target`.
 
         Streams a `TokenEvent` with the first token (and the worker's queue and prefill
@@ -36,8 +38,9 @@ class PrefillWorker(Worker):
         self.streams.open(request_id)
 
         def start() -> None:
-            self.engine.add_request(params=params, prompt_token_ids=list(prompt_token_ids),
-                                    request_id=request_id)
+            self.engine.add_request(
+                params=params, prompt_token_ids=list(prompt_token_ids), request_id=request_id
+            )
             try:
                 future = self.sender.route(request_id, target)
             except BaseException:
@@ -86,7 +89,7 @@ class PrefillWorker(Worker):
         # outputs are dispatched, and the handoff event ends the stream; queued behind them,
         # it cannot overtake the token.
         queued = self.loop.submit(self._handoff_settled, request_id, event)
-        if queued.done() and queued.exception() is not None:   # the loop is stopped
+        if queued.done() and queued.exception() is not None:  # the loop is stopped
             self.streams.put(request_id, event)
 
     def _handoff_settled(self, request_id: str, event: HandoffEvent) -> None:

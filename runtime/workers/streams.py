@@ -1,4 +1,5 @@
 """Per-request event queues between a worker's engine thread and the calls streaming them out."""
+
 from __future__ import annotations
 
 import queue
@@ -58,8 +59,9 @@ class OutputStreams:
                 try:
                     batch = [q.get(timeout=self.idle_timeout_s)]
                 except queue.Empty:
-                    raise StreamTimeout(f"no output for request {request_id!r} in "
-                                        f"{self.idle_timeout_s:.0f} s") from None
+                    raise StreamTimeout(
+                        f"no output for request {request_id!r} in {self.idle_timeout_s:.0f} s"
+                    ) from None
                 while True:
                     try:
                         batch.append(q.get_nowait())

@@ -1,4 +1,5 @@
 """Helpers of the chaos tests: concurrent streams around a fault, and the invariants after."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,17 +7,21 @@ import re
 import time
 
 import grpc
-
 from cluster_helpers import wait_for_free_blocks
+
 from runtime.client import AsyncClient, Client, TandemError
 
-PROMPTS = ["The quick brown fox", "Paged attention keeps", "Hello world!",
-           "Prefill is compute bound; decode is memory bound. " * 6]
+PROMPTS = [
+    "The quick brown fox",
+    "Paged attention keeps",
+    "Hello world!",
+    "Prefill is compute bound; decode is memory bound. " * 6,
+]
 MAX_TOKENS = 160
 GREEDY = dict(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
 # What a client-facing error must never carry: actor ids, pids, addresses.
 INTERNALS = re.compile(r"[0-9a-f]{16,}|\bpid\b|\d+\.\d+\.\d+\.\d+|actor", re.IGNORECASE)
-OUTCOMES: list[dict] = []   # one row per fault, printed by conftest at the end
+OUTCOMES: list[dict] = []  # one row per fault, printed by conftest at the end
 
 
 async def run_streams(server, n: int = 8, during=None):
@@ -54,10 +59,13 @@ def check_invariants(server, reference, results, fault: str, within_s: float = 3
             assert ids == want, f"{fault}: stream {i} differs from the clean run"
             continue
         statuses.append(err.code.name)
-        assert err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                            grpc.StatusCode.RESOURCE_EXHAUSTED), (fault, err)
+        assert err.code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ), (fault, err)
         assert not INTERNALS.search(err.details), err.details
-        assert ids == want[:len(ids)], f"{fault}: stream {i} sent wrong tokens before failing"
+        assert ids == want[: len(ids)], f"{fault}: stream {i} sent wrong tokens before failing"
     end = time.monotonic() + 60
     with Client(server.grpc_url, timeout=30) as client:
         while client.health() != "SERVING":
@@ -66,7 +74,13 @@ def check_invariants(server, reference, results, fault: str, within_s: float = 3
         assert client.generate(PROMPTS[1], **GREEDY).token_ids == reference[1], fault
     free = wait_for_free_blocks(server)
     assert set(free.values()) == {256}, (fault, free)
-    OUTCOMES.append({"fault": fault, "streams": len(results),
-                     "completed": sum(e is None for _, e, _ in results),
-                     "ended": len(statuses), "max_end_s": max(a for _, _, a in results),
-                     "statuses": ", ".join(sorted(set(statuses)))})
+    OUTCOMES.append(
+        {
+            "fault": fault,
+            "streams": len(results),
+            "completed": sum(e is None for _, e, _ in results),
+            "ended": len(statuses),
+            "max_end_s": max(a for _, _, a in results),
+            "statuses": ", ".join(sorted(set(statuses))),
+        }
+    )

@@ -1,6 +1,7 @@
 """Each injected fault (runtime.faults) under 8 concurrent streams on a real cluster: every
 request completes with the clean run's output (resumed or retried) or ends with a clear
 status, none hangs, the KV blocks come back, and the cluster serves again."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,8 @@ import time
 
 import pytest
 import ray
-
 from chaos_helpers import check_invariants, run_streams
+
 from runtime.faults import FaultConfig
 
 pytestmark = pytest.mark.chaos

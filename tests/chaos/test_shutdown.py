@@ -1,6 +1,7 @@
 """Ctrl-C of `tandem serve` with 30 streams in flight (gRPC and HTTP): new requests are
 refused, those in flight end (finished, or UNAVAILABLE after the grace period), the process
 exits soon after the grace period with no traceback, and Ray and the workers go with it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,15 +28,25 @@ LONG = dict(max_tokens=480, temperature=0.0, ignore_eos=True)
 
 def start_serve(model_dir, tmp_path) -> tuple[subprocess.Popen, str, str]:
     cfg = tmp_path / "cluster.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": {"path": str(model_dir), "max_model_len": 512},
-        "engine": {"block_size": 4, "num_blocks": 4096, "num_threads": 1},
-        "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}},
-        "server": {"grpc_port": 0, "http_port": 0, "shutdown_grace_s": GRACE_S},
-        "ray": {"num_cpus": 2}}))
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--config", str(cfg)],
-                            cwd=REPO, env={**os.environ, "TANDEM_WORKER_LOGS": "0"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(model_dir), "max_model_len": 512},
+                "engine": {"block_size": 4, "num_blocks": 4096, "num_threads": 1},
+                "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}},
+                "server": {"grpc_port": 0, "http_port": 0, "shutdown_grace_s": GRACE_S},
+                "ray": {"num_cpus": 2},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "serve", "--config", str(cfg)],
+        cwd=REPO,
+        env={**os.environ, "TANDEM_WORKER_LOGS": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while True:
         line = proc.stdout.readline()
@@ -80,8 +91,10 @@ async def load_then_interrupt(proc, grpc_url, http_url, n_grpc=20, n_http=10):
                         started.append(1)
         return outcome, n
 
-    async with AsyncClient(grpc_url, timeout=60, retry=RetryPolicy(max_attempts=1)) as client, \
-            httpx.AsyncClient(base_url=http_url, timeout=60) as http:
+    async with (
+        AsyncClient(grpc_url, timeout=60, retry=RetryPolicy(max_attempts=1)) as client,
+        httpx.AsyncClient(base_url=http_url, timeout=60) as http,
+    ):
         tasks = [asyncio.create_task(grpc_stream(client)) for _ in range(n_grpc)]
         tasks += [asyncio.create_task(http_stream(http)) for _ in range(n_http)]
         while len(started) < n_grpc + n_http:
@@ -97,8 +110,7 @@ def test_ctrl_c_with_30_streams_in_flight(tiny_model_dir, tmp_path):
     proc, grpc_url, http_url = start_serve(tiny_model_dir, tmp_path)
     children = psutil.Process(proc.pid).children(recursive=True)
     try:
-        results, streams_ended_s, sent = asyncio.run(
-            load_then_interrupt(proc, grpc_url, http_url))
+        results, streams_ended_s, sent = asyncio.run(load_then_interrupt(proc, grpc_url, http_url))
         rest, _ = proc.communicate(timeout=60)
         exited_s = time.monotonic() - sent
     finally:

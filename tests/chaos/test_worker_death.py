@@ -1,6 +1,7 @@
 """`kill -9` of a worker under concurrent streams: Ray restarts it, the frontend routes to the
 new process, and every request in flight resumes (output equal to a clean run's) or ends
 UNAVAILABLE, within bounded time, with every worker's KV blocks back at their baseline."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +12,8 @@ import time
 import httpx
 import pytest
 import ray
-
 from chaos_helpers import GREEDY, INTERNALS, PROMPTS, check_invariants, run_streams
+
 from runtime.client import Client, RetryPolicy, UnavailableError
 
 pytestmark = pytest.mark.chaos
@@ -44,7 +45,8 @@ def wait_until(cond, timeout: float, what: str) -> None:
 
 
 def test_while_a_pool_is_down_health_says_so_and_new_requests_get_a_retry_hint(
-        chaos_server, chaos_reference):
+    chaos_server, chaos_reference
+):
     server = chaos_server
     kill(server, "decode")
     with Client(server.grpc_url, timeout=30, retry=RetryPolicy(max_attempts=1)) as client:
@@ -54,8 +56,7 @@ def test_while_a_pool_is_down_health_says_so_and_new_requests_get_a_retry_hint(
         with pytest.raises(UnavailableError) as info:
             client.generate(PROMPTS[2], **GREEDY)
         assert "no healthy decode worker; retry in 5 s" in info.value.details
-        r = httpx.post(f"{server.http_url}/v1/completions",
-                       json={"prompt": "hi", "max_tokens": 2})
+        r = httpx.post(f"{server.http_url}/v1/completions", json={"prompt": "hi", "max_tokens": 2})
         assert (r.status_code, r.headers.get("retry-after")) == (503, "5")
         assert not INTERNALS.search(info.value.details + r.text)
         wait_until(lambda: client.health() == "SERVING", 60, "the decode pool did not return")

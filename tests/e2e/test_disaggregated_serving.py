@@ -1,15 +1,15 @@
 """1 prefill + 1 decode worker on a real local Ray: the SDK, the OpenAI client, health,
 cancellation and bad requests, against the colocated engine and transformers."""
+
 from __future__ import annotations
 
 import asyncio
 
 import grpc
 import pytest
+from cluster_helpers import PROMPTS, colocated_greedy, transformers_greedy, wait_for_free_blocks
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster_helpers import (PROMPTS, colocated_greedy, transformers_greedy,
-                             wait_for_free_blocks)
 from runtime.client import AsyncClient, Client, InvalidArgumentError
 
 MAX_TOKENS = 12
@@ -32,8 +32,7 @@ def client(server):
         yield c
 
 
-def test_greedy_equals_colocated_engine_and_transformers(client, server, reference,
-                                                         tiny_model_dir):
+def test_greedy_equals_colocated_engine_and_transformers(client, server, reference, tiny_model_dir):
     outs = [client.generate(p, **GREEDY) for p in PROMPTS]
     assert [o.token_ids for o in outs] == reference
     prompt_ids = server.frontend.preparer.prompt_ids(prompt=PROMPTS[0])
@@ -73,30 +72,32 @@ def test_health_reports_serving(server, client):
 
 
 def test_client_cancel_frees_the_decode_workers_blocks(server, client):
-    stream = client.stream("The quick brown fox", max_tokens=400, temperature=0.0,
-                           ignore_eos=True)
+    stream = client.stream("The quick brown fox", max_tokens=400, temperature=0.0, ignore_eos=True)
     got = 0
     for chunk in stream:
         got += len(chunk.token_ids)
-        if got >= 3:     # the request is decoding on the decode worker now
+        if got >= 3:  # the request is decoding on the decode worker now
             break
-    stream.close()       # cancels the call
+    stream.close()  # cancels the call
     free = wait_for_free_blocks(server)
     assert free == {"prefill-0": 256, "decode-0": 256}
     status = client.cluster_status()
     assert status.num_requests_in_flight == 0
 
 
-@pytest.mark.parametrize("kwargs,fix", [
-    (dict(prompt=""), "prompt is empty"),
-    (dict(prompt="hi", model="no-such-model"), "unknown model 'no-such-model'"),
-    (dict(prompt="hi", max_tokens=0), "max_tokens must be an int >= 1"),
-    (dict(prompt="hi", max_tokens=10_000), "set max_tokens <= "),
-    (dict(prompt="hi", temperature=-0.5), "temperature must be >= 0"),
-    (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role must be one of"),
-    (dict(messages=[]), "messages must be a non-empty list"),
-    (dict(prompt_token_ids=[10**6]), "prompt token ids must be ints in"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fix",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt="hi", model="no-such-model"), "unknown model 'no-such-model'"),
+        (dict(prompt="hi", max_tokens=0), "max_tokens must be an int >= 1"),
+        (dict(prompt="hi", max_tokens=10_000), "set max_tokens <= "),
+        (dict(prompt="hi", temperature=-0.5), "temperature must be >= 0"),
+        (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role must be one of"),
+        (dict(messages=[]), "messages must be a non-empty list"),
+        (dict(prompt_token_ids=[10**6]), "prompt token ids must be ints in"),
+    ],
+)
 def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(client, kwargs, fix):
     with pytest.raises(InvalidArgumentError) as info:
         client.generate(**kwargs)
@@ -111,9 +112,12 @@ def test_list_models_and_cluster_status(client, tiny_model_dir):
     status = client.cluster_status()
     assert status.mode == "disaggregated"
     assert sorted((w.name, w.role, w.healthy) for w in status.workers) == [
-        ("decode-0", "decode", True), ("prefill-0", "prefill", True)]
-    assert [w.kv_address.startswith("127.0.0.1:") for w in status.workers
-            if w.role == "decode"] == [True]
+        ("decode-0", "decode", True),
+        ("prefill-0", "prefill", True),
+    ]
+    assert [
+        w.kv_address.startswith("127.0.0.1:") for w in status.workers if w.role == "decode"
+    ] == [True]
 
 
 def test_openai_client_streaming_and_not(server, client, tiny_model_dir):
@@ -123,21 +127,38 @@ def test_openai_client_streaming_and_not(server, client, tiny_model_dir):
     name = str(tiny_model_dir)
     assert [m.id for m in oai.models.list().data] == [name]
     extra = {"ignore_eos": True, "top_k": 0, "min_p": 0.0}
-    full = oai.completions.create(model=name, prompt=PROMPTS[1], max_tokens=MAX_TOKENS,
-                                  temperature=0, extra_body=extra)
+    full = oai.completions.create(
+        model=name, prompt=PROMPTS[1], max_tokens=MAX_TOKENS, temperature=0, extra_body=extra
+    )
     assert full.usage.completion_tokens == MAX_TOKENS and full.choices[0].finish_reason == "length"
-    parts = list(oai.completions.create(model=name, prompt=PROMPTS[1], max_tokens=MAX_TOKENS,
-                                        temperature=0, stream=True, extra_body=extra))
+    parts = list(
+        oai.completions.create(
+            model=name,
+            prompt=PROMPTS[1],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            extra_body=extra,
+        )
+    )
     assert "".join(p.choices[0].text for p in parts) == full.choices[0].text
     assert full.choices[0].text == client.generate(PROMPTS[1], **GREEDY).text
 
     messages = [{"role": "user", "content": "Hello world!"}]
-    chat = oai.chat.completions.create(model=name, messages=messages, max_tokens=8,
-                                       temperature=0, extra_body={"ignore_eos": True})
-    chunks = list(oai.chat.completions.create(model=name, messages=messages, max_tokens=8,
-                                              temperature=0, stream=True,
-                                              stream_options={"include_usage": True},
-                                              extra_body={"ignore_eos": True}))
+    chat = oai.chat.completions.create(
+        model=name, messages=messages, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+    )
+    chunks = list(
+        oai.chat.completions.create(
+            model=name,
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == chat.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == 8 == chat.usage.completion_tokens
@@ -153,8 +174,12 @@ def test_metrics_and_health_over_http(server):
 
     assert httpx.get(f"{server.http_url}/health").status_code == 200
     text = httpx.get(f"{server.http_url}/metrics").text
-    for name in ("tandem_time_to_first_token_seconds_count", "tandem_time_per_output_token",
-                 "tandem_kv_transfer_seconds_count", "tandem_kv_transfer_bytes_total",
-                 'tandem_pool_size{role="decode"} 1.0',
-                 'tandem_worker_free_kv_blocks{role="prefill",worker="prefill-0"}'):
+    for name in (
+        "tandem_time_to_first_token_seconds_count",
+        "tandem_time_per_output_token",
+        "tandem_kv_transfer_seconds_count",
+        "tandem_kv_transfer_bytes_total",
+        'tandem_pool_size{role="decode"} 1.0',
+        'tandem_worker_free_kv_blocks{role="prefill",worker="prefill-0"}',
+    ):
         assert name in text, name

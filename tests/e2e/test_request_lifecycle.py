@@ -1,13 +1,14 @@
 """Every request ends and leaves nothing behind (1 prefill + 1 decode on a real local Ray):
 requests that end on their first token, and two clients sending the same request id."""
+
 from __future__ import annotations
 
 import asyncio
 
 import httpx
 import ray
-
 from cluster_helpers import PROMPTS, colocated_greedy, wait_for_free_blocks
+
 from runtime.client import AsyncClient, Client
 
 ONE_TOKEN = dict(max_tokens=1, temperature=0.0, ignore_eos=True)
@@ -23,8 +24,9 @@ def assert_idle(server) -> None:
     assert server.frontend.dispatcher.num_in_flight == 0
 
 
-def test_500_one_token_requests_over_grpc_and_http_each_get_their_token(disaggregated_server,
-                                                                        tiny_model_dir):
+def test_500_one_token_requests_over_grpc_and_http_each_get_their_token(
+    disaggregated_server, tiny_model_dir
+):
     server = disaggregated_server
     first = [ids[0] for ids in colocated_greedy(tiny_model_dir, PROMPTS, 1)]
     with Client(server.grpc_url, timeout=30) as client:
@@ -37,10 +39,11 @@ def test_500_one_token_requests_over_grpc_and_http_each_get_their_token(disaggre
             r = http.post("/v1/completions", json=body)
             assert r.status_code == 200, (i, r.text)
             choice = r.json()["choices"][0]
-            assert choice["finish_reason"] == "length" and r.json()["usage"][
-                "completion_tokens"] == 1, (i, r.json())
+            assert (
+                choice["finish_reason"] == "length" and r.json()["usage"]["completion_tokens"] == 1
+            ), (i, r.json())
     assert_idle(server)
-    with Client(server.grpc_url, timeout=10) as client:   # answers at once, not after a wedge
+    with Client(server.grpc_url, timeout=10) as client:  # answers at once, not after a wedge
         out = client.generate(PROMPTS[0], max_tokens=4, temperature=0.0, ignore_eos=True)
     assert len(out.token_ids) == 4
     assert_idle(server)
@@ -52,8 +55,9 @@ def test_same_request_id_from_two_clients_runs_both(disaggregated_server, tiny_m
 
     async def one(prompt):
         async with AsyncClient(server.grpc_url, timeout=60) as client:
-            return await client.generate(prompt, request_id="same-id", max_tokens=24,
-                                         temperature=0.0, ignore_eos=True)
+            return await client.generate(
+                prompt, request_id="same-id", max_tokens=24, temperature=0.0, ignore_eos=True
+            )
 
     async def both():
         return await asyncio.gather(one(PROMPTS[0]), one(PROMPTS[1]))

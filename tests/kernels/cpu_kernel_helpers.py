@@ -1,4 +1,5 @@
 """Shared by the C++ CPU kernel tests (tests/kernels/test_cpu_*.py)."""
+
 import shutil
 
 import pytest

@@ -1,4 +1,5 @@
 """Which implementation the dispatch functions pick (kernels.backend)."""
+
 import pytest
 import torch
 

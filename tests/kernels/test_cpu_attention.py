@@ -1,12 +1,12 @@
 """The C++ CPU attention kernels (decode over the paged cache, causal prefill) vs float64."""
+
 import pytest
 import torch
+from cpu_kernel_helpers import TOLERANCE, needs_compiler
 
 from kernels import cpu
 from kernels.attention import paged_decode_attention
 from kernels.backend import use_backend
-
-from cpu_kernel_helpers import TOLERANCE, needs_compiler
 
 
 def attention_f64(q, k_cache, v_cache, tables, lens, scale):
@@ -28,22 +28,28 @@ def random_case(gen, batch, heads, kv_heads, dim, block_size, dtype, num_blocks=
     # The caches are slices of one [layers, 2, blocks, ...] tensor, as in the engine.
     cache = torch.randn(2, 2, num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
     k_cache, v_cache = cache[1, 0], cache[1, 1]
-    q = torch.randn(batch, heads + 3, dim, generator=gen).to(dtype)[:, 1:heads + 1]  # strided
+    q = torch.randn(batch, heads + 3, dim, generator=gen).to(dtype)[:, 1 : heads + 1]  # strided
     max_ctx = num_blocks * block_size // batch
     lens = torch.randint(1, max_ctx + 1, (batch,), generator=gen)
-    lens[0] = 1                                    # the query's own KV only
+    lens[0] = 1  # the query's own KV only
     if batch > 1:
-        lens[1] = block_size * (max_ctx // block_size)   # whole blocks exactly
+        lens[1] = block_size * (max_ctx // block_size)  # whole blocks exactly
     width = (max_ctx + block_size - 1) // block_size
-    tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:width]
-                          for _ in range(batch)])
+    tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:width] for _ in range(batch)])
     return q, k_cache, v_cache, tables, lens
 
 
 # (batch, heads, kv_heads, dim, block_size): SmolLM2 and Llama-3 shapes take the AVX-512 path,
 # the others (group > 8, dim not a multiple of 16) the portable one.
-SHAPES = [(6, 9, 3, 64, 16), (3, 32, 8, 128, 16), (4, 8, 8, 32, 1), (2, 16, 1, 16, 4),
-          (3, 20, 2, 64, 16), (3, 6, 2, 40, 8), (1, 12, 2, 96, 16)]
+SHAPES = [
+    (6, 9, 3, 64, 16),
+    (3, 32, 8, 128, 16),
+    (4, 8, 8, 32, 1),
+    (2, 16, 1, 16, 4),
+    (3, 20, 2, 64, 16),
+    (3, 6, 2, 40, 8),
+    (1, 12, 2, 96, 16),
+]
 
 
 @needs_compiler
@@ -53,15 +59,16 @@ def test_paged_decode_attention_matches_float64(shape, dtype):
     gen = torch.Generator().manual_seed(hash((shape, str(dtype))) % 2**31)
     q, k_cache, v_cache, tables, lens = random_case(gen, *shape, dtype)
     scale = shape[3] ** -0.5
-    out = torch.full_like(q.contiguous(), float("nan"))   # poisoned: every element is written
+    out = torch.full_like(q.contiguous(), float("nan"))  # poisoned: every element is written
     cpu.ops().paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, out)
     want = attention_f64(q, k_cache, v_cache, tables, lens, scale)
     assert not out.isnan().any()
     err = ((out.double() - want).norm() / want.norm()).item()
     assert err < TOLERANCE[dtype]
     # The dispatch function takes the same kernel, also for int32 tables.
-    got = paged_decode_attention(q, k_cache, v_cache, tables.int(), lens.int(), scale,
-                                 backend="cpu")
+    got = paged_decode_attention(
+        q, k_cache, v_cache, tables.int(), lens.int(), scale, backend="cpu"
+    )
     assert torch.equal(got, out)
 
 
@@ -84,18 +91,24 @@ def test_bad_tables_are_refused_before_any_read():
 
 @needs_compiler
 def test_engine_on_the_cpu_kernel_gives_the_reference_paths_greedy_tokens(tiny_model_dir):
-    from runtime.engine import SamplingParams
     from tiny_model import make_engine
 
-    prompts = [[5, 17, 42, 99, 3, 8, 250, 11, 64, 7, 1, 2, 3], [200, 201, 202], [9],
-               list(range(30, 80))]
+    from runtime.engine import SamplingParams
+
+    prompts = [
+        [5, 17, 42, 99, 3, 8, 250, 11, 64, 7, 1, 2, 3],
+        [200, 201, 202],
+        [9],
+        list(range(30, 80)),
+    ]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     outputs = {}
     for name in ("torch", "cpu"):
         with use_backend(name):
-            eng = make_engine(tiny_model_dir)   # float32: token-exact is expected
-            outputs[name] = [o.token_ids for o in eng.generate(prompt_token_ids=prompts,
-                                                               params=params)]
+            eng = make_engine(tiny_model_dir)  # float32: token-exact is expected
+            outputs[name] = [
+                o.token_ids for o in eng.generate(prompt_token_ids=prompts, params=params)
+            ]
     assert outputs["cpu"] == outputs["torch"]
 
 
@@ -106,14 +119,22 @@ def causal_f64(q, k, v, scale):
     kk, vv = (x.double().repeat_interleave(h // kvh, dim=1) for x in (k, v))
     scores = torch.einsum("thd,shd->hts", q.double(), kk) * scale
     visible = torch.arange(s)[None, :] <= torch.arange(t)[:, None] + (s - t)
-    return torch.einsum("hts,shd->thd", scores.masked_fill(~visible, float("-inf")).softmax(-1),
-                        vv)
+    return torch.einsum("hts,shd->thd", scores.masked_fill(~visible, float("-inf")).softmax(-1), vv)
 
 
 @needs_compiler
-@pytest.mark.parametrize("shape", [(256, 256, 9, 3, 64), (37, 100, 9, 3, 64), (1, 50, 8, 2, 128),
-                                   (17, 17, 32, 8, 128), (9, 300, 4, 4, 64), (2, 3, 6, 1, 64)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (256, 256, 9, 3, 64),
+        (37, 100, 9, 3, 64),
+        (1, 50, 8, 2, 128),
+        (17, 17, 32, 8, 128),
+        (9, 300, 4, 4, 64),
+        (2, 3, 6, 1, 64),
+    ],
+    ids=str,
+)
 def test_prefill_attention_matches_float64(shape):
     from kernels.attention import causal_attention
     from kernels.backend import cpu_bf16_dot_available
@@ -123,13 +144,13 @@ def test_prefill_attention_matches_float64(shape):
     t, s, h, kvh, d = shape
     gen = torch.Generator().manual_seed(t * 1000 + s)
     # Strided q (heads inside a fused projection) and k/v [S, kv, D] as gathered from a cache.
-    q = (torch.randn(t, h + 2, d, generator=gen) * 2).bfloat16()[:, 1:h + 1]
+    q = (torch.randn(t, h + 2, d, generator=gen) * 2).bfloat16()[:, 1 : h + 1]
     k = torch.randn(s, kvh, d, generator=gen).bfloat16()
     v = torch.randn(s, kvh, d, generator=gen).bfloat16()
-    want = causal_f64(q, k, v, d ** -0.5)
-    got = causal_attention(q, k, v, d ** -0.5, backend="cpu")
-    sdpa = causal_attention(q, k, v, d ** -0.5, backend="torch")
+    want = causal_f64(q, k, v, d**-0.5)
+    got = causal_attention(q, k, v, d**-0.5, backend="cpu")
+    sdpa = causal_attention(q, k, v, d**-0.5, backend="torch")
     err = ((got.double() - want).norm() / want.norm()).item()
     sdpa_err = ((sdpa.double() - want).norm() / want.norm()).item()
     assert got.shape == (t, h, d) and not got.isnan().any()
-    assert err < max(2 * sdpa_err, 3e-3)   # bf16 output rounding dominates both
+    assert err < max(2 * sdpa_err, 3e-3)  # bf16 output rounding dominates both

@@ -1,11 +1,11 @@
 """The C++ CPU kernels (kernels/cpu): built and loaded here, keyed by CPU, dispatched, disabled."""
+
 import pytest
 import torch
+from cpu_kernel_helpers import needs_compiler
 
 from kernels import cpu
 from kernels.backend import use_backend, use_cpu_kernel
-
-from cpu_kernel_helpers import needs_compiler
 
 
 @needs_compiler
@@ -18,7 +18,7 @@ def test_the_library_builds_and_loads_here():
 def test_auto_takes_the_cpu_kernel_for_half_precisions_only():
     assert use_cpu_kernel(torch.zeros(1, dtype=torch.bfloat16))
     assert use_cpu_kernel(torch.zeros(1, dtype=torch.float16))
-    assert not use_cpu_kernel(torch.zeros(1))                      # float32: the reference
+    assert not use_cpu_kernel(torch.zeros(1))  # float32: the reference
     assert use_cpu_kernel(torch.zeros(1), "cpu")
     with use_backend("torch"):
         assert not use_cpu_kernel(torch.zeros(1, dtype=torch.bfloat16))

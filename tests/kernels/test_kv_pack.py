@@ -1,12 +1,13 @@
 """pack_kv / unpack_kv against a token-by-token reference, bit for bit."""
+
 from __future__ import annotations
 
 import zlib
 
 import pytest
 import torch
-
 from cpu_kernel_helpers import needs_compiler
+
 from kernels.kv_pack import pack_kv, unpack_kv
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -54,8 +55,9 @@ def ref_unpack(cache, table, data, start, layout):
 
 
 def same_bytes(a, b):
-    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.uint8),
-                                              b.contiguous().view(torch.uint8))
+    return a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
+    )
 
 
 # "torch": the reference; "cpu": the C++ kernel (NHD; HND falls back to the reference).
@@ -65,8 +67,9 @@ BACKENDS = ["torch", pytest.param("cpu", marks=needs_compiler)]
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bs_send,bs_recv", [(16, 16), (16, 8), (4, 16), (16, 32), (8, 4)])
-@pytest.mark.parametrize("layouts", [("NHD", "NHD"), ("NHD", "HND"), ("HND", "NHD"),
-                                     ("HND", "HND")], ids="->".join)
+@pytest.mark.parametrize(
+    "layouts", [("NHD", "NHD"), ("NHD", "HND"), ("HND", "NHD"), ("HND", "HND")], ids="->".join
+)
 def test_round_trip(dtype, bs_send, bs_recv, layouts, backend):
     lay_s, lay_r = layouts
     heads, dim = 2, 8
@@ -93,9 +96,11 @@ def test_round_trip(dtype, bs_send, bs_recv, layouts, backend):
             assert same_bytes(back, packed), (start, end)
 
 
-@pytest.mark.parametrize("dtype,bs_send,bs_recv", [(torch.float16, 3, 5), (torch.float32, 2, 3),
-                                                   (torch.bfloat16, 5, 2), (torch.float16, 4, 8)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "dtype,bs_send,bs_recv",
+    [(torch.float16, 3, 5), (torch.float32, 2, 3), (torch.bfloat16, 5, 2), (torch.float16, 4, 8)],
+    ids=str,
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_odd_rows_fall_back_from_words(dtype, bs_send, bs_recv, backend):
     # heads * dim = 3: block rows, or slices after a partial first block, that are not whole
@@ -182,8 +187,13 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"data must be \[3, 2, num_tokens, 2, 8\]"):
         unpack_kv(torch.stack([cache] * 3), table, torch.zeros(2, 2, 3, 2, 8), 0)
     with pytest.raises(ValueError, match=r"out must be a contiguous \[3, 2, 4, 2, 8\]"):
-        pack_kv(torch.stack([cache] * 3), table, 0, 4, out=torch.empty(2, 2, 4, 2, 8,
-                                                                       dtype=torch.float16))
+        pack_kv(
+            torch.stack([cache] * 3),
+            table,
+            0,
+            4,
+            out=torch.empty(2, 2, 4, 2, 8, dtype=torch.float16),
+        )
     with pytest.raises(ValueError, match="contiguous"):
         pack_kv(cache.transpose(3, 4), table, 0, 4)
     with pytest.raises(ValueError, match="1-D int64"):
@@ -207,7 +217,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="capacity 8"):
         unpack_kv(cache, table, data, 6)
     with pytest.raises(ValueError, match=r"out must be a contiguous \[2, 4, 2, 8\]"):
-        pack_kv(cache, table, 0, 4, out=torch.empty(2, 4, 2, 8))   # float32, not float16
+        pack_kv(cache, table, 0, 4, out=torch.empty(2, 4, 2, 8))  # float32, not float16
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,4 +1,5 @@
 """quantize_kv / dequantize_kv against a token-loop reference and derived error bounds."""
+
 from __future__ import annotations
 
 import zlib
@@ -162,7 +163,7 @@ def test_bad_inputs_raise():
 def test_quantize_into_q_out(encoding, backend):
     x = torch.randn(37, 3, 16).to(torch.bfloat16)
     want_q, want_s = quantize_kv(x, encoding, 16, backend="torch")
-    q_out = torch.full(x.shape, 5, dtype=torch.uint8).view(want_q.dtype)   # poisoned
+    q_out = torch.full(x.shape, 5, dtype=torch.uint8).view(want_q.dtype)  # poisoned
     q, s = quantize_kv(x, encoding, 16, backend=backend, q_out=q_out)
     assert q is q_out
     assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(s, want_s)

@@ -1,4 +1,5 @@
 """Our top-level `kernels` package shares its import name with Hugging Face's kernels library."""
+
 import importlib
 
 import kernels

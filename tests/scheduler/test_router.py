@@ -1,4 +1,5 @@
 """Least-loaded routing from load snapshots, with charges between reports."""
+
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ def test_picks_least_loaded_and_charges_between_reports():
     r = Router()
     r.report(WorkerLoad("p0", "prefill", num_queued_prompt_tokens=100))
     r.report(WorkerLoad("p1", "prefill", num_queued_prompt_tokens=30))
-    assert r.pick_prefill(50) == "p1"      # p1 now charged 80
-    assert r.pick_prefill(50) == "p1"      # 80 < 100
-    assert r.pick_prefill(50) == "p0"      # 130 > 100
+    assert r.pick_prefill(50) == "p1"  # p1 now charged 80
+    assert r.pick_prefill(50) == "p1"  # 80 < 100
+    assert r.pick_prefill(50) == "p0"  # 130 > 100
     r.report(WorkerLoad("p1", "prefill"))  # a fresh report drops the charges
     assert r.pick_prefill(1) == "p1"
 
@@ -52,7 +53,9 @@ def test_unhealthy_and_excluded_workers_are_skipped():
 
 
 def test_scheduler_imports_no_torch_and_nothing_of_runtime():
-    code = ("import sys, scheduler, scheduler.router; "
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('runtime')]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, scheduler, scheduler.router; "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('runtime')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

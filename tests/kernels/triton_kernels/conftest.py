@@ -6,6 +6,7 @@ pytest with TRITON_INTERPRET=1 (fp32 and fp16; the interpreter's bf16 arithmetic
 On a GPU, the main session collects them directly: compiled kernels on CUDA, bf16 included.
 Without either (no CUDA in the main session), this directory is not collected.
 """
+
 import importlib.util
 import os
 import zlib
@@ -43,8 +44,10 @@ def poison(device):
     """poison(shape, dtype): an output buffer no kernel would write: NaN, or for integers
     0x80 bytes (int8 -128, outside quantization's +-127), so any element left unwritten
     shows up."""
+
     def make(shape, dtype):
         if dtype.is_floating_point:
             return torch.full(shape, float("nan"), dtype=dtype, device=device)
         return torch.full(shape, 0x80, dtype=torch.uint8, device=device).view(dtype)
+
     return make

@@ -1,4 +1,5 @@
 """Triton KV pack/unpack against the torch reference, byte for byte, receivers poisoned."""
+
 import pytest
 import torch
 
@@ -15,17 +16,17 @@ def cache(device, num_blocks, bs, heads, dim, dtype, layout):
 
 
 def same_bytes(a, b):
-    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.uint8),
-                                              b.contiguous().view(torch.uint8))
+    return a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
+    )
 
 
 @pytest.mark.parametrize("bs_send,bs_recv", [(16, 8), (4, 16), (3, 5)], ids=str)
-@pytest.mark.parametrize("layouts", [("NHD", "NHD"), ("NHD", "HND"), ("HND", "NHD")],
-                         ids="->".join)
+@pytest.mark.parametrize("layouts", [("NHD", "NHD"), ("NHD", "HND"), ("HND", "NHD")], ids="->".join)
 def test_round_trip_with_block_size_conversion(device, dtype, poison, bs_send, bs_recv, layouts):
     lay_s, lay_r = layouts
     send = cache(device, 16, bs_send, 2, 8, dtype, lay_s)
-    send_table = torch.randperm(16)[:-(-SEQ // bs_send)]
+    send_table = torch.randperm(16)[: -(-SEQ // bs_send)]
     n_recv = -(-SEQ // bs_recv)
     recv_table = torch.randperm(n_recv + 3)[:n_recv]
     shape = (2, n_recv + 3, bs_recv, 2, 8) if lay_r == "NHD" else (2, n_recv + 3, 2, bs_recv, 8)
@@ -37,7 +38,7 @@ def test_round_trip_with_block_size_conversion(device, dtype, poison, bs_send, b
         recv, want = poison(shape, dtype), poison(shape, dtype)
         unpack_kv(recv, recv_table, got, start, lay_r, backend="triton")
         unpack_kv(want, recv_table, got, start, lay_r, backend="torch")
-        assert same_bytes(recv, want), (start, end)   # untouched slots still poisoned
+        assert same_bytes(recv, want), (start, end)  # untouched slots still poisoned
 
 
 def test_odd_rows_int32_table_and_cast(device, poison):
@@ -46,7 +47,7 @@ def test_odd_rows_int32_table_and_cast(device, poison):
     table = torch.randperm(12)[:10].int()
     packed = pack_kv(send, table, 2, 29, backend="triton")
     assert same_bytes(packed, pack_kv(send, table, 2, 29, backend="torch"))
-    data = torch.randn(9, 2, 1, 3, device=device).transpose(0, 1)   # float32, strided
+    data = torch.randn(9, 2, 1, 3, device=device).transpose(0, 1)  # float32, strided
     recv, want = poison((2, 12, 3, 1, 3), torch.float16), poison((2, 12, 3, 1, 3), torch.float16)
     unpack_kv(recv, table, data, 4, backend="triton")
     unpack_kv(want, table, data, 4, backend="torch")

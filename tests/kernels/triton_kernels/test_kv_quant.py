@@ -1,4 +1,5 @@
 """Triton int8/fp8 wire quantization against the torch reference: bit-identical."""
+
 import pytest
 import torch
 
@@ -24,15 +25,16 @@ def make_x(tokens, heads, dim, dtype, device):
 @pytest.mark.parametrize("tokens,group", [(37, 16), (16, 16), (9, 1), (5, 64), (70, 33)])
 def test_quantize_and_dequantize_bit_exact(device, dtype, poison, encoding, tokens, group):
     x = make_x(tokens, 3, 24, dtype, device)
-    x[: min(group, tokens), 1] = 0   # an all-zero (group, head): scale 0
+    x[: min(group, tokens), 1] = 0  # an all-zero (group, head): scale 0
     groups = -(-tokens // group)
     out = (poison(x.shape, QDTYPE[encoding]), poison((groups, 3), torch.float32))
     q, scales = quantize_kv_triton(x, encoding, group, out=out)
     q_ref, scales_ref = quantize_kv(x, encoding, group, backend="torch")
     assert torch.equal(bits(scales), bits(scales_ref)) and torch.equal(bits(q), bits(q_ref))
     for out_dtype in (torch.float32, dtype):
-        deq = dequantize_kv_triton(q, scales, encoding, group, out_dtype,
-                                   out=poison(x.shape, out_dtype))
+        deq = dequantize_kv_triton(
+            q, scales, encoding, group, out_dtype, out=poison(x.shape, out_dtype)
+        )
         want = dequantize_kv(q, scales, encoding, group, out_dtype, backend="torch")
         assert torch.equal(bits(deq), bits(want))
 
@@ -42,13 +44,14 @@ def test_fp8_rounding_sweep(device):
     # side, in groups whose absmax is 448 so that the scale is exactly 1.
     grid = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     mids = (grid[1:] + grid[:-1]) / 2
-    vals = torch.cat([grid, mids, mids.nextafter(torch.tensor(0.0)),
-                      mids.nextafter(torch.tensor(1e9))])
+    vals = torch.cat(
+        [grid, mids, mids.nextafter(torch.tensor(0.0)), mids.nextafter(torch.tensor(1e9))]
+    )
     vals = torch.cat([vals, -vals])
     per_row = 63
     rows = -(-vals.numel() // per_row)
     x = torch.zeros(rows * per_row)
-    x[:vals.numel()] = vals
+    x[: vals.numel()] = vals
     x = torch.cat([x.view(rows, 1, per_row), torch.full((rows, 1, 1), 448.0)], dim=2)
     x = x.to(device)
     q, scales = quantize_kv(x, "fp8", 1, backend="triton")

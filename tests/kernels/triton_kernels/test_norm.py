@@ -1,4 +1,5 @@
 """Triton fused residual add + RMSNorm against the torch reference."""
+
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def test_fused_add_rms_norm(device, dtype, poison, rows, hidden):
     normed, new_residual = fused_add_rms_norm_triton(x, residual, weight, 1e-6, out=out)
     want, want_residual = fused_add_rms_norm_ref(x, residual, weight, 1e-6)
     assert normed is out[0] and new_residual is out[1]
-    assert torch.equal(new_residual, want_residual)   # the add rounds once, like the reference
+    assert torch.equal(new_residual, want_residual)  # the add rounds once, like the reference
     torch.testing.assert_close(normed, want, atol=TOL[dtype], rtol=TOL[dtype])
 
 

@@ -1,4 +1,5 @@
 """The SDK's request building, error typing and retry policy (no server needed)."""
+
 import grpc
 import pytest
 
@@ -20,8 +21,9 @@ class FakeRpcError(grpc.RpcError):
 
 
 def test_build_request_sets_only_given_fields():
-    req = build_request("hi", max_tokens=5, temperature=0.0, stop="\n", stop_token_ids=[2],
-                        seed=None)
+    req = build_request(
+        "hi", max_tokens=5, temperature=0.0, stop="\n", stop_token_ids=[2], seed=None
+    )
     assert req.WhichOneof("input") == "prompt" and req.params.max_tokens == 5
     assert req.params.HasField("temperature") and not req.params.HasField("seed")
     assert list(req.params.stop) == ["\n"] and list(req.params.stop_token_ids) == [2]
@@ -37,8 +39,9 @@ def test_errors_are_typed_and_carry_the_status():
     assert err.details == "prompt is empty"
     other = error_from_rpc(FakeRpcError(grpc.StatusCode.INTERNAL, "boom"))
     assert type(other) is TandemError
-    assert isinstance(error_from_rpc(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "")),
-                      UnavailableError)
+    assert isinstance(
+        error_from_rpc(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "")), UnavailableError
+    )
 
 
 def test_retry_policy_retries_only_unavailable_with_growing_backoff():
@@ -51,9 +54,14 @@ def test_retry_policy_retries_only_unavailable_with_growing_backoff():
 
 
 def test_last_chunk_carries_usage_and_timings():
-    msg = pb.GenerateResponse(request_id="r", token_ids=[1], text="a", finish_reason=pb.STOP,
-                              usage=pb.Usage(prompt_tokens=3, completion_tokens=1),
-                              timings=pb.Timings(prefill_s=0.5, kv_transfer_bytes=10))
+    msg = pb.GenerateResponse(
+        request_id="r",
+        token_ids=[1],
+        text="a",
+        finish_reason=pb.STOP,
+        usage=pb.Usage(prompt_tokens=3, completion_tokens=1),
+        timings=pb.Timings(prefill_s=0.5, kv_transfer_bytes=10),
+    )
     chunk = chunk_from_proto(msg)
     assert chunk.finish_reason == "stop" and chunk.usage.prompt_tokens == 3
     assert chunk.timings.prefill_s == 0.5 and "KV transfer" in chunk.timings.describe()

@@ -1,4 +1,5 @@
 """Continuous batching decisions: budgets, chunking, admission order and preemption."""
+
 from runtime.config import SchedulerConfig
 from runtime.engine.batch_scheduler import BatchScheduler
 from runtime.engine.block_manager import BlockManager
@@ -8,12 +9,17 @@ from runtime.engine.sequence import Sequence, SequenceStatus
 
 def make(num_blocks=16, block_size=4, budget=8, max_seqs=8, chunked=True):
     bm = BlockManager(num_blocks, block_size)
-    return BatchScheduler(SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
-                                          enable_chunked_prefill=chunked), bm), bm
+    return BatchScheduler(
+        SchedulerConfig(
+            max_num_seqs=max_seqs, max_num_batched_tokens=budget, enable_chunked_prefill=chunked
+        ),
+        bm,
+    ), bm
 
 
 def run_step(batch, sampled_token=7):
-    """What the engine does after a forward: advance, and sample where a sequence reached its end."""
+    """What the engine does after a forward: advance, and sample where a sequence reached
+    its end."""
     for s, n in zip(batch.seqs, batch.num_new_tokens):
         s.num_computed_tokens += n
         if s.num_computed_tokens == s.num_tokens:
@@ -34,9 +40,9 @@ def test_chunked_prefill_splits_prompt_across_steps():
     b3 = sched.schedule()
     assert b3.num_new_tokens == [4]
     run_step(b3)
-    assert a.num_tokens == 21            # sampled once, after the last chunk
+    assert a.num_tokens == 21  # sampled once, after the last chunk
     b4 = sched.schedule()
-    assert b4.num_new_tokens == [1]      # decoding
+    assert b4.num_new_tokens == [1]  # decoding
 
 
 def test_decode_first_then_new_prompts_fill_budget():
@@ -50,7 +56,7 @@ def test_decode_first_then_new_prompts_fill_budget():
     sched.add(c)
     batch = sched.schedule()
     assert [s.request_id for s in batch.seqs] == ["a", "b"]
-    assert batch.num_new_tokens == [1, 5]   # c waits: the budget is spent
+    assert batch.num_new_tokens == [1, 5]  # c waits: the budget is spent
 
 
 def test_without_chunking_a_prompt_waits_for_a_whole_budget():
@@ -77,8 +83,8 @@ def test_max_num_seqs_limits_admission():
 
 def test_preemption_frees_latest_and_requeues_it_first():
     sched, bm = make(num_blocks=4, block_size=2, budget=16)
-    a = Sequence("a", [1, 2, 3], SamplingParams())   # 2 blocks
-    b = Sequence("b", [4, 5, 6], SamplingParams())   # 2 blocks
+    a = Sequence("a", [1, 2, 3], SamplingParams())  # 2 blocks
+    b = Sequence("b", [4, 5, 6], SamplingParams())  # 2 blocks
     sched.add(a)
     sched.add(b)
     run_step(sched.schedule())

@@ -1,4 +1,5 @@
 """Exact block ids, reference counts, prefix-cache hits and frees of the BlockManager."""
+
 import pytest
 
 from runtime.engine.block_manager import BlockManager
@@ -23,11 +24,11 @@ def compute_all(bm, s):
 
 def test_allocation_order_and_free_list():
     bm = BlockManager(num_blocks=8, block_size=4)
-    a = seq("a", range(10))          # 3 blocks
+    a = seq("a", range(10))  # 3 blocks
     assert admit(bm, a) == []
     assert a.block_table == [0, 1, 2]
     assert bm.num_free_blocks == 5
-    b = seq("b", range(100, 105))    # 2 blocks
+    b = seq("b", range(100, 105))  # 2 blocks
     admit(bm, b)
     assert b.block_table == [3, 4]
     bm.free(a)
@@ -40,7 +41,7 @@ def test_allocation_order_and_free_list():
 
 def test_prefix_hit_shares_blocks_and_counts_refs():
     bm = BlockManager(num_blocks=8, block_size=4)
-    a = seq("a", list(range(9)))     # blocks: [0..3] [4..7] [8]
+    a = seq("a", list(range(9)))  # blocks: [0..3] [4..7] [8]
     admit(bm, a)
     compute_all(bm, a)
     b = seq("b", list(range(8)) + [50, 51])
@@ -65,13 +66,13 @@ def test_freed_cached_block_is_revived_then_evicted_when_reused():
     bm.free(a)
     assert list(bm.free_blocks) == [2, 3, 1, 0]
     b = seq("b", list(range(4)) + [9])
-    assert admit(bm, b) == [0]       # revived from the free list
+    assert admit(bm, b) == [0]  # revived from the free list
     assert bm.ref_counts[0] == 1 and 0 not in bm.free_blocks
     bm.free(b)
     # a fresh unrelated sequence takes blocks in LRU order and evicts their hashes
     c = seq("c", list(range(200, 216)))
     admit(bm, c)
-    assert c.block_table == [3, 1, 2, 0]   # b took 0 (revived) and 2, freed tail first
+    assert c.block_table == [3, 1, 2, 0]  # b took 0 (revived) and 2, freed tail first
     assert bm.cached_blocks == {}
     assert bm.find_cached_prefix(seq("d", list(range(5)))) == []
 
@@ -97,7 +98,7 @@ def test_growth_and_exhaustion():
     a.token_ids.append(4)
     assert bm.can_allocate_slots(a, 1)
     bm.allocate_slots(a, 1)
-    assert a.block_table == [0, 1]      # slot 3 fits in block 1
+    assert a.block_table == [0, 1]  # slot 3 fits in block 1
     a.num_computed_tokens = 4
     a.token_ids.append(5)
     bm.allocate_slots(a, 1)

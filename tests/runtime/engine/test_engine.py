@@ -1,9 +1,10 @@
 """The engine on a tiny random Llama: parity with transformers, chunking, preemption, the split."""
+
 import pytest
 import torch
+from tiny_model import make_engine
 
 from runtime.engine import SamplingParams
-from tiny_model import make_engine
 
 PROMPTS = [
     [5, 17, 42, 99, 3, 8, 250, 11, 64, 7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
@@ -28,9 +29,10 @@ def hf_reference(tiny_model_dir):
     model.generation_config.pad_token_id = 0
     refs = []
     for p in PROMPTS:
-        out = model.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=12,
-                             do_sample=False)
-        refs.append(out[0, len(p):].tolist())
+        out = model.generate(
+            torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False
+        )
+        refs.append(out[0, len(p) :].tolist())
     return refs
 
 
@@ -100,7 +102,7 @@ def test_prefix_cache_hits_give_identical_tokens(tiny_model_dir, hf_reference):
     first = eng.generate(prompt_token_ids=[PROMPTS[3]], params=GREEDY)[0]
     again = eng.generate(prompt_token_ids=[PROMPTS[3]], params=GREEDY)[0]
     assert first.num_cached_tokens == 0
-    assert again.num_cached_tokens == 48      # 50 tokens: 12 full blocks hit
+    assert again.num_cached_tokens == 48  # 50 tokens: 12 full blocks hit
     assert again.token_ids == first.token_ids == hf_reference[3]
 
 
@@ -132,12 +134,17 @@ def test_stream_deltas_concatenate_and_close_aborts(colocated):
 def test_stop_token_ids_and_max_tokens(colocated, hf_reference):
     ref = hf_reference[0]
     stop_at = ref[4]
-    out = colocated.generate(prompt_token_ids=[PROMPTS[0]], params=SamplingParams(
-        temperature=0.0, max_tokens=12, stop_token_ids=[stop_at], ignore_eos=True))[0]
+    out = colocated.generate(
+        prompt_token_ids=[PROMPTS[0]],
+        params=SamplingParams(
+            temperature=0.0, max_tokens=12, stop_token_ids=[stop_at], ignore_eos=True
+        ),
+    )[0]
     assert out.finish_reason == "stop"
-    assert out.token_ids == ref[:ref.index(stop_at) + 1]
-    out = colocated.generate(prompt_token_ids=[PROMPTS[0]],
-                             params=SamplingParams(temperature=0.0, max_tokens=3))[0]
+    assert out.token_ids == ref[: ref.index(stop_at) + 1]
+    out = colocated.generate(
+        prompt_token_ids=[PROMPTS[0]], params=SamplingParams(temperature=0.0, max_tokens=3)
+    )[0]
     assert out.finish_reason in ("length", "stop") and len(out.token_ids) <= 3
 
 
@@ -146,17 +153,18 @@ def test_stop_string_truncates_text(colocated):
     full = colocated.generate(["Hello world"], params)[0].text
     assert len(full) > 4
     stop = full[2:4]
-    out = colocated.generate(["Hello world"], SamplingParams(
-        temperature=0.0, max_tokens=12, ignore_eos=True, stop=[stop]))[0]
+    out = colocated.generate(
+        ["Hello world"],
+        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, stop=[stop]),
+    )[0]
     assert out.finish_reason == "stop"
-    assert out.text == full[:full.index(stop)]
+    assert out.text == full[: full.index(stop)]
 
 
 def test_seeded_sampling_reproducible_and_survives_the_split(tiny_model_dir, colocated):
     params = SamplingParams(temperature=1.0, top_k=20, max_tokens=10, seed=1234, ignore_eos=True)
     a = colocated.generate(prompt_token_ids=[PROMPTS[0]], params=params)[0].token_ids
-    b = colocated.generate(prompt_token_ids=[PROMPTS[1], PROMPTS[0]],
-                           params=params)[1].token_ids
+    b = colocated.generate(prompt_token_ids=[PROMPTS[1], PROMPTS[0]], params=params)[1].token_ids
     assert a == b
     prefill = engine(tiny_model_dir, role="prefill")
     decode = engine(tiny_model_dir, role="decode")
@@ -169,11 +177,14 @@ def test_seeded_sampling_reproducible_and_survives_the_split(tiny_model_dir, col
                 assert out.token_ids == a
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ([], "prompt is empty"),
-    ([1] * 600, "shorten the prompt"),
-    ([10**6], "prompt token ids must be in"),
-])
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ([], "prompt is empty"),
+        ([1] * 600, "shorten the prompt"),
+        ([10**6], "prompt token ids must be in"),
+    ],
+)
 def test_invalid_prompts_raise_clear_errors(colocated, prompt, message):
     with pytest.raises(ValueError, match=message):
         colocated.add_request(params=GREEDY, prompt_token_ids=prompt)
@@ -196,6 +207,7 @@ def test_other_architectures_match_transformers(tmp_path, arch):
     eng = engine(path)
     got = greedy_ids(eng, PROMPTS[:3])
     for p, g in zip(PROMPTS[:3], got):
-        ref = model.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=12,
-                             do_sample=False)[0, len(p):].tolist()
+        ref = model.generate(
+            torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False
+        )[0, len(p) :].tolist()
         assert g == ref

@@ -1,4 +1,5 @@
 """The engine thread: calls run in order between steps on one thread; idle costs no steps."""
+
 import threading
 import time
 
@@ -23,7 +24,7 @@ def test_calls_and_steps_share_one_thread_and_stop_cleanly():
     time.sleep(0.2)
     assert outputs == ["a", "b"] and not work
     assert loop.call(threading.get_ident) in threads and len(threads) == 1
-    loop.call(work.append, "boom")          # a failing step is reported, the loop goes on
+    loop.call(work.append, "boom")  # a failing step is reported, the loop goes on
     time.sleep(0.1)
     assert [str(e) for e in errors] == ["boom"]
     assert loop.call(lambda: 42) == 42
@@ -36,8 +37,9 @@ def test_calls_and_steps_share_one_thread_and_stop_cleanly():
 
 def test_idle_loop_does_not_step():
     steps = []
-    loop = EngineThread("idle", lambda: steps.append(1), lambda: False, lambda o: None,
-                    lambda e: None)
+    loop = EngineThread(
+        "idle", lambda: steps.append(1), lambda: False, lambda o: None, lambda e: None
+    )
     time.sleep(0.1)
     loop.close()
     assert steps == []

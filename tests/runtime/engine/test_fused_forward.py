@@ -1,8 +1,9 @@
 """forward_fused (the GPU engine's forward) on CPU references: forward's logits, bit for bit."""
+
 import pytest
 import torch
-
 from forward_harness import greedy_decode, load_model
+
 from runtime.engine.fused_forward import forward_fused
 from runtime.engine.model import forward
 

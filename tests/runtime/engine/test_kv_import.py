@@ -1,12 +1,13 @@
 """The decode side's KV import: blocks reserved up front, KV written as it arrives (from any
 thread), the request admitted only at the commit, and every way out freeing the blocks."""
+
 import threading
 
 import pytest
 import torch
+from tiny_model import make_engine
 
 from runtime.engine import NoFreeBlocksError, SamplingParams
-from tiny_model import make_engine
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 PROMPT = list(range(40, 77))
@@ -40,17 +41,22 @@ def test_reserve_write_from_another_thread_commit_decodes_like_colocated(tiny_mo
     rid = out.request_id
     decode.begin_import(rid, len(PROMPT))
     assert decode.block_manager.num_free_blocks == (
-        free - decode.block_manager.blocks_needed(len(PROMPT) + 1))
+        free - decode.block_manager.blocks_needed(len(PROMPT) + 1)
+    )
     assert rid not in decode.requests and not decode.has_unfinished_requests()
     kv = torch.stack([torch.stack([k, v]) for _, k, v in prefill.export_kv(rid)])
     # Layer ranges in three calls, the first range's tokens split unevenly: chunks' shapes.
     n, cut = kv.shape[0], 5
-    writer = threading.Thread(target=lambda: [decode.write_kv(rid, 0, kv[:n // 2, :, :cut]),
-                                              decode.write_kv(rid, 0, kv[:n // 2, :, cut:], cut),
-                                              decode.write_kv(rid, n // 2, kv[n // 2:])])
+    writer = threading.Thread(
+        target=lambda: [
+            decode.write_kv(rid, 0, kv[: n // 2, :, :cut]),
+            decode.write_kv(rid, 0, kv[: n // 2, :, cut:], cut),
+            decode.write_kv(rid, n // 2, kv[n // 2 :]),
+        ]
+    )
     writer.start()
     writer.join()
-    assert not decode.has_unfinished_requests()   # written, not yet committed
+    assert not decode.has_unfinished_requests()  # written, not yet committed
     decode.commit_import(out.kv_handle)
     got = []
     while decode.has_unfinished_requests():
@@ -87,8 +93,9 @@ def test_abort_races_a_writer_thread(tiny_model_dir):
                 for layer, kv in layers:
                     decode.write_kv(rid, layer, kv)
                     started.set()
-        except BaseException as e:   # noqa: BLE001 - the test inspects it
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
             outcome.append(e)
+
     writer = threading.Thread(target=write_forever)
     writer.start()
     started.wait(5)
@@ -110,7 +117,7 @@ def test_refusals(tiny_model_dir):
     with pytest.raises(ValueError, match="already in use"):
         decode.begin_import(out.request_id, len(PROMPT) - 1)
     with pytest.raises(ValueError, match="reserved KV of"):
-        decode.commit_import(out.kv_handle)    # the handle's prompt is one token longer
+        decode.commit_import(out.kv_handle)  # the handle's prompt is one token longer
     with pytest.raises(ValueError, match="outside the import"):
         decode.write_kv(out.request_id, *layer_kvs(prefill, out.request_id)[0])
     assert decode.abort(out.request_id)

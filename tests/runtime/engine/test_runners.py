@@ -1,4 +1,5 @@
 """One factory picks the device runner; the CPU and CUDA runners are siblings."""
+
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ def test_runners_are_siblings():
     assert not issubclass(CudaModelRunner, CpuModelRunner)
     assert not issubclass(CpuModelRunner, CudaModelRunner)
     with pytest.raises(TypeError):
-        ModelRunner(ModelConfig(path="unused"), CacheConfig())   # abstract
+        ModelRunner(ModelConfig(path="unused"), CacheConfig())  # abstract
 
 
 def test_cpu_device_gets_the_cpu_runner(tiny_model_dir):
@@ -25,23 +26,27 @@ def test_cpu_device_gets_the_cpu_runner(tiny_model_dir):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_device_gets_the_cuda_runner(tiny_model_dir):
-    runner = make_runner(ModelConfig(path=str(tiny_model_dir), device="cuda:0",
-                                     enforce_eager=True), CacheConfig(num_blocks=8))
+    runner = make_runner(
+        ModelConfig(path=str(tiny_model_dir), device="cuda:0", enforce_eager=True),
+        CacheConfig(num_blocks=8),
+    )
     assert type(runner) is CudaModelRunner and runner.graphs is None
     assert runner.kv_cache.is_cuda and runner.num_blocks == 8
 
 
 def test_the_cuda_runner_refuses_a_host_device(tiny_model_dir):
     with pytest.raises(ValueError, match="CUDA device"):
-        CudaModelRunner(ModelConfig(path=str(tiny_model_dir)), CacheConfig(num_blocks=8),
-                        device="cpu")
+        CudaModelRunner(
+            ModelConfig(path=str(tiny_model_dir)), CacheConfig(num_blocks=8), device="cpu"
+        )
 
 
 def test_write_kv_checks_the_token_range(tiny_model_dir):
-    runner = make_runner(ModelConfig(path=str(tiny_model_dir)), CacheConfig(num_blocks=8,
-                                                                            block_size=4))
+    runner = make_runner(
+        ModelConfig(path=str(tiny_model_dir)), CacheConfig(num_blocks=8, block_size=4)
+    )
     g = runner.geometry
     kv = torch.zeros(1, 2, 5, g.num_kv_heads, g.head_dim)
     with pytest.raises(IndexError, match="outside the 1 blocks"):
         runner.write_kv([0], 0, kv)
-    runner.write_kv([0], 0, kv[:, :, :0], start=9)   # an empty chunk writes nothing
+    runner.write_kv([0], 0, kv[:, :, :0], start=9)  # an empty chunk writes nothing

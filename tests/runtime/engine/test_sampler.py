@@ -56,7 +56,9 @@ def test_greedy_rows_in_mixed_batch_equal_argmax():
 def test_top_k_1_equals_greedy():
     logits = torch.randn(64, 30, generator=torch.Generator().manual_seed(3))
     logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie at the top: lowest id wins
-    params = [SamplingParams(top_k=1, temperature=1.5)] * 32 + [SamplingParams(top_k=1, seed=5)] * 32
+    params = [SamplingParams(top_k=1, temperature=1.5)] * 32 + [
+        SamplingParams(top_k=1, seed=5)
+    ] * 32
     result = Sampler()(logits, params, list(range(64)))
     assert result.token_ids == logits.argmax(-1).tolist()
     assert result.token_ids[0] == 7
@@ -128,7 +130,10 @@ def test_seeded_draws_over_seeds_follow_distribution():
 def test_unseeded_reproducible_per_engine_seed():
     logits = torch.randn(8, 100, generator=torch.Generator().manual_seed(4))
     params = [SamplingParams()] * 8
-    run = lambda seed: [Sampler(seed)(logits, params, [0] * 8).token_ids for _ in range(3)]
+
+    def run(seed):
+        return [Sampler(seed)(logits, params, [0] * 8).token_ids for _ in range(3)]
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 
@@ -167,7 +172,12 @@ def test_seeded_independent_of_batch_position_and_composition():
         for i in range(30):
             logits = torch.randn(batch_size, 200, generator=gen)
             logits[position] = target
-            others = [SamplingParams(), GREEDY, SamplingParams(seed=9, top_k=5), SamplingParams(top_p=0.3)]
+            others = [
+                SamplingParams(),
+                GREEDY,
+                SamplingParams(seed=9, top_k=5),
+                SamplingParams(top_p=0.3),
+            ]
             batch = [others[j % 4] for j in range(batch_size)]
             batch[position] = params
             indices = [j * 3 for j in range(batch_size)]
@@ -193,7 +203,9 @@ def test_logprobs_match_raw_log_softmax_and_are_sorted():
     result = Sampler()(logits, params, [0, 0, 0, 0])
     expected = torch.log_softmax(logits, dim=-1)
     for i in (0, 1, 3):
-        assert result.logprobs[i] == pytest.approx(expected[i, result.token_ids[i]].item(), abs=1e-6)
+        assert result.logprobs[i] == pytest.approx(
+            expected[i, result.token_ids[i]].item(), abs=1e-6
+        )
     assert result.logprobs[2] is None and result.top_logprobs[2] is None
     assert result.top_logprobs[3] == []
     for i, n in ((0, 5), (1, 20)):

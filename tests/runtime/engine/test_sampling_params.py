@@ -50,26 +50,50 @@ def test_valid_edges_accepted():
         ({"temperature": float("inf")}, "temperature must be a finite number >= 0, got inf"),
         ({"temperature": "1"}, "temperature must be a finite number >= 0, got '1'"),
         ({"temperature": False}, "temperature must be a finite number >= 0, got False"),
-        ({"top_k": -2}, "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got -2"),
-        ({"top_k": 1.5}, "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got 1.5"),
-        ({"top_k": True}, "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got True"),
+        (
+            {"top_k": -2},
+            "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got -2",
+        ),
+        (
+            {"top_k": 1.5},
+            "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got 1.5",
+        ),
+        (
+            {"top_k": True},
+            "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got True",
+        ),
         ({"top_p": 0}, "top_p must be in (0, 1], got 0"),
         ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
         ({"top_p": -0.1}, "top_p must be in (0, 1], got -0.1"),
         ({"top_p": float("nan")}, "top_p must be in (0, 1], got nan"),
         ({"min_p": -0.1}, "min_p must be in [0, 1], got -0.1"),
         ({"min_p": 1.01}, "min_p must be in [0, 1], got 1.01"),
-        ({"seed": 1.0}, "seed must be None or an int in [-9223372036854775808, 9223372036854775807], got 1.0"),
-        ({"seed": True}, "seed must be None or an int in [-9223372036854775808, 9223372036854775807], got True"),
+        (
+            {"seed": 1.0},
+            "seed must be None or an int in [-9223372036854775808, 9223372036854775807], got 1.0",
+        ),
+        (
+            {"seed": True},
+            "seed must be None or an int in [-9223372036854775808, 9223372036854775807], got True",
+        ),
         ({"stop": 5}, "stop must be a str or a list of str, got 5"),
         ({"stop": ["ok", ""]}, "stop must contain only non-empty strings, got '' in ['ok', '']"),
         ({"stop": ["ok", 3]}, "stop must contain only non-empty strings, got 3 in ['ok', 3]"),
         ({"stop": ""}, "stop must contain only non-empty strings, got '' in ('',)"),
         ({"stop_token_ids": 3}, "stop_token_ids must be a list of ints, got 3"),
-        ({"stop_token_ids": [1, -1]}, "stop_token_ids must contain only ints >= 0 and <= 4294967295, got -1 in [1, -1]"),
-        ({"stop_token_ids": ["1"]}, "stop_token_ids must contain only ints >= 0 and <= 4294967295, got '1' in ['1']"),
+        (
+            {"stop_token_ids": [1, -1]},
+            "stop_token_ids must contain only ints >= 0 and <= 4294967295, got -1 in [1, -1]",
+        ),
+        (
+            {"stop_token_ids": ["1"]},
+            "stop_token_ids must contain only ints >= 0 and <= 4294967295, got '1' in ['1']",
+        ),
         ({"ignore_eos": 1}, "ignore_eos must be a bool, got 1"),
-        ({"include_stop_str_in_output": "yes"}, "include_stop_str_in_output must be a bool, got 'yes'"),
+        (
+            {"include_stop_str_in_output": "yes"},
+            "include_stop_str_in_output must be a bool, got 'yes'",
+        ),
         ({"skip_special_tokens": None}, "skip_special_tokens must be a bool, got None"),
         ({"logprobs": -1}, "logprobs must be None or an int in [0, 20], got -1"),
         ({"logprobs": 21}, "logprobs must be None or an int in [0, 20], got 21"),
@@ -83,11 +107,17 @@ def test_invalid_values_raise_with_field_value_and_allowed_range(kwargs, message
 
 
 def test_integers_at_the_wire_bounds_are_accepted():
-    # The KV handoff's SamplingParams: max_tokens and stop_token_ids uint32, top_k int32, seed int64.
-    p = SamplingParams(max_tokens=2**32 - 1, top_k=2**31 - 1, seed=-(2**63),
-                       stop_token_ids=[0, 2**32 - 1])
+    # The KV handoff's SamplingParams: max_tokens and stop_token_ids uint32, top_k int32,
+    # seed int64.
+    p = SamplingParams(
+        max_tokens=2**32 - 1, top_k=2**31 - 1, seed=-(2**63), stop_token_ids=[0, 2**32 - 1]
+    )
     assert (p.max_tokens, p.top_k, p.seed, p.stop_token_ids) == (
-        4294967295, 2147483647, -9223372036854775808, (0, 4294967295))
+        4294967295,
+        2147483647,
+        -9223372036854775808,
+        (0, 4294967295),
+    )
     assert SamplingParams(seed=2**63 - 1).seed == 9223372036854775807
 
 
@@ -95,18 +125,34 @@ def test_integers_at_the_wire_bounds_are_accepted():
     "kwargs, message",
     [
         ({"max_tokens": 2**32}, "max_tokens must be an int >= 1 and <= 4294967295, got 4294967296"),
-        ({"top_k": 2**31}, "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, "
-                           "got 2147483648"),
-        ({"top_k": 2**63}, "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, "
-                           "got 9223372036854775808"),
-        ({"seed": 2**63}, "seed must be None or an int in [-9223372036854775808, "
-                          "9223372036854775807], got 9223372036854775808"),
-        ({"seed": -(2**63) - 1}, "seed must be None or an int in [-9223372036854775808, "
-                                 "9223372036854775807], got -9223372036854775809"),
-        ({"stop_token_ids": [2**32]}, "stop_token_ids must contain only ints >= 0 and <= "
-                                      "4294967295, got 4294967296 in [4294967296]"),
-        ({"stop": ["ok", "hi \ud800"]}, "stop strings must be valid Unicode: 'hi \\ud800' has a "
-                                        "lone surrogate at index 3"),
+        (
+            {"top_k": 2**31},
+            "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, got 2147483648",
+        ),
+        (
+            {"top_k": 2**63},
+            "top_k must be an int >= 1 and <= 2147483647, or 0 or -1 to disable, "
+            "got 9223372036854775808",
+        ),
+        (
+            {"seed": 2**63},
+            "seed must be None or an int in [-9223372036854775808, "
+            "9223372036854775807], got 9223372036854775808",
+        ),
+        (
+            {"seed": -(2**63) - 1},
+            "seed must be None or an int in [-9223372036854775808, "
+            "9223372036854775807], got -9223372036854775809",
+        ),
+        (
+            {"stop_token_ids": [2**32]},
+            "stop_token_ids must contain only ints >= 0 and <= "
+            "4294967295, got 4294967296 in [4294967296]",
+        ),
+        (
+            {"stop": ["ok", "hi \ud800"]},
+            "stop strings must be valid Unicode: 'hi \\ud800' has a lone surrogate at index 3",
+        ),
     ],
 )
 def test_values_the_handoff_wire_cannot_hold_are_refused(kwargs, message):
@@ -118,6 +164,6 @@ def test_values_the_handoff_wire_cannot_hold_are_refused(kwargs, message):
 def test_lone_surrogate_at():
     from runtime.engine.sampling_params import lone_surrogate_at
 
-    assert lone_surrogate_at("plain \U0001F600 text") is None
+    assert lone_surrogate_at("plain \U0001f600 text") is None
     assert lone_surrogate_at("ab\udc00") == 2
-    assert lone_surrogate_at("\ud800\udc00") == 0   # a pair spelt as two code points is not text
+    assert lone_surrogate_at("\ud800\udc00") == 0  # a pair spelt as two code points is not text

@@ -1,4 +1,5 @@
 """Token-exact greedy parity with transformers on the real SmolLM2-135M, in float32."""
+
 import pytest
 import torch
 
@@ -30,8 +31,12 @@ def prompt_ids(default_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(default_model_dir))
-    chats = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                     add_generation_prompt=True) for p in PROMPTS[:4]]
+    chats = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in PROMPTS[:4]
+    ]
     return [tok.encode(t) for t in chats + PROMPTS[4:]]
 
 
@@ -43,16 +48,24 @@ def reference(default_model_dir, prompt_ids):
     refs = []
     with torch.inference_mode():
         for ids in prompt_ids:
-            out = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-            refs.append(out[0, len(ids):].tolist())
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=MAX_NEW,
+                do_sample=False,
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            )
+            refs.append(out[0, len(ids) :].tolist())
     return refs
 
 
 def make_engine(path, **sched):
-    return Engine(EngineConfig(model=ModelConfig(path=str(path), dtype="float32"),
-                               cache=CacheConfig(block_size=16, memory_gib=0.25),
-                               scheduler=SchedulerConfig(**sched)))
+    return Engine(
+        EngineConfig(
+            model=ModelConfig(path=str(path), dtype="float32"),
+            cache=CacheConfig(block_size=16, memory_gib=0.25),
+            scheduler=SchedulerConfig(**sched),
+        )
+    )
 
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=MAX_NEW)
@@ -70,7 +83,7 @@ def test_staggered_chunked_arrivals_equal_transformers(default_model_dir, prompt
     pending = list(enumerate(prompt_ids))
     index, results = {}, {}
     while pending or eng.has_unfinished_requests():
-        if pending:   # a new request joins every step while others decode
+        if pending:  # a new request joins every step while others decode
             i, ids = pending.pop(0)
             index[eng.add_request(params=PARAMS, prompt_token_ids=ids)] = i
         for out in eng.step():

@@ -1,7 +1,8 @@
 """The frontend served for real (uvicorn, grpc.aio) over a fake dispatcher and the tiny model."""
-import pytest
 
+import pytest
 from fake_frontend import FakeFrontend
+
 from runtime.frontend.requests import RequestPreparer
 
 MAX_MODEL_LEN = 128

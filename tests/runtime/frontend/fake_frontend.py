@@ -1,4 +1,5 @@
 """The real HTTP and gRPC frontends over a fake dispatcher, served from a background thread."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,11 +23,14 @@ def check_admissible(req: PreparedRequest, preparer: RequestPreparer) -> None:
     """AssertionError unless the workers could run `req`: it fits the context, its prompt is
     in the vocabulary, and its state survives the KV handoff's wire unchanged."""
     p = req.params
-    assert 0 < len(req.prompt_token_ids) and len(req.prompt_token_ids) + p.max_tokens <= \
-        preparer.max_model_len, (len(req.prompt_token_ids), p.max_tokens)
+    assert (
+        0 < len(req.prompt_token_ids)
+        and len(req.prompt_token_ids) + p.max_tokens <= preparer.max_model_len
+    ), (len(req.prompt_token_ids), p.max_tokens)
     assert all(0 <= t < preparer.vocab_size for t in req.prompt_token_ids)
-    wire = kv_pb.RequestState(prompt_token_ids=req.prompt_token_ids, output_token_ids=[0],
-                              params=params_to_proto(p)).SerializeToString()
+    wire = kv_pb.RequestState(
+        prompt_token_ids=req.prompt_token_ids, output_token_ids=[0], params=params_to_proto(p)
+    ).SerializeToString()
     assert params_from_proto(kv_pb.RequestState.FromString(wire).params) == p
 
 
@@ -57,9 +61,14 @@ class FakeDispatcher:
         n = min(req.params.max_tokens, MAX_FAKE_TOKENS)
         for i in range(n):
             last = i == n - 1
-            yield GenerationChunk(req.request_id, [7], "a", "length" if last else None,
-                                  Usage(len(req.prompt_token_ids), n) if last else None,
-                                  Timings() if last else None)
+            yield GenerationChunk(
+                req.request_id,
+                [7],
+                "a",
+                "length" if last else None,
+                Usage(len(req.prompt_token_ids), n) if last else None,
+                Timings() if last else None,
+            )
 
 
 class FakeFrontend:

@@ -1,5 +1,6 @@
 """How the dispatcher turns a worker's failures into what the client sees: a clear status
 with no internal ids, pids or addresses (those go to the log)."""
+
 import asyncio
 
 import pytest
@@ -19,6 +20,7 @@ ATTEMPT = _Attempt(PreparedRequest("client-id", (1, 2), SamplingParams()), "clie
 def outcome(error: BaseException):
     async def failing():
         raise error
+
     with pytest.raises(Exception) as info:
         asyncio.run(_get(failing(), WORKER, ATTEMPT))
     return info.value
@@ -30,8 +32,13 @@ def test_a_dead_worker_is_lost_not_an_error_for_the_client():
 
 
 def test_an_idle_stream_is_deadline_exceeded():
-    e = outcome(RayTaskError("stream", "Traceback ... pid=4242 ip=10.1.2.3",
-                             StreamTimeout("no output for request 'x' in 600 s")))
+    e = outcome(
+        RayTaskError(
+            "stream",
+            "Traceback ... pid=4242 ip=10.1.2.3",
+            StreamTimeout("no output for request 'x' in 600 s"),
+        )
+    )
     assert isinstance(e, ServingError) and e.code == "DEADLINE_EXCEEDED"
     assert e.message == "request client-id produced no output within the worker's idle limit"
 
@@ -42,8 +49,10 @@ def test_the_engine_refusing_a_request_is_invalid_argument():
 
 
 def test_a_bug_on_a_worker_is_internal_without_its_details():
-    e = outcome(RayTaskError("prefill", "Traceback pid=4242 ip=10.1.2.3 actor 9f3e",
-                             KeyError("block 17")))
+    e = outcome(
+        RayTaskError("prefill", "Traceback pid=4242 ip=10.1.2.3 actor 9f3e", KeyError("block 17"))
+    )
     assert isinstance(e, ServingError) and e.code == "INTERNAL"
-    assert e.message == ("internal error while serving request client-id; the server log "
-                         "has the details")
+    assert e.message == (
+        "internal error while serving request client-id; the server log has the details"
+    )

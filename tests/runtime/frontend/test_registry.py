@@ -1,5 +1,6 @@
 """The worker registry's health rules: a failing poll takes a worker out of routing at once, a
 slow one only after SILENT_DOWN_S of silence, and a restarted one comes back re-read."""
+
 import asyncio
 import itertools
 
@@ -36,15 +37,21 @@ class FakeActor:
         return WorkerLoad(self.name, self.role, incarnation=self.incarnation)
 
     async def _info(self):
-        return {"name": self.name, "role": self.role, "incarnation": self.incarnation,
-                "kv_address": f"127.0.0.1:{next(self.port)}", "max_model_len": 64}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "incarnation": self.incarnation,
+            "kv_address": f"127.0.0.1:{next(self.port)}",
+            "max_model_len": 64,
+        }
 
 
 def registry():
-    actors = {"prefill-0": FakeActor("prefill-0", "prefill"),
-              "decode-0": FakeActor("decode-0", "decode")}
-    handles = [WorkerHandle(n, a.role, a, "127.0.0.1:4999", 64, "first")
-               for n, a in actors.items()]
+    actors = {
+        "prefill-0": FakeActor("prefill-0", "prefill"),
+        "decode-0": FakeActor("decode-0", "decode"),
+    }
+    handles = [WorkerHandle(n, a.role, a, "127.0.0.1:4999", 64, "first") for n, a in actors.items()]
     return WorkerRegistry(handles), actors
 
 
@@ -61,7 +68,7 @@ def test_a_failing_poll_takes_the_worker_out_at_once_and_its_return_is_re_read(m
     actors["decode-0"].mode, actors["decode-0"].incarnation = "ok", "second"
     assert healthy(reg)["decode-0"] is True and reg.serving
     assert reg["decode-0"].incarnation == "second"
-    assert reg["decode-0"].kv_address == "127.0.0.1:5000"   # the new process's receiver
+    assert reg["decode-0"].kv_address == "127.0.0.1:5000"  # the new process's receiver
 
 
 def test_a_slow_worker_keeps_serving_until_it_has_been_silent_too_long(monkeypatch):
@@ -69,6 +76,6 @@ def test_a_slow_worker_keeps_serving_until_it_has_been_silent_too_long(monkeypat
     reg, actors = registry()
     healthy(reg)
     actors["prefill-0"].mode = "slow"
-    assert healthy(reg)["prefill-0"] is True    # slow, not silent for long: still routed
+    assert healthy(reg)["prefill-0"] is True  # slow, not silent for long: still routed
     monkeypatch.setattr(registry_module, "SILENT_DOWN_S", 0.0)
     assert healthy(reg)["prefill-0"] is False and not reg.serving

@@ -1,9 +1,12 @@
-"""Helpers of the KV transfer tests: engines, configs, and a prefill/decode pair on loopback gRPC."""
+"""Helpers of the KV transfer tests: engines, configs, and a prefill/decode pair on loopback
+gRPC."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import tiny_model
+
 from runtime.engine import Engine, EngineThread, SamplingParams
 from runtime.kv_transfer import KVReceiver, KVSender, KVTransferConfig
 
@@ -43,12 +46,13 @@ class Pair:
     target: str
 
     def free_blocks(self) -> tuple[int, int]:
-        return (self.p_thread.call(lambda: self.prefill.block_manager.num_free_blocks),
-                self.d_thread.call(lambda: self.decode.block_manager.num_free_blocks))
+        return (
+            self.p_thread.call(lambda: self.prefill.block_manager.num_free_blocks),
+            self.d_thread.call(lambda: self.decode.block_manager.num_free_blocks),
+        )
 
     def submit(self, prompt, params=GREEDY, target=None):
-        rid = self.p_thread.call(self.prefill.add_request, params=params,
-                                 prompt_token_ids=prompt)
+        rid = self.p_thread.call(self.prefill.add_request, params=params, prompt_token_ids=prompt)
         return rid, self.sender.route(rid, target or self.target)
 
     def prefill_until(self, futures, max_steps=10_000) -> None:

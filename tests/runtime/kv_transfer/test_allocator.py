@@ -1,4 +1,5 @@
 """The handoff's malloc tuning: applied once per process, a no-op answer off glibc."""
+
 import ctypes
 import platform
 
@@ -22,5 +23,6 @@ def test_a_c_library_without_mallopt_is_left_alone(monkeypatch):
     class NoMallopt:
         def __init__(self, name):
             pass
+
     monkeypatch.setattr(ctypes, "CDLL", NoMallopt)
     assert allocator._tune() is False

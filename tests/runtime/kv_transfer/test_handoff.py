@@ -1,16 +1,16 @@
 """Handoffs between two engines in one process over loopback gRPC: results and every failure."""
+
 import socket
 import time
 
 import grpc
 import pytest
 import torch
+from kv_handoff_helpers import GREEDY, PROMPTS, SECRET, config
+from tls_helpers import self_signed_cert
 
 from runtime.kv_transfer import KVTransferError
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
-
-from kv_handoff_helpers import GREEDY, PROMPTS, SECRET, config
-from tls_helpers import self_signed_cert
 
 
 def wait_for(cond, timeout=10.0):
@@ -36,21 +36,30 @@ def assert_clean(pair, start):
 
 # The prefill engine on the CPU, or on a GPU handing off to a CPU decode engine (mixed
 # hardware: a GPU cache packs on the device; layer-wise KV is staged on a side stream).
-PREFILL_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+PREFILL_DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
 
 
 @pytest.mark.parametrize("prefill_device", PREFILL_DEVICES)
-@pytest.mark.parametrize("layerwise_min_tokens,chunk_bytes,budget", [
-    (10**9, 1 << 20, 2048),   # every prompt after its prefill, small ones in one message
-    (1, 4096, 16),            # every prompt layer by layer over chunked-prefill steps
-    (40, 2048, 64),           # mixed, with chunks split by tokens
-])
-def test_handoff_equals_colocated(make_pair, colocated_reference, layerwise_min_tokens,
-                                  chunk_bytes, budget, prefill_device):
-    pair = make_pair(prefill_kw={"budget": budget, "device": prefill_device},
-                     sender_cfg=config(layerwise_min_tokens=layerwise_min_tokens,
-                                       chunk_bytes=chunk_bytes))
+@pytest.mark.parametrize(
+    "layerwise_min_tokens,chunk_bytes,budget",
+    [
+        (10**9, 1 << 20, 2048),  # every prompt after its prefill, small ones in one message
+        (1, 4096, 16),  # every prompt layer by layer over chunked-prefill steps
+        (40, 2048, 64),  # mixed, with chunks split by tokens
+    ],
+)
+def test_handoff_equals_colocated(
+    make_pair, colocated_reference, layerwise_min_tokens, chunk_bytes, budget, prefill_device
+):
+    pair = make_pair(
+        prefill_kw={"budget": budget, "device": prefill_device},
+        sender_cfg=config(layerwise_min_tokens=layerwise_min_tokens, chunk_bytes=chunk_bytes),
+    )
     start = pair.free_blocks()
     submitted = [pair.submit(p) for p in PROMPTS]
     futures = [f for _, f in submitted]
@@ -58,7 +67,7 @@ def test_handoff_equals_colocated(make_pair, colocated_reference, layerwise_min_
     results = [f.result() for f in futures]
     assert [r.layerwise for r in results] == [len(p) >= layerwise_min_tokens for p in PROMPTS]
     assert all(r.num_chunks >= 1 and r.num_bytes > 0 for r in results)
-    assert pair.free_blocks()[0] == start[0]       # released after each ack
+    assert pair.free_blocks()[0] == start[0]  # released after each ack
     outputs = pair.decode_all()
     assert [outputs[rid] for rid, _ in submitted] == colocated_reference
     assert pair.free_blocks() == start
@@ -66,20 +75,28 @@ def test_handoff_equals_colocated(make_pair, colocated_reference, layerwise_min_
 
 @pytest.mark.parametrize("prefill_device", PREFILL_DEVICES)
 def test_send_converts_dtype_and_block_size_exactly(make_pair, prefill_device):
-    pair = make_pair(prefill_kw={"dtype": "bfloat16", "block_size": 4, "device": prefill_device},
-                     decode_kw={"dtype": "float32", "block_size": 16})
+    pair = make_pair(
+        prefill_kw={"dtype": "bfloat16", "block_size": 4, "device": prefill_device},
+        decode_kw={"dtype": "float32", "block_size": 16},
+    )
     prompt = PROMPTS[6]
     out = pair.p_thread.call(pair.prefill.generate, prompt_token_ids=[prompt], params=GREEDY)[0]
-    sent = pair.p_thread.call(lambda: [(layer, k.cpu(), v.cpu()) for layer, k, v
-                                       in pair.prefill.export_kv(out.request_id)])
+    sent = pair.p_thread.call(
+        lambda: [
+            (layer, k.cpu(), v.cpu()) for layer, k, v in pair.prefill.export_kv(out.request_id)
+        ]
+    )
     result = pair.sender.send(out.kv_handle, pair.target).result(timeout=30)
     layers, kv_heads, head_dim, bf16 = 2, 2, 16, 2
     assert result.num_bytes == layers * 2 * len(prompt) * kv_heads * head_dim * bf16
 
     def imported():
         seq = pair.decode.requests[out.request_id].seq
-        return [pair.decode.runner.read_kv(seq.block_table, len(prompt), layer)
-                for layer in range(len(sent))]
+        return [
+            pair.decode.runner.read_kv(seq.block_table, len(prompt), layer)
+            for layer in range(len(sent))
+        ]
+
     for (layer, k, v), (k2, v2) in zip(sent, pair.d_thread.call(imported)):
         assert k2.dtype == torch.float32
         assert torch.equal(k2, k.float()) and torch.equal(v2, v.float())
@@ -91,7 +108,7 @@ class FlipOneByte(grpc.StreamUnaryClientInterceptor):
     def intercept_stream_unary(self, continuation, details, request_iterator):
         def corrupted():
             done = False
-            for raw in request_iterator:   # the sender hands gRPC serialized messages
+            for raw in request_iterator:  # the sender hands gRPC serialized messages
                 msg = pb.HandoffMessage.FromString(raw)
                 if msg.chunks and not done:
                     data = bytearray(msg.chunks[0].data)
@@ -99,6 +116,7 @@ class FlipOneByte(grpc.StreamUnaryClientInterceptor):
                     msg.chunks[0].data = bytes(data)
                     raw, done = msg.SerializeToString(), True
                 yield raw
+
         return continuation(details, corrupted())
 
 
@@ -107,9 +125,11 @@ def test_flipped_byte_is_data_loss_and_both_sides_free(make_pair, layerwise_min_
     from runtime.kv_transfer.auth import make_channel
 
     cfg = config(layerwise_min_tokens=layerwise_min_tokens, chunk_bytes=2048)
-    pair = make_pair(sender_cfg=cfg, prefill_kw={"budget": 32},
-                     channel_factory=lambda t: grpc.intercept_channel(make_channel(t, cfg),
-                                                                      FlipOneByte()))
+    pair = make_pair(
+        sender_cfg=cfg,
+        prefill_kw={"budget": 32},
+        channel_factory=lambda t: grpc.intercept_channel(make_channel(t, cfg), FlipOneByte()),
+    )
     start = pair.free_blocks()
     _, future = pair.submit(PROMPTS[6])
     pair.prefill_until([future])
@@ -119,11 +139,12 @@ def test_flipped_byte_is_data_loss_and_both_sides_free(make_pair, layerwise_min_
 
 
 def test_stalled_sender_is_deadline_exceeded_and_both_sides_free(make_pair):
-    pair = make_pair(sender_cfg=config(layerwise_min_tokens=1, deadline_s=1.0),
-                     prefill_kw={"budget": 16})
+    pair = make_pair(
+        sender_cfg=config(layerwise_min_tokens=1, deadline_s=1.0), prefill_kw={"budget": 16}
+    )
     start = pair.free_blocks()
     _, future = pair.submit(PROMPTS[6])
-    for _ in range(3):   # a few layer-wise chunks leave, then the prefill stalls
+    for _ in range(3):  # a few layer-wise chunks leave, then the prefill stalls
         pair.p_thread.call(pair.sender.step)
     wait_for(lambda: pair.receiver.num_active == 1)
     err = error_of(future)
@@ -160,7 +181,7 @@ def test_model_mismatch_is_failed_precondition_naming_both(make_pair, tmp_path):
 def test_receiver_out_of_blocks_is_resource_exhausted(make_pair):
     pair = make_pair(decode_kw={"num_blocks": 4})
     start = pair.free_blocks()
-    _, future = pair.submit(PROMPTS[3])   # 50 tokens > 4 blocks of 8
+    _, future = pair.submit(PROMPTS[3])  # 50 tokens > 4 blocks of 8
     pair.prefill_until([future])
     err = error_of(future)
     assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "free KV blocks" in err.message
@@ -169,7 +190,7 @@ def test_receiver_out_of_blocks_is_resource_exhausted(make_pair):
 
 def test_dead_peer_is_unavailable_and_prefill_frees(make_pair):
     pair = make_pair()
-    with socket.socket() as s:     # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     start = pair.free_blocks()
@@ -187,8 +208,9 @@ def test_missing_or_wrong_secret_is_unauthenticated(make_pair, secret):
     if secret is not None:
         sender = type(pair.sender)(pair.prefill, pair.p_thread, config(secret=secret))
         start = pair.free_blocks()
-        rid = pair.p_thread.call(pair.prefill.add_request, params=GREEDY,
-                                 prompt_token_ids=PROMPTS[0])
+        rid = pair.p_thread.call(
+            pair.prefill.add_request, params=GREEDY, prompt_token_ids=PROMPTS[0]
+        )
         future = sender.route(rid, pair.target)
         for _ in range(5):
             pair.p_thread.call(sender.step)
@@ -205,9 +227,10 @@ def test_missing_or_wrong_secret_is_unauthenticated(make_pair, secret):
 
 
 def test_eight_concurrent_handoffs_complete(make_pair, colocated_reference):
-    pair = make_pair(sender_cfg=config(layerwise_min_tokens=20, chunk_bytes=4096,
-                                       max_inflight_bytes=32 << 10),
-                     prefill_kw={"budget": 96})
+    pair = make_pair(
+        sender_cfg=config(layerwise_min_tokens=20, chunk_bytes=4096, max_inflight_bytes=32 << 10),
+        prefill_kw={"budget": 96},
+    )
     start = pair.free_blocks()
     prompts = (PROMPTS + PROMPTS)[:8]
     submitted = [pair.submit(p) for p in prompts]
@@ -241,7 +264,7 @@ def test_tls_handoff(make_pair, colocated_reference, tmp_path):
     pair.prefill_until([future])
     future.result()
     assert pair.decode_all()[rid] == colocated_reference[0]
-    plain = type(pair.sender)(pair.prefill, pair.p_thread, config())   # no TLS: refused
+    plain = type(pair.sender)(pair.prefill, pair.p_thread, config())  # no TLS: refused
     rid = pair.p_thread.call(pair.prefill.add_request, params=GREEDY, prompt_token_ids=PROMPTS[1])
     future = plain.route(rid, pair.target)
     for _ in range(3):
@@ -313,12 +336,17 @@ def test_a_v1_sender_is_refused_naming_both_versions(make_pair):
     from runtime.kv_transfer.wire import CONTRACT_VERSION, HANDOFF_METHOD
 
     pair = make_pair()
-    header = pb.Header(version=1, request_id="old", num_layers=2, num_kv_heads=2, head_dim=8,
-                       num_tokens=4)
+    header = pb.Header(
+        version=1, request_id="old", num_layers=2, num_kv_heads=2, head_dim=8, num_tokens=4
+    )
     v1_chunk = pb.Chunk(index=0, layer_end=1, token_end=4, data=b"\0" * 64).SerializeToString()
-    v1_chunk += b"\x45" + (1234).to_bytes(4, "little")   # field 8, wire type 5 (fixed32)
-    message = (pb.HandoffMessage(header=header).SerializeToString()
-               + b"\x12" + bytes([len(v1_chunk)]) + v1_chunk)   # one-byte length: < 128
+    v1_chunk += b"\x45" + (1234).to_bytes(4, "little")  # field 8, wire type 5 (fixed32)
+    message = (
+        pb.HandoffMessage(header=header).SerializeToString()
+        + b"\x12"
+        + bytes([len(v1_chunk)])
+        + v1_chunk
+    )  # one-byte length: < 128
     start = pair.free_blocks()
     with grpc.insecure_channel(pair.target) as channel:
         handoff = channel.stream_unary(HANDOFF_METHOD, request_serializer=None)

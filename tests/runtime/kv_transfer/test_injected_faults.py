@@ -1,15 +1,15 @@
 """Injected KV faults (runtime.faults) on a loopback handoff: each fails the handoff with the
 status a real fault of its kind gives, frees both sides' blocks, and fires only `times`."""
+
 import time
 
 import grpc
 import pytest
+from kv_handoff_helpers import PROMPTS, config
+from test_handoff import assert_clean
 
 from runtime.faults import FaultConfig, Faults
 from runtime.kv_transfer import KVTransferError
-
-from kv_handoff_helpers import PROMPTS, config
-from test_handoff import assert_clean
 
 
 def settle(pair, future, timeout=30.0):
@@ -21,19 +21,27 @@ def settle(pair, future, timeout=30.0):
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("fault,code", [
-    (dict(kv_drop_chunk=True), grpc.StatusCode.DATA_LOSS),
-    (dict(kv_corrupt_chunk=True), grpc.StatusCode.DATA_LOSS),
-    (dict(kv_stall_s=1.5), grpc.StatusCode.DEADLINE_EXCEEDED),
-    (dict(kv_refuse_blocks=True), grpc.StatusCode.RESOURCE_EXHAUSTED),
-])
+@pytest.mark.parametrize(
+    "fault,code",
+    [
+        (dict(kv_drop_chunk=True), grpc.StatusCode.DATA_LOSS),
+        (dict(kv_corrupt_chunk=True), grpc.StatusCode.DATA_LOSS),
+        (dict(kv_stall_s=1.5), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (dict(kv_refuse_blocks=True), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+)
 @pytest.mark.parametrize("layerwise_min_tokens", [10**9, 1], ids=["prefilled", "layerwise"])
-def test_fault_fails_one_handoff_cleanly_then_handoffs_work(make_pair, colocated_reference,
-                                                            fault, code, layerwise_min_tokens):
+def test_fault_fails_one_handoff_cleanly_then_handoffs_work(
+    make_pair, colocated_reference, fault, code, layerwise_min_tokens
+):
     faults = Faults(FaultConfig(**fault))
-    pair = make_pair(faults=faults, prefill_kw={"budget": 16},
-                     sender_cfg=config(deadline_s=1.0, chunk_bytes=4096,
-                                       layerwise_min_tokens=layerwise_min_tokens))
+    pair = make_pair(
+        faults=faults,
+        prefill_kw={"budget": 16},
+        sender_cfg=config(
+            deadline_s=1.0, chunk_bytes=4096, layerwise_min_tokens=layerwise_min_tokens
+        ),
+    )
     start = pair.free_blocks()
     rid, future = pair.submit(PROMPTS[6])
     settle(pair, future)
@@ -41,7 +49,7 @@ def test_fault_fails_one_handoff_cleanly_then_handoffs_work(make_pair, colocated
         future.result(timeout=30)
     assert info.value.code == code, info.value
     assert_clean(pair, start)
-    rid, future = pair.submit(PROMPTS[6])   # fired once (times=1): this one goes through
+    rid, future = pair.submit(PROMPTS[6])  # fired once (times=1): this one goes through
     settle(pair, future)
     future.result(timeout=30)
     assert pair.decode_all() == {rid: colocated_reference[6]}
@@ -50,8 +58,7 @@ def test_fault_fails_one_handoff_cleanly_then_handoffs_work(make_pair, colocated
 
 def test_delay_slows_every_message_but_loses_nothing(make_pair, colocated_reference):
     faults = Faults(FaultConfig(kv_delay_s=0.05, times=100))
-    pair = make_pair(faults=faults, sender_cfg=config(chunk_bytes=4096,
-                                                      layerwise_min_tokens=10**9))
+    pair = make_pair(faults=faults, sender_cfg=config(chunk_bytes=4096, layerwise_min_tokens=10**9))
     rid, future = pair.submit(PROMPTS[6])
     settle(pair, future)
     result = future.result()
@@ -67,4 +74,4 @@ def test_fault_config_checks_its_fields():
     faults = Faults(FaultConfig(kv_drop_chunk=True, times=2))
     assert [faults.fire("kv_drop_chunk") for _ in range(3)] == [True, True, False]
     assert not faults.fire("kv_corrupt_chunk")
-    faults.at("decode.token")   # no kill configured: returns
+    faults.at("decode.token")  # no kill configured: returns

@@ -1,14 +1,15 @@
 """A real handoff between two engines in separate processes over loopback gRPC."""
+
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from kv_handoff_helpers import GREEDY, PROMPTS, SECRET, config, make_engine
+
 from runtime.engine import EngineThread
 from runtime.kv_transfer import KVSender
-
-from kv_handoff_helpers import GREEDY, PROMPTS, SECRET, config, make_engine
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -16,9 +17,25 @@ REPO = Path(__file__).resolve().parents[3]
 def test_handoff_to_a_decode_process_equals_colocated(tiny_model_dir, colocated_reference):
     env = {**os.environ, "TANDEM_KV_SECRET": SECRET, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.kv_transfer.serve", "--model", str(tiny_model_dir),
-         "--block-size", "8", "--num-blocks", "128", "--threads", "1"],
-        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "runtime.kv_transfer.serve",
+            "--model",
+            str(tiny_model_dir),
+            "--block-size",
+            "8",
+            "--num-blocks",
+            "128",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     thread = EngineThread("prefill")
     sender = None
     try:

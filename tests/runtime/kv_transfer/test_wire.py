@@ -1,4 +1,5 @@
 """The wire format alone: byte-exact raw round trips across block sizes, layouts and dtypes."""
+
 import grpc
 import pytest
 import torch
@@ -9,8 +10,14 @@ from runtime.kv_transfer import KVTransferError, model_fingerprint
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 from runtime.kv_transfer.assembly import KVAssembly
 from runtime.kv_transfer.handles import handle_from_proto, state_to_proto
-from runtime.kv_transfer.wire import (WireSpec, decode_chunk, encode_chunk, make_header,
-                                      spec_from_header, token_splits)
+from runtime.kv_transfer.wire import (
+    WireSpec,
+    decode_chunk,
+    encode_chunk,
+    make_header,
+    spec_from_header,
+    token_splits,
+)
 
 LAYERS, HEADS, DIM = 3, 2, 8
 
@@ -19,10 +26,13 @@ def paged_cache(num_tokens, block_size, layout, dtype, seed):
     """A random cache holding one sequence's KV in shuffled blocks, and its block table."""
     gen = torch.Generator().manual_seed(seed)
     nblocks = -(-num_tokens // block_size) + 5
-    shape = (LAYERS, 2, nblocks, block_size, HEADS, DIM) if layout == "NHD" else \
-        (LAYERS, 2, nblocks, HEADS, block_size, DIM)
+    shape = (
+        (LAYERS, 2, nblocks, block_size, HEADS, DIM)
+        if layout == "NHD"
+        else (LAYERS, 2, nblocks, HEADS, block_size, DIM)
+    )
     cache = torch.randn(shape, generator=gen).to(dtype)
-    table = torch.randperm(nblocks, generator=gen)[:-(-num_tokens // block_size)]
+    table = torch.randperm(nblocks, generator=gen)[: -(-num_tokens // block_size)]
     return cache, table
 
 
@@ -46,13 +56,20 @@ def receive(wire, dst_cache, dst_table, layout):
     for raw in wire[1:]:
         for chunk in pb.HandoffMessage.FromString(raw).chunks:
             layer, start, kv = assembly.add(chunk)
-            unpack_kv(dst_cache[layer:layer + kv.shape[0]], dst_table, kv, start, layout)
+            unpack_kv(dst_cache[layer : layer + kv.shape[0]], dst_table, kv, start, layout)
     return assembly
 
 
-@pytest.mark.parametrize("src_bs,src_layout,dst_bs,dst_layout", [
-    (16, "NHD", 16, "NHD"), (4, "NHD", 16, "NHD"), (16, "NHD", 5, "HND"),
-    (8, "HND", 8, "NHD"), (3, "HND", 32, "HND")])
+@pytest.mark.parametrize(
+    "src_bs,src_layout,dst_bs,dst_layout",
+    [
+        (16, "NHD", 16, "NHD"),
+        (4, "NHD", 16, "NHD"),
+        (16, "NHD", 5, "HND"),
+        (8, "HND", 8, "NHD"),
+        (3, "HND", 32, "HND"),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_raw_round_trip_is_byte_exact(src_bs, src_layout, dst_bs, dst_layout, dtype):
     tokens = 77
@@ -60,7 +77,7 @@ def test_raw_round_trip_is_byte_exact(src_bs, src_layout, dst_bs, dst_layout, dt
     dst, dst_table = paged_cache(tokens, dst_bs, dst_layout, dtype, seed=1)
     spec = WireSpec(dtype, LAYERS, HEADS, DIM, tokens, "raw", src_bs)
     wire = send(src, src_table, src_layout, spec, chunk_bytes=1000)
-    assert len(wire) > 1 + LAYERS     # token ranges really were split
+    assert len(wire) > 1 + LAYERS  # token ranges really were split
     receive(wire, dst, dst_table, dst_layout)
     for layer in range(LAYERS):
         want = pack_kv(src[layer], src_table, 0, tokens, src_layout)
@@ -74,8 +91,9 @@ def test_raw_round_trip_converts_dtype_exactly():
     spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 20, "raw", 4)
     receive(send(src, table, "NHD", spec, 1 << 20), dst, dst_table, "NHD")
     for layer in range(LAYERS):
-        assert torch.equal(pack_kv(dst[layer], dst_table, 0, 20),
-                           pack_kv(src[layer], table, 0, 20).float())
+        assert torch.equal(
+            pack_kv(dst[layer], dst_table, 0, 20), pack_kv(src[layer], table, 0, 20).float()
+        )
 
 
 @pytest.mark.parametrize("encoding,max_rel_err", [("int8", 0.01), ("fp8", 0.07)])
@@ -95,7 +113,7 @@ def test_quantized_round_trip_is_close_and_smaller(encoding, max_rel_err):
 
 
 def test_uneven_groups_quantize_per_layer():
-    spec = WireSpec(torch.float32, 2, HEADS, DIM, 10, "int8", 4)   # 10 tokens: groups 4, 4, 2
+    spec = WireSpec(torch.float32, 2, HEADS, DIM, 10, "int8", 4)  # 10 tokens: groups 4, 4, 2
     kv = torch.randn(2, 2, 10, HEADS, DIM)
     chunk = encode_chunk(0, 0, 0, kv, spec)
     assert len(chunk.scales) == 2 * 2 * 3 * HEADS * 4
@@ -114,13 +132,16 @@ def test_decode_refuses_corrupt_short_and_stray_chunks():
     good = chunk_of(spec)
     flipped = bytearray(good.data)
     flipped[3] ^= 1
-    cases = [(chunk_of(spec, data=bytes(flipped)), grpc.StatusCode.DATA_LOSS),
-             (chunk_of(spec, xxh3=good.xxh3 ^ 1), grpc.StatusCode.DATA_LOSS),
-             (chunk_of(spec, token_end=9), grpc.StatusCode.INVALID_ARGUMENT),
-             (chunk_of(spec, layer_start=3, layer_end=4), grpc.StatusCode.INVALID_ARGUMENT)]
+    cases = [
+        (chunk_of(spec, data=bytes(flipped)), grpc.StatusCode.DATA_LOSS),
+        (chunk_of(spec, xxh3=good.xxh3 ^ 1), grpc.StatusCode.DATA_LOSS),
+        (chunk_of(spec, token_end=9), grpc.StatusCode.INVALID_ARGUMENT),
+        (chunk_of(spec, layer_start=3, layer_end=4), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
     short = chunk_of(spec)
     short.data = good.data[:-4]
     from runtime.kv_transfer.wire import checksum
+
     short.xxh3 = checksum(short.data, b"")
     cases.append((short, grpc.StatusCode.DATA_LOSS))
     for chunk, code in cases:
@@ -135,30 +156,42 @@ def test_assembly_refuses_missing_chunks_and_wrong_totals():
     handle = KVHandle("r", tuple(range(8)), (1,), SamplingParams(), 8)
     assembly = KVAssembly(header, spec, torch.float32)
     assembly.add(encode_chunk(0, 0, 0, torch.randn(1, 2, 8, HEADS, DIM), spec))
-    with pytest.raises(KVTransferError) as info:   # layer 1 never came
-        assembly.finish(pb.Trailer(num_chunks=1, num_bytes=assembly.num_bytes,
-                                   request=state_to_proto(handle)))
+    with pytest.raises(KVTransferError) as info:  # layer 1 never came
+        assembly.finish(
+            pb.Trailer(num_chunks=1, num_bytes=assembly.num_bytes, request=state_to_proto(handle))
+        )
     assert info.value.code == grpc.StatusCode.DATA_LOSS and "layer 1" in info.value.message
-    with pytest.raises(KVTransferError) as info:   # chunk 1 skipped
+    with pytest.raises(KVTransferError) as info:  # chunk 1 skipped
         assembly.add(encode_chunk(2, 1, 0, torch.randn(1, 2, 8, HEADS, DIM), spec))
     assert info.value.code == grpc.StatusCode.DATA_LOSS
     assembly.add(encode_chunk(1, 1, 0, torch.randn(1, 2, 8, HEADS, DIM), spec))
     with pytest.raises(KVTransferError) as info:
-        assembly.finish(pb.Trailer(num_chunks=3, num_bytes=assembly.num_bytes,
-                                   request=state_to_proto(handle)))
+        assembly.finish(
+            pb.Trailer(num_chunks=3, num_bytes=assembly.num_bytes, request=state_to_proto(handle))
+        )
     assert info.value.code == grpc.StatusCode.DATA_LOSS
-    done = assembly.finish(pb.Trailer(num_chunks=2, num_bytes=assembly.num_bytes,
-                                      request=state_to_proto(handle)))
+    done = assembly.finish(
+        pb.Trailer(num_chunks=2, num_bytes=assembly.num_bytes, request=state_to_proto(handle))
+    )
     assert done == handle
 
 
 def test_request_state_round_trip():
-    params = SamplingParams(max_tokens=7, temperature=0.7, top_k=5, top_p=0.9, min_p=0.05,
-                            seed=123, stop=("\n\n", "END"), stop_token_ids=(3, 4),
-                            ignore_eos=True, logprobs=2, include_stop_str_in_output=True,
-                            skip_special_tokens=False)
-    handle = KVHandle("req-9", (1, 2, 3), (42,), params, 3, (-0.125,),
-                      ([(42, -0.125), (7, -2.5)],))
+    params = SamplingParams(
+        max_tokens=7,
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+        min_p=0.05,
+        seed=123,
+        stop=("\n\n", "END"),
+        stop_token_ids=(3, 4),
+        ignore_eos=True,
+        logprobs=2,
+        include_stop_str_in_output=True,
+        skip_special_tokens=False,
+    )
+    handle = KVHandle("req-9", (1, 2, 3), (42,), params, 3, (-0.125,), ([(42, -0.125), (7, -2.5)],))
     msg = pb.RequestState.FromString(state_to_proto(handle).SerializeToString())
     assert handle_from_proto("req-9", msg) == handle
     plain = KVHandle("r", (1,), (2,), SamplingParams(), 1, (None,), (None,))
@@ -182,8 +215,15 @@ def message_of(index, layer_start, token_start, kv, spec):
     """wire.chunk_message of given values kv [layers, 2, tokens, heads, dim]."""
     from runtime.kv_transfer.wire import chunk_message
 
-    return chunk_message(index, layer_start, layer_start + kv.shape[0], token_start,
-                         token_start + kv.shape[2], spec, lambda out: out.copy_(kv))
+    return chunk_message(
+        index,
+        layer_start,
+        layer_start + kv.shape[0],
+        token_start,
+        token_start + kv.shape[2],
+        spec,
+        lambda out: out.copy_(kv),
+    )
 
 
 @pytest.mark.parametrize("encoding", ["raw", "int8"])
@@ -216,9 +256,10 @@ def test_parse_message_views_payloads_like_protobuf(encoding):
         for name in ("index", "layer_start", "layer_end", "token_start", "token_end", "xxh3"):
             assert getattr(chunk, name) == getattr(want, name)
         assert bytes(chunk.data) == want.data and bytes(chunk.scales) == want.scales
-        assert isinstance(chunk.data, memoryview)   # a view, not a copy
-        assert torch.equal(decode_chunk(chunk, spec, torch.bfloat16),
-                           decode_chunk(want, spec, torch.bfloat16))
+        assert isinstance(chunk.data, memoryview)  # a view, not a copy
+        assert torch.equal(
+            decode_chunk(chunk, spec, torch.bfloat16), decode_chunk(want, spec, torch.bfloat16)
+        )
         # The data payload sits 8-byte aligned in the chunk's own message.
         _, (alone,), _ = parse_message(message)
         assert torch.frombuffer(alone.data, dtype=torch.uint8).data_ptr() % 8 == 0
@@ -229,8 +270,9 @@ def test_parse_message_refuses_malformed_input():
     from runtime.kv_transfer.wire import parse_message
 
     spec = WireSpec(torch.float32, LAYERS, HEADS, DIM, 8)
-    good = pb.HandoffMessage(chunks=[encode_chunk(0, 0, 0, torch.randn(1, 2, 8, HEADS, DIM),
-                                                  spec)]).SerializeToString()
+    good = pb.HandoffMessage(
+        chunks=[encode_chunk(0, 0, 0, torch.randn(1, 2, 8, HEADS, DIM), spec)]
+    ).SerializeToString()
     for bad in (good[:-3], b"\x12", b"\x12\xff\xff\xff\xff\x0f", b"\x0b", b"\x10\x01"):
         with pytest.raises(KVTransferError) as e:
             parse_message(bad)
@@ -239,8 +281,9 @@ def test_parse_message_refuses_malformed_input():
     assert header is None and chunks == [] and trailer is None
 
 
-@pytest.mark.parametrize("encoding,tokens", [("raw", (3, 90)), ("int8", (16, 96)),
-                                             ("int8", (3, 90)), ("fp8", (0, 100))])
+@pytest.mark.parametrize(
+    "encoding,tokens", [("raw", (3, 90)), ("int8", (16, 96)), ("int8", (3, 90)), ("fp8", (0, 100))]
+)
 def test_chunk_message_packed_from_the_cache(encoding, tokens):
     # As the sender builds a prefilled request's chunks: a layer range gathered straight
     # from the paged cache into the message.
@@ -250,8 +293,9 @@ def test_chunk_message_packed_from_the_cache(encoding, tokens):
     cache, table = paged_cache(100, 16, "NHD", torch.bfloat16, seed=3)
     spec = WireSpec(torch.bfloat16, LAYERS, HEADS, DIM, 100, encoding, 16)
     kv = torch.stack([pack_kv(cache[i], table, 0, 100) for i in range(LAYERS)])
-    got, n = chunk_message(4, 1, 3, a, b, spec,
-                           lambda out: pack_kv(cache[1:3], table, a, b, out=out))
+    got, n = chunk_message(
+        4, 1, 3, a, b, spec, lambda out: pack_kv(cache[1:3], table, a, b, out=out)
+    )
     want = encode_chunk(4, 1, a, kv[1:3, :, a:b], spec)
     assert pb.HandoffMessage.FromString(got) == pb.HandoffMessage(chunks=[want])
     assert n == len(want.data) + len(want.scales)

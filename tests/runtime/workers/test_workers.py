@@ -1,4 +1,5 @@
 """Workers as plain classes (no Ray): colocated and prefill -> decode equal the engine."""
+
 from __future__ import annotations
 
 import threading
@@ -9,8 +10,7 @@ import pytest
 from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from runtime.engine import Engine, SamplingParams
 from runtime.kv_transfer import KVTransferConfig
-from runtime.workers import (ColocatedWorker, DecodeWorker, HandoffEvent, PrefillWorker,
-                             WorkerConfig)
+from runtime.workers import ColocatedWorker, DecodeWorker, HandoffEvent, PrefillWorker, WorkerConfig
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 PROMPTS = [[5, 17, 42, 99, 3, 8, 250, 11], [200, 201, 202], list(range(30, 70))]
@@ -18,9 +18,13 @@ KV = KVTransferConfig(secret="s3cret", deadline_s=20.0, layerwise_min_tokens=16)
 
 
 def engine_config(path, role, num_blocks=128):
-    return EngineConfig(model=ModelConfig(path=str(path)), role=role, num_threads=1,
-                        cache=CacheConfig(block_size=4, num_blocks=num_blocks),
-                        scheduler=SchedulerConfig(max_num_batched_tokens=32))
+    return EngineConfig(
+        model=ModelConfig(path=str(path)),
+        role=role,
+        num_threads=1,
+        cache=CacheConfig(block_size=4, num_blocks=num_blocks),
+        scheduler=SchedulerConfig(max_num_batched_tokens=32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,9 @@ def pair(tiny_model_dir):
 
 
 def run_disaggregated(prefill, decode, rid, prompt, params=GREEDY):
-    events = [ev for batch in prefill.prefill(rid, prompt, params, decode.kv_address)
-              for ev in batch]
+    events = [
+        ev for batch in prefill.prefill(rid, prompt, params, decode.kv_address) for ev in batch
+    ]
     assert isinstance(events[-1], HandoffEvent) and events[-1].ok, events[-1]
     tokens = [t for ev in events[:-1] for t in ev.new_token_ids]
     decoded = [ev for batch in decode.stream(rid) for ev in batch]
@@ -77,6 +82,7 @@ def test_concurrent_requests_through_one_pair(pair, reference):
 
     def one(i):
         results[i] = run_disaggregated(prefill, decode, f"cc{i}", PROMPTS[i % 3])[0]
+
     threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
