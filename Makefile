@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TANDEM_HOME ?= $(HOME)/.cache/tandem
 
-.PHONY: install install-vllm model proto run test test-slow chaos bench bench-decode bench-kv bench-kernels clean
+.PHONY: install install-vllm model proto run lint test test-slow chaos bench bench-decode bench-kv bench-kernels clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ proto: install
 # the SDK with its timing breakdown, then it keeps serving until Ctrl-C.
 run: model
 	$(PY) -m runtime.cli serve --config runtime/configs/local.yaml --demo
+
+# ruff's lint and format check on every Python file, mypy on runtime, scheduler and kernels
+# (settings in pyproject.toml). CI runs it before the tests.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 test: install model
 	$(PY) -m pytest -q -m "not slow and not fuzz" --timeout=900
