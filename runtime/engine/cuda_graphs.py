@@ -49,7 +49,7 @@ class CudaGraphDecoder:
         self.lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.rows = torch.arange(n, device=dev)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = None
+        self.pool: tuple[int, int] | None = None  # the graphs' shared memory pool
 
     def _step(self, b: int) -> torch.Tensor:
         meta = AttentionMetadata(

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from runtime.config import EngineConfig
-from runtime.engine.batch_scheduler import BatchScheduler
+from runtime.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runtime.engine.kv_port import KVPort
@@ -94,7 +94,8 @@ class Engine:
         self.requests: dict[str, _Request] = {}
         self._imports: dict[str, _Import] = {}  # KV imports being received (decode role)
         self._ids = itertools.count()
-        self._batch = None  # the batch of the step in progress (for scheduled_prompt_spans)
+        # The batch of the step in progress (for scheduled_prompt_spans).
+        self._batch: ScheduledBatch | None = None
 
     # -- requests -------------------------------------------------------------------------
     def add_request(
@@ -299,6 +300,7 @@ class Engine:
                         self.add_request(params=plist[i], prompt_token_ids=prompt_token_ids[i])
                     )
                 else:
+                    assert prompts is not None  # n == len(prompts) > i
                     ids.append(self.add_request(prompts[i], plist[i]))
         except ValueError:
             for rid in ids:
@@ -336,9 +338,11 @@ class Engine:
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         """The model's chat template applied to `messages`, ready for generation."""
-        return self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+        assert isinstance(text, str), "tokenize=False gives the text"
+        return text
 
     # -- disaggregation split points ------------------------------------------------------
     def _held(self, request_id: str, status: SequenceStatus) -> Sequence:

@@ -33,7 +33,7 @@ class EngineThread:
         on_outputs: Callable[[list], None] = lambda outputs: None,
         on_error: Callable[[Exception], None] = lambda error: None,
     ):
-        self._step = step
+        self._step: Callable[[], list] = step or list
         self._has_work = (lambda: False) if step is None else has_work
         self._on_outputs, self._on_error = on_outputs, on_error
         self._calls: queue.SimpleQueue = queue.SimpleQueue()

@@ -54,6 +54,7 @@ def forward_fused(
         and can_decode_layers(hidden)
     ):
         # A small decode-only batch: every layer in one C++ call, the same kernels in order.
+        assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
         hidden, residual = decode_layers(
             hidden,
             w.decode_stack,
@@ -100,7 +101,7 @@ def _layers(
         qkv = linear(x, lw.qkv, lw.qkv_bias)
         qk, v = qkv.split([(h_ + kvh) * d, kvh * d], dim=-1)
         qk, v = qk.view(t, h_ + kvh, d), v.view(t, kvh, d)
-        if lw.q_norm is not None:
+        if lw.q_norm is not None and lw.k_norm is not None:
             qk = torch.cat(
                 [
                     fused_add_rms_norm(qk[:, :h_], None, lw.q_norm, eps)[0],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +44,14 @@ class LayerWeights:
     `linear` takes either form."""
 
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # q, k, v projections stacked: [(H + 2*KVH) * D, hidden]
+    qkv: Linear  # q, k, v projections stacked: [(H + 2*KVH) * D, hidden]
     qkv_bias: torch.Tensor | None  # Qwen2
     q_norm: torch.Tensor | None  # Qwen3
     k_norm: torch.Tensor | None
-    o_proj: torch.Tensor
+    o_proj: Linear
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # gate and up projections stacked: [2 * I, hidden]
-    down: torch.Tensor
+    gate_up: Linear  # gate and up projections stacked: [2 * I, hidden]
+    down: Linear
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ModelWeights:
     embed: torch.Tensor
     layers: list[LayerWeights]
     norm: torch.Tensor
-    lm_head: torch.Tensor  # the embedding itself when tied
+    lm_head: Linear  # the embedding itself when tied
     inv_freq: torch.Tensor  # float32 [head_dim // 2]
     rope_scaling: float  # multiplies cos/sin (1.0 except e.g. yarn)
     # Per-layer tensor lists for kernels.decoder.decode_layers (plain matmul weights), set by
@@ -95,7 +95,10 @@ class PackedLinear(NamedTuple):
     dense: torch.Tensor | None  # the plain [N, K] tensor for `linear_small_batch`, or None
 
 
-def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+Linear = Union[torch.Tensor, PackedLinear]  # a matmul weight, plain or prepacked
+
+
+def linear(x: torch.Tensor, weight: Linear, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, or the faster path for a `PackedLinear` weight from `pack_linear_weights`."""
     if isinstance(weight, PackedLinear):
         if weight.dense is not None and x.shape[0] <= MAX_ROWS:
@@ -131,13 +134,14 @@ def pack_linear_weights(w: ModelWeights, max_dense_gib: float = 4.0) -> ModelWei
     """
     if not _can_prepack(w.embed.dtype):
         return w
-    mats = [t for lw in w.layers for t in (lw.qkv, lw.o_proj, lw.gate_up, lw.down)]
+    mats = [_plain(t) for lw in w.layers for t in (lw.qkv, lw.o_proj, lw.gate_up, lw.down)]
     dense_gib = sum(t.numel() * t.element_size() for t in mats) / 2**30
     keep_dense = (
         w.embed.dtype is torch.bfloat16 and dense_gib <= max_dense_gib and cpu_bf16_dot_available()
     )
 
-    def pack(t: torch.Tensor) -> PackedLinear:
+    def pack(weight: Linear) -> PackedLinear:
+        t = _plain(weight)
         return PackedLinear(
             torch.ops.mkldnn._reorder_linear_weight(t, 32), t.contiguous() if keep_dense else None
         )
@@ -160,11 +164,23 @@ def pack_linear_weights(w: ModelWeights, max_dense_gib: float = 4.0) -> ModelWei
     )
 
 
+def _plain(weight: Linear) -> torch.Tensor:
+    assert isinstance(weight, torch.Tensor), "the weights are packed already"
+    return weight
+
+
 def _decode_stack(layers: list[LayerWeights]) -> dict | None:
     """The plain per-layer weights as kernels.decoder.decode_layers takes them, or None when
     a matmul's inner size is not a multiple of 32 (the GEMV's unit)."""
+
+    def dense(weight: Linear) -> torch.Tensor:
+        assert isinstance(weight, PackedLinear) and weight.dense is not None, "packed with dense"
+        return weight.dense
+
     if any(
-        lw.qkv.dense.shape[1] % 32 or lw.o_proj.dense.shape[1] % 32 or lw.down.dense.shape[1] % 32
+        dense(lw.qkv).shape[1] % 32
+        or dense(lw.o_proj).shape[1] % 32
+        or dense(lw.down).shape[1] % 32
         for lw in layers
     ):
         return None
@@ -175,14 +191,14 @@ def _decode_stack(layers: list[LayerWeights]) -> dict | None:
 
     return {
         "input_norm": each(lambda lw: lw.input_norm),
-        "qkv": each(lambda lw: lw.qkv.dense),
+        "qkv": each(lambda lw: dense(lw.qkv)),
         "qkv_bias": each(lambda lw: lw.qkv_bias),
         "q_norm": each(lambda lw: lw.q_norm),
         "k_norm": each(lambda lw: lw.k_norm),
-        "o_proj": each(lambda lw: lw.o_proj.dense),
+        "o_proj": each(lambda lw: dense(lw.o_proj)),
         "post_norm": each(lambda lw: lw.post_norm),
-        "gate_up": each(lambda lw: lw.gate_up.dense),
-        "down": each(lambda lw: lw.down.dense),
+        "gate_up": each(lambda lw: dense(lw.gate_up)),
+        "down": each(lambda lw: dense(lw.down)),
     }
 
 
@@ -217,6 +233,7 @@ def attention(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
     nd = meta.num_decode
     if nd:
+        assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
         out[:nd] = paged_decode_attention(
             q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale
         )
@@ -259,7 +276,7 @@ def forward(
         qkv = linear(x, lw.qkv, lw.qkv_bias)
         qk, v = qkv.split([(h_ + kvh) * d, kvh * d], dim=-1)
         qk, v = qk.view(t, h_ + kvh, d), v.view(t, kvh, d)
-        if lw.q_norm is not None:
+        if lw.q_norm is not None and lw.k_norm is not None:
             qk = torch.cat(
                 [
                     rms_norm(qk[:, :h_], lw.q_norm, g.rms_norm_eps),

@@ -157,9 +157,9 @@ def _with_logprobs(
     index = torch.tensor(rows, device=logits.device)
     raw = logits[index].float().log_softmax(dim=-1)
     chosen = raw.gather(1, token_ids[index].unsqueeze(1)).squeeze(1).tolist()
-    max_n = max(params[i].logprobs for i in rows)
-    top_values, top_ids = raw.topk(max_n, dim=-1) if max_n else (raw[:, :0], raw[:, :0])
-    top_values, top_ids = top_values.tolist(), top_ids.long().tolist()
+    max_n = max(params[i].logprobs or 0 for i in rows)
+    values, indices = raw.topk(max_n, dim=-1) if max_n else (raw[:, :0], raw[:, :0])
+    top_values, top_ids = values.tolist(), indices.long().tolist()
     for r, i in enumerate(rows):
         n = params[i].logprobs
         logprobs[i] = chosen[r]

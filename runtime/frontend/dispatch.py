@@ -59,7 +59,7 @@ class _Attempt:
         now = time.monotonic()
         if ev.new_token_ids and self.first_sent is None:
             self.first_sent = now
-        if ev.queue_s is not None:
+        if ev.queue_s is not None and ev.prefill_s is not None:
             self.timings.queue_s, self.timings.prefill_s = ev.queue_s, ev.prefill_s
             self.usage.cached_prompt_tokens = ev.num_cached_tokens
         if ev.decode_s is not None:

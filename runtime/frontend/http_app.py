@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +41,10 @@ class _AsciiJSON(JSONResponse):
 
 
 def error_response(
-    status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return _AsciiJSON(
         {"error": {"message": message, "type": kind, "param": None, "code": status}},
@@ -187,6 +191,8 @@ def build_app(
             async for chunk in stream:
                 text.append(chunk.text)
                 last = chunk
+            if last is None:  # the dispatcher ends every request with a chunk or an error
+                raise ServingError("INTERNAL", "the request ended without a result")
             return {
                 **head,
                 "object": obj,

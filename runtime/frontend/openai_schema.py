@@ -61,6 +61,10 @@ class _Sampling(_Body):
             "skip_special_tokens": self.skip_special_tokens,
         }
 
+    def prompt_inputs(self) -> dict:
+        """The prompt as `RequestPreparer.prompt_ids` arguments."""
+        raise NotImplementedError
+
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage

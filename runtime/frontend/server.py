@@ -7,8 +7,9 @@ import contextlib
 import logging
 import socket
 
+import grpc
 import uvicorn
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health, health_pb2
 
 from runtime.frontend.config import FrontendConfig
 from runtime.frontend.dispatch import Dispatcher
@@ -66,7 +67,9 @@ class Frontend:
             config.model_name, config.model_path, max_len, config.limits
         )
         self.grpc_port = self.http_port = 0
-        self._grpc = self._health = self._uvicorn = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._uvicorn: _EmbeddedUvicorn | None = None
         self._tasks: list[asyncio.Task] = []
         self._serving: bool | None = None  # what health last said
         self._stopping = False
@@ -100,22 +103,22 @@ class Frontend:
         )
         # The dispatcher has ended every request before uvicorn is told to exit; its own
         # timeout only bounds connections that are slow to close.
-        tls = {"ssl_certfile": s.tls.cert_file, "ssl_keyfile": s.tls.key_file} if s.tls else {}
-        self._uvicorn = _EmbeddedUvicorn(
+        self._uvicorn = server = _EmbeddedUvicorn(
             uvicorn.Config(
                 app,
                 log_level="warning",
                 lifespan="off",
                 timeout_keep_alive=30,
                 timeout_graceful_shutdown=2,
-                **tls,
+                ssl_certfile=s.tls.cert_file if s.tls else None,
+                ssl_keyfile=s.tls.key_file if s.tls else None,
             )
         )
         self._tasks = [
-            asyncio.create_task(self._uvicorn.serve(sockets=[sock])),
+            asyncio.create_task(server.serve(sockets=[sock])),
             asyncio.create_task(self._poll_loads()),
         ]
-        while not self._uvicorn.started:
+        while not server.started:
             if self._tasks[0].done():
                 self._tasks[0].result()  # re-raises uvicorn's start-up error
             await asyncio.sleep(0.01)

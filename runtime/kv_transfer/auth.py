@@ -64,7 +64,7 @@ def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
 
 def make_channel(target: str, config: KVTransferConfig) -> grpc.Channel:
     """A sender's channel to a receiver: TLS when configured, message limits, keepalive."""
-    options = [
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", 10_000),

@@ -56,7 +56,7 @@ class _Handoff:
     future: Future = field(default_factory=Future)
     spec: WireSpec | None = None
     outbox: Outbox | None = None
-    call: object = None  # the gRPC future
+    call: grpc.Future | None = None
     layerwise: bool = False
     next_token: int = 0  # tokens [0, next_token) of every layer are queued
     pending: list = field(default_factory=list)  # (layer, StagedKV [2, T, H, D]) to coalesce
@@ -66,6 +66,12 @@ class _Handoff:
     started: float = 0.0
     outcome: HandoffResult | None = None  # set when settled without the call's verdict
     resolved: bool = False
+
+    @property
+    def wire(self) -> WireSpec:
+        """The stream's layout: set when its stream opens, before any message is built."""
+        assert self.spec is not None, f"{self.request_id}: its stream is not open"
+        return self.spec
 
 
 class KVSender:
@@ -150,6 +156,7 @@ class KVSender:
         """Hand off an already prefilled request (held by the engine until the ack)."""
         future = self.route(handle.request_id, target)
         h = self._get(handle.request_id)
+        assert h is not None  # routed just above
         try:
             self._finish(h, handle)
         except BaseException:
@@ -178,7 +185,8 @@ class KVSender:
     # -- layer-wise streaming (engine thread, inside the forward) --------------------------
     def _layer_done(self, layer: int) -> None:
         if layer == 0:
-            threshold = self.layerwise_min_tokens  # set: `step` hooks this in only then
+            threshold = self.layerwise_min_tokens
+            assert threshold is not None  # `step` hooks this in only then
             self._spans = [
                 s
                 for s in self.engine.scheduled_prompt_spans()
@@ -203,7 +211,7 @@ class KVSender:
 
     def _stage(self, h: _Handoff, layer: int, start: int, end: int, staged, last: bool) -> None:
         """Coalesce consecutive layers of one token range into ~chunk_bytes chunks."""
-        size = int((end - start) * h.spec.layer_token_bytes())
+        size = int((end - start) * h.wire.layer_token_bytes())
         if h.pending and (
             h.pending_range != (start, end) or (len(h.pending) + 1) * size > self.config.chunk_bytes
         ):
@@ -219,10 +227,11 @@ class KVSender:
             return
         first, (start, end) = pending[0][0], h.pending_range
         staged = [st for _, st in pending]
-        spec = h.spec  # the budget counts the staged copies' bytes (the cache's dtype)
+        spec, outbox = h.wire, h.outbox  # the budget counts the staged copies' bytes
+        assert outbox is not None  # a layer-wise stream has one from its first layer
         token_bytes = len(staged) * 2 * spec.num_kv_heads * spec.head_dim * spec.dtype.itemsize
         for a, b in token_splits(spec, len(pending), start, end, self.config.chunk_bytes):
-            h.outbox.put(
+            outbox.put(
                 lambda a=a, b=b: self._encode_staged(h, first, staged, start, a, b),
                 (b - a) * token_bytes,
             )
@@ -244,13 +253,13 @@ class KVSender:
     def _open_stream(self, h: _Handoff, num_tokens: int, layerwise: bool) -> None:
         h.spec = self._spec(num_tokens)
         h.layerwise = layerwise
-        h.outbox = Outbox(self._budget)
-        h.outbox.put(lambda: self._header(h))
-        self._start_call(h, iter(h.outbox))
+        h.outbox = outbox = Outbox(self._budget)
+        outbox.put(lambda: self._header(h))
+        self._start_call(h, iter(outbox))
 
     # Messages go out serialized (bytes): chunks skip protobuf's copies (wire.chunk_message).
     def _header(self, h: _Handoff) -> bytes:
-        header = make_header(h.request_id, self.fingerprint, h.spec, self.engine.kv.block_size)
+        header = make_header(h.request_id, self.fingerprint, h.wire, self.engine.kv.block_size)
         return pb.HandoffMessage(header=header).SerializeToString()
 
     def _encode_staged(
@@ -278,7 +287,7 @@ class KVSender:
         return self._chunk(h, l0, l1, a, b, pack_into)
 
     def _chunk(self, h: _Handoff, l0: int, l1: int, a: int, b: int, pack_into) -> bytes:
-        message, nbytes = chunk_message(h.num_chunks, l0, l1, a, b, h.spec, pack_into)
+        message, nbytes = chunk_message(h.num_chunks, l0, l1, a, b, h.wire, pack_into)
         h.num_chunks += 1
         h.num_bytes += nbytes
         return message
@@ -305,7 +314,7 @@ class KVSender:
     def _prefilled_messages(self, h: _Handoff, handle: KVHandle, table: torch.Tensor):
         """Header, chunks and trailer of a prefilled request, read from its held blocks on
         the call's own thread; all in one message when the KV fits one chunk."""
-        spec, cache = h.spec, self.engine.kv.cache
+        spec, cache = h.wire, self.engine.kv.cache
         total = spec.num_tokens
         per_layer = total * spec.layer_token_bytes()
         group = max(1, min(spec.num_layers, int(self.config.chunk_bytes // max(per_layer, 1))))

@@ -123,7 +123,7 @@ def spec_from_header(header: pb.Header) -> WireSpec:
 
 def _payload(t: torch.Tensor) -> memoryview:
     """A tensor's bytes, C order, without copying a contiguous tensor."""
-    return memoryview(t.contiguous().view(torch.uint8).numpy().reshape(-1))
+    return t.contiguous().view(torch.uint8).numpy().reshape(-1).data
 
 
 # Received payloads are wrapped read-only (no copy) and only ever read; torch warns (once)
@@ -463,6 +463,7 @@ def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
 def _fields(buf: memoryview, pos: int, end: int):
     """(field number, wire type, value) of each field in buf[pos:end]: an int for varint and
     fixed fields, a memoryview for length-delimited ones."""
+    value: int | memoryview
     while pos < end:
         key, pos = _read_varint(buf, pos, end)
         number, wire_type = key >> 3, key & 7

@@ -29,6 +29,7 @@ class DecodeWorker(Worker):
         super().__init__(config, engine)
         # Aborts that may overtake their request's KV import: a late import is dropped.
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        assert config.kv is not None  # WorkerConfig requires it of a decode worker
         self.receiver = KVReceiver(self.engine, self.loop, config.kv, faults=self.faults)
         port = self.receiver.start(f"{config.kv_bind_host}:{config.kv_port}")
         self._kv_address = f"{self._advertise_host()}:{port}"

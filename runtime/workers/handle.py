@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class WorkerHandle:
 
     name: str
     role: str
-    actor: object  # ray.actor.ActorHandle
+    actor: Any  # a ray.actor.ActorHandle: its methods exist only at run time (`.remote()`)
     kv_address: str = ""  # decode workers: their KV receiver
     max_model_len: int = 0
     incarnation: str = ""

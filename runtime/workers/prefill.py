@@ -24,6 +24,7 @@ class PrefillWorker(Worker):
 
     def __init__(self, config: WorkerConfig, engine: Engine | None = None):
         super().__init__(config, engine)
+        assert config.kv is not None  # WorkerConfig requires it of a prefill worker
         self.sender = KVSender(self.engine, self.loop, config.kv, faults=self.faults)
 
     def prefill(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class StreamTimeout(RuntimeError):
@@ -49,7 +50,7 @@ class OutputStreams:
         with self._lock:
             return request_id in self._queues
 
-    def drain(self, request_id: str, is_terminal: Callable[[object], bool]) -> Iterator[list]:
+    def drain(self, request_id: str, is_terminal: Callable[[Any], bool]) -> Iterator[list]:
         """Yield lists of events until one is terminal. Raises StreamTimeout when idle."""
         self.open(request_id)
         with self._lock:
