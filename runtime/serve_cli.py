@@ -123,8 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await demo(
                 grpc_url,
                 config.api_key,
-                ca_file=tls and (tls.ca_file or tls.cert_file),
-                server_name=tls and tls.server_name,
+                ca_file=(tls.ca_file or tls.cert_file) if tls is not None else None,
+                server_name=tls.server_name if tls is not None else None,
             )
         print(usage_text(grpc_url, http_url, config.model_name), flush=True)
 
@@ -141,18 +141,22 @@ async def demo(
     url: str, api_key: str | None, ca_file: str | None = None, server_name: str | None = None
 ) -> None:
     """One real request through the SDK, streamed, with its timing breakdown."""
-    from runtime.client import AsyncClient
+    from runtime.client import AsyncClient, StreamChunk
 
     print(f"\n>>> {DEMO_PROMPT}\n", flush=True)
     async with AsyncClient(
         url, api_key=api_key, ca_file=ca_file, server_name=server_name
     ) as client:
-        last = None
+        last: StreamChunk | None = None
         async for chunk in client.stream(
             messages=[{"role": "user", "content": DEMO_PROMPT}], max_tokens=64, temperature=0.0
         ):
             print(chunk.text, end="", flush=True)
             last = chunk
+    if last is None or last.usage is None or last.timings is None:
+        # The server's last message carries usage and timings; a stream cut short has none.
+        print("\n\n[the stream ended without its final message]\n", flush=True)
+        return
     print(
         f"\n\n[{last.finish_reason}; {last.usage.prompt_tokens} prompt + "
         f"{last.usage.completion_tokens} generated tokens; "

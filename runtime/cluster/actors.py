@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 
 from runtime.cluster.config import ClusterConfig, PoolConfig
@@ -21,12 +23,12 @@ def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig
     )
 
 
-def actor_options(pool: PoolConfig) -> dict:
+def actor_options(pool: PoolConfig) -> dict[str, Any]:
     """Ray actor options of one worker of `pool`: placement, concurrency and restarts. Actors
     stay unnamed so two clusters can share one Ray cluster. Ray restarts a dead worker
     (`pool.max_restarts` times); its calls are never retried by Ray, since the frontend
     resumes the requests in flight itself."""
-    options = {
+    options: dict[str, Any] = {
         "num_cpus": pool.num_cpus,
         "num_gpus": pool.num_gpus,
         "max_concurrency": pool.max_concurrency,
@@ -43,7 +45,9 @@ def actor_options(pool: PoolConfig) -> dict:
 def start_workers(cluster: ClusterConfig, timeout_s: float = 600.0) -> list[WorkerHandle]:
     """Start every pool's actors (Ray must be initialised) and wait until each has loaded its
     model; raises the first worker's start-up error (and kills the others)."""
-    actors = []
+    # (name, role, actor): a ray.actor.ActorHandle's methods exist only at run time
+    # (`.remote()`), so the actor is held as Any, as in WorkerHandle.
+    actors: list[tuple[str, str, Any]] = []
     for pool in cluster.pools:
         for i in range(pool.replicas):
             config = worker_config(cluster, pool.role, i)

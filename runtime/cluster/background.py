@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from runtime.cluster.config import ClusterConfig
 from runtime.cluster.launch import Cluster
 from runtime.frontend.server import Frontend
+from runtime.workers.handle import WorkerHandle
+
+T = TypeVar("T")
 
 
 class BackgroundServer:
@@ -21,36 +26,42 @@ class BackgroundServer:
     def __init__(self, config: ClusterConfig):
         self.config = config
         self.cluster = Cluster(config)
-        self.frontend = None
+        self.frontend: Frontend | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tandem-frontend", daemon=True
         )
 
     @property
-    def workers(self):
+    def workers(self) -> list[WorkerHandle]:
         return self.cluster.workers
+
+    def _started_frontend(self) -> Frontend:
+        if self.frontend is None:
+            raise RuntimeError("BackgroundServer is not serving: call start() first")
+        return self.frontend
 
     @property
     def grpc_url(self) -> str:
-        return self.frontend.grpc_url
+        return self._started_frontend().grpc_url
 
     @property
     def http_url(self) -> str:
-        return self.frontend.http_url
+        return self._started_frontend().http_url
 
     def start(self) -> "BackgroundServer":
         workers = self.cluster.start()
         self._thread.start()
         try:
-            self.frontend = Frontend(self.config.frontend_config(), workers)
-            self.run(self.frontend.start())
+            frontend = Frontend(self.config.frontend_config(), workers)
+            self.frontend = frontend  # set first: stop() stops a half-started frontend
+            self.run(frontend.start())
         except BaseException:
             self.stop()
             raise
         return self
 
-    def run(self, coro, timeout: float | None = None):
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
@@ -66,5 +77,5 @@ class BackgroundServer:
     def __enter__(self) -> "BackgroundServer":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

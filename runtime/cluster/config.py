@@ -48,7 +48,7 @@ class RayConfig:
     the pools ask for); "auto" or "ray://host:10001" joins an existing cluster."""
 
     address: str | None = None
-    num_cpus: float | None = None
+    num_cpus: int | None = None
     namespace: str = "tandem"
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
 import ray
 
@@ -23,17 +25,30 @@ def init_ray(config: ClusterConfig) -> bool:
     if ray.is_initialized():
         return False
     r = config.ray
-    kwargs = {
-        "namespace": r.namespace,
-        "include_dashboard": False,
-        "log_to_driver": os.environ.get("TANDEM_WORKER_LOGS", "1") == "1",
-    }
+    log_to_driver = os.environ.get("TANDEM_WORKER_LOGS", "1") == "1"
     if r.address:
-        ray.init(address=r.address, **kwargs)
+        ray.init(
+            address=r.address,
+            namespace=r.namespace,
+            include_dashboard=False,
+            log_to_driver=log_to_driver,
+        )
     else:
-        wanted = sum(p.num_cpus * p.replicas for p in config.pools)
-        ray.init(num_cpus=r.num_cpus or max(wanted, 1), **kwargs)
+        ray.init(
+            num_cpus=r.num_cpus or embedded_num_cpus(config),
+            namespace=r.namespace,
+            include_dashboard=False,
+            log_to_driver=log_to_driver,
+        )
     return True
+
+
+def embedded_num_cpus(config: ClusterConfig) -> int:
+    """Logical CPUs of an embedded Ray: what the pools ask for, rounded up to a whole number
+    (Ray refuses a node with a fractional CPU count), and at least 1."""
+    wanted = sum(p.num_cpus * p.replicas for p in config.pools)
+    # round() first: 0.7 * 10 must ask for 7 CPUs, not 8.
+    return max(math.ceil(round(wanted, 6)), 1)
 
 
 class Cluster:
@@ -66,7 +81,9 @@ class Cluster:
             self._owns_ray = False
 
 
-async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
+async def serve_until_signalled(
+    config: ClusterConfig, on_ready: Callable[[Frontend], Awaitable[None]] | None = None
+) -> None:
     """Start the cluster and its frontend; serve until SIGINT/SIGTERM, then stop cleanly.
     `on_ready(frontend)` (a coroutine function) runs once both ports are up."""
     cluster = Cluster(config)
@@ -74,7 +91,7 @@ async def serve_until_signalled(config: ClusterConfig, on_ready=None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    frontend = None
+    frontend: Frontend | None = None
     try:
         # Start-up cannot be interrupted half way (actors are being placed); a signal during
         # it stops the cluster right after.

@@ -102,7 +102,8 @@ class AuthSection(_Strict):
 
 class RaySection(_Strict):
     address: str | None = None
-    num_cpus: float | None = Field(None, gt=0)
+    # Whole CPUs: Ray refuses a node with a fractional CPU count.
+    num_cpus: int | None = Field(None, gt=0)
     namespace: str = "tandem"
 
 
