@@ -11,6 +11,7 @@ class LoadSnapshot(Protocol):
     """One worker's state at its last report. `role`: "prefill", "decode" or "colocated".
     `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed.
     `num_running` / `num_waiting`: sequences decoding / waiting for blocks or a batch slot.
+    `num_free_blocks` of `block_size` tokens each (a `block_size` of 0: unknown).
     `healthy`: False takes the worker out of routing."""
 
     @property
@@ -25,5 +26,7 @@ class LoadSnapshot(Protocol):
     def num_waiting(self) -> int: ...
     @property
     def num_free_blocks(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
     @property
     def healthy(self) -> bool: ...

@@ -23,6 +23,16 @@ class _Entry:
     load: LoadSnapshot
     prompt_tokens: int = 0
     seqs: int = 0
+    kv_tokens: int = 0  # KV handed to a decode worker
+
+    def can_hold(self, num_kv_tokens: int) -> bool:
+        """Whether the free blocks, less what was routed here since, hold that much KV (and
+        its first output token)."""
+        bs = self.load.block_size
+        if not bs:
+            return True
+        free = self.load.num_free_blocks - -(-self.kv_tokens // bs)
+        return -(-(num_kv_tokens + 1) // bs) <= free
 
     @property
     def queued_prompt_tokens(self) -> int:
@@ -63,16 +73,26 @@ class Router:
         """The prefill worker with the fewest prompt tokens queued."""
         return self._pick("prefill", exclude, _prefill_key, num_prompt_tokens, 0)
 
-    def pick_decode(self, exclude: frozenset[str] = frozenset()) -> str:
-        """The decode worker with the fewest sequences, then the most free blocks."""
-        return self._pick("decode", exclude, _decode_key, 0, 1)
+    def pick_decode(self, exclude: frozenset[str] = frozenset(), num_kv_tokens: int = 0) -> str:
+        """The decode worker with the fewest sequences, then the most free blocks, among
+        those whose free blocks hold `num_kv_tokens` of KV if any does (else among all: a
+        handoff waits for blocks there)."""
+        return self._pick("decode", exclude, _decode_key, 0, 1, num_kv_tokens)
 
     def pick_colocated(self, num_prompt_tokens: int, exclude: frozenset[str] = frozenset()) -> str:
         """The colocated worker with the least work ahead: queued prompt tokens, then
         sequences."""
         return self._pick("colocated", exclude, _colocated_key, num_prompt_tokens, 1)
 
-    def _pick(self, role: str, exclude: frozenset[str], key, prompt_tokens: int, seqs: int) -> str:
+    def _pick(
+        self,
+        role: str,
+        exclude: frozenset[str],
+        key,
+        prompt_tokens: int,
+        seqs: int,
+        kv_tokens: int = 0,
+    ) -> str:
         with self._lock:
             candidates = [
                 e
@@ -83,9 +103,12 @@ class Router:
                 raise NoWorkerError(
                     f"no healthy {role} worker" + (f" outside {sorted(exclude)}" if exclude else "")
                 )
+            if kv_tokens:
+                candidates = [e for e in candidates if e.can_hold(kv_tokens)] or candidates
             best = min(candidates, key=key)
             best.prompt_tokens += prompt_tokens
             best.seqs += seqs
+            best.kv_tokens += kv_tokens
             return best.load.name
 
 

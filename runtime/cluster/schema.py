@@ -68,6 +68,7 @@ class KVSection(_Strict):
     chunk_bytes: int | None = None
     max_inflight_bytes: int | None = None
     deadline_s: float | None = None
+    block_wait_s: float | None = None
     layerwise_min_tokens: int | None = None  # None: GPU prefill engines 512, CPU ones never
     max_concurrent_handoffs: int | None = None
     # Where the decode workers' receivers listen, and TLS on the channel.

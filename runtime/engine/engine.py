@@ -31,7 +31,12 @@ from runtime.engine.weights import read_generation_eos
 
 
 class NoFreeBlocksError(RuntimeError):
-    """The cache cannot hold the request's KV right now (retry later or elsewhere)."""
+    """The cache cannot hold the request's KV right now (retry later or elsewhere).
+    `ever` is False when not even the whole, empty cache could (only elsewhere then)."""
+
+    def __init__(self, message: str, ever: bool = True):
+        super().__init__(message)
+        self.ever = ever
 
 
 class PromptSpan(NamedTuple):
@@ -398,9 +403,9 @@ class Engine:
         (and a slot for its first output token), before any of it arrives.
 
         The blocks belong to no sequence until `commit_import`; `abort` gives them back.
-        NoFreeBlocksError when the free blocks cannot hold it (also when the whole cache is
-        smaller: another decode worker may be larger); ValueError when the id is in use or the
-        KV is longer than the context.
+        NoFreeBlocksError when the free blocks cannot hold it (with `ever` False when the
+        whole cache is smaller: another decode worker may be larger); ValueError when the id
+        is in use or the KV is longer than the context.
         """
         if request_id in self.requests or request_id in self._imports:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -415,7 +420,8 @@ class Engine:
             raise NoFreeBlocksError(
                 f"KV of {num_kv_tokens} tokens needs {need} blocks; "
                 f"{bm.num_free_blocks} free KV blocks (of {bm.num_blocks} "
-                f"of {bm.block_size} tokens)"
+                f"of {bm.block_size} tokens)",
+                ever=need <= bm.num_blocks,
             )
         self._imports[request_id] = _Import(bm.reserve(num_kv_tokens + 1), num_kv_tokens)
 

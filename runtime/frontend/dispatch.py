@@ -268,7 +268,7 @@ class Dispatcher:
     async def _disaggregated(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
         n = len(sub.prompt_token_ids)
         prefill = await self._pick(a, lambda x: self.router.pick_prefill(n, x), tried)
-        decode = await self._pick(a, lambda x: self.router.pick_decode(x), tried)
+        decode = await self._pick(a, lambda x: self.router.pick_decode(x, n), tried)
         a.timings.prefill_worker, a.timings.decode_worker = prefill.name, decode.name
         async for item in self._run_pair(a, sub, prefill, decode):
             yield item

@@ -35,6 +35,10 @@ class KVTransferConfig:
     - `max_inflight_bytes`: sender-wide cap on KV queued but not yet handed to gRPC; the
       prefill forward blocks on it, so a slow link slows the prefill instead of growing memory.
     - `deadline_s`: the deadline of every handoff call, from its first byte to the ack.
+    - `block_wait_s`: how long a handoff may wait on a decode side that has no free KV blocks
+      for it right now (the prefill side keeps the request's KV meanwhile), and never more
+      than half the time left before the call's deadline; then RESOURCE_EXHAUSTED. 0 refuses
+      at once.
     - `layerwise_min_tokens`: prompts at least this long stream layer by layer during their
       prefill; shorter ones go as one message after it. None (the default): 512 where the
       prefill runs on a GPU, never on a CPU engine, where the transfer's copies and
@@ -50,6 +54,7 @@ class KVTransferConfig:
     chunk_bytes: int = 4 << 20
     max_inflight_bytes: int = 64 << 20
     deadline_s: float = 30.0
+    block_wait_s: float = 15.0
     layerwise_min_tokens: int | None = None
     max_concurrent_handoffs: int = 64
     tls: TLSConfig | None = None
@@ -66,6 +71,8 @@ class KVTransferConfig:
             raise ValueError(f"group_tokens must be >= 0, got {self.group_tokens}")
         if not self.deadline_s > 0:
             raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+        if not self.block_wait_s >= 0:
+            raise ValueError(f"block_wait_s must be >= 0, got {self.block_wait_s}")
         if self.layerwise_min_tokens is not None and self.layerwise_min_tokens < 1:
             raise ValueError(f"layerwise_min_tokens must be >= 1, got {self.layerwise_min_tokens}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -21,6 +22,8 @@ from runtime.kv_transfer.wire import CONTRACT_VERSION, parse_message, spec_from_
 
 _ABORTED = object()
 _NO_DEADLINE_S = 365 * 86400  # gRPC reports a call without a deadline as ~infinitely far off
+# How often a handoff waiting for free blocks tries again: about one decode step.
+_BLOCK_RETRY_S = 0.02
 
 
 def _aborted_here(request_id: str) -> KVTransferError:
@@ -43,8 +46,12 @@ class KVReceiver(pb_grpc.KVTransferServicer):
     """Serves `KVTransfer.Handoff` for one decode engine.
 
     Flow. The header reserves the request's blocks (`Engine.begin_import`, on the engine's
-    `EngineThread`, between two decode steps): a decode side without room refuses at once
-    with RESOURCE_EXHAUSTED, before any KV moves. Each chunk is then verified (checksum,
+    `EngineThread`, between two decode steps). A decode side without room right now makes
+    the handoff wait for blocks to free up (backpressure: the sender's prefill side keeps
+    the KV meanwhile, and nothing is computed twice) for up to `block_wait_s`, and never for
+    more than half the time left before the call's deadline; then, or at once when even its
+    whole cache could not hold the KV, it refuses with RESOURCE_EXHAUSTED, before any KV
+    moves. Each chunk is then verified (checksum,
     ranges), decoded (dequantize, dtype) and written into those blocks on the call's own
     handler thread as it lands (`Engine.write_kv`), so the writes overlap the stream and no
     KV is staged. The trailer's checks (counts, every (layer, token) covered, the request's
@@ -80,6 +87,8 @@ class KVReceiver(pb_grpc.KVTransferServicer):
         self._active: set[str] = set()  # request ids of the handoffs in progress
         self._server: grpc.Server | None = None
         self.num_admitted = 0
+        self.num_waiting_for_blocks = 0  # handoffs whose header waits for free blocks now
+        self.num_waited_for_blocks = 0  # handoffs that had to wait, since the start
 
     # -- server lifecycle -----------------------------------------------------------------
     def start(self, address: str = "127.0.0.1:0") -> int:
@@ -148,7 +157,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                         )
                     assembly = self._open(header)
                     self.faults.at("kv.header_received")
-                    self._reserve(assembly)
+                    self._reserve(assembly, context)
                     reserved = True
                 elif assembly is None:
                     raise KVTransferError(
@@ -222,7 +231,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
             self._active.add(rid)
         return KVAssembly(header, spec, self.engine.kv.dtype)
 
-    def _reserve(self, assembly: KVAssembly) -> None:
+    def _reserve(self, assembly: KVAssembly, context) -> None:
         rid, num_tokens = assembly.request_id, assembly.spec.num_tokens
 
         if self.faults.fire("kv_refuse_blocks"):
@@ -241,16 +250,42 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                 )
             self.engine.begin_import(rid, num_tokens)
 
+        waited_since, give_up = None, 0.0
         try:
-            self.engine_thread.call(reserve)
-        except NoFreeBlocksError as e:
-            raise KVTransferError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"decode side cannot hold the KV now: {e}", rid
-            )
+            while True:
+                try:
+                    self.engine_thread.call(reserve)
+                    return
+                except NoFreeBlocksError as e:
+                    now = time.monotonic()
+                    if waited_since is None and e.ever:
+                        waited_since = now
+                        give_up = now + min(
+                            self.config.block_wait_s, 0.5 * (context.time_remaining() or 0.0)
+                        )
+                        self._count_waiting(+1)
+                    if not e.ever or now >= give_up or not context.is_active():
+                        waited = (
+                            f" after waiting {now - waited_since:.1f} s" if waited_since else ""
+                        )
+                        raise KVTransferError(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"decode side cannot hold the KV{waited}: {e}",
+                            rid,
+                        ) from None
+                time.sleep(_BLOCK_RETRY_S)
         except ValueError as e:
             raise KVTransferError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"decode engine refused the request: {e}", rid
             )
+        finally:
+            if waited_since is not None:
+                self._count_waiting(-1)
+
+    def _count_waiting(self, delta: int) -> None:
+        with self._lock:
+            self.num_waiting_for_blocks += delta
+            self.num_waited_for_blocks += delta > 0
 
     def _write(self, assembly: KVAssembly, chunk) -> None:
         """Verify one chunk and write it into the import's blocks (this handler's thread)."""

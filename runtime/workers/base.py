@@ -56,6 +56,11 @@ class Worker:
         """The latest load snapshot (refreshed on the loop thread after every step)."""
         return self._load
 
+    def counters(self) -> dict[str, int]:
+        """Totals since this process started (what each role counts; for tests and
+        operators)."""
+        return {}
+
     def info(self) -> dict:
         """Name, role, incarnation, and where the KV receiver listens (decode workers); a
         readiness probe."""
@@ -135,6 +140,7 @@ class Worker:
             num_waiting=len(s.waiting),
             num_free_blocks=bm.num_free_blocks,
             num_total_blocks=bm.num_blocks,
+            block_size=bm.block_size,
             incarnation=self.incarnation,
         )
 

@@ -38,6 +38,13 @@ class DecodeWorker(Worker):
     def kv_address(self) -> str:
         return self._kv_address
 
+    def counters(self) -> dict[str, int]:
+        r = self.receiver
+        return {
+            "handoffs_admitted": r.num_admitted,
+            "handoffs_waited_for_blocks": r.num_waited_for_blocks,
+        }
+
     def stream(self, request_id: str) -> Iterator[list[TokenEvent]]:
         """Stream batches of `TokenEvent`s of a request handed off here, until it finishes."""
         yield from self.streams.drain(request_id, lambda ev: ev.finished)

@@ -24,5 +24,6 @@ class WorkerLoad:
     num_waiting: int = 0
     num_free_blocks: int = 0
     num_total_blocks: int = 0
+    block_size: int = 0
     healthy: bool = True
     incarnation: str = ""

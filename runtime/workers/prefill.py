@@ -26,6 +26,10 @@ class PrefillWorker(Worker):
         super().__init__(config, engine)
         assert config.kv is not None  # WorkerConfig requires it of a prefill worker
         self.sender = KVSender(self.engine, self.loop, config.kv, faults=self.faults)
+        self.num_prefilled = 0  # requests admitted for a prefill (a retry counts again)
+
+    def counters(self) -> dict[str, int]:
+        return {"prefilled": self.num_prefilled}
 
     def prefill(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, target: str
@@ -48,6 +52,7 @@ class PrefillWorker(Worker):
                 self.engine.abort(request_id)
                 raise
             future.add_done_callback(lambda f: self._handoff_done(request_id, f))
+            self.num_prefilled += 1
             self._update_load()
             self.faults.at("prefill.admitted")
 

@@ -39,7 +39,8 @@ def tiny_cluster_config(model_dir, pools: dict, **sections):
 
 
 def colocated_greedy(model_dir, prompts, max_tokens) -> list[list[int]]:
-    """The colocated engine's greedy token ids for text prompts (the reference)."""
+    """The colocated engine's greedy token ids for prompts, texts or token ids (the
+    reference)."""
     engine = Engine(
         EngineConfig(
             model=ModelConfig(path=str(model_dir), max_model_len=512),
@@ -49,6 +50,8 @@ def colocated_greedy(model_dir, prompts, max_tokens) -> list[list[int]]:
         )
     )
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    if prompts and isinstance(prompts[0], list):
+        return [o.token_ids for o in engine.generate(prompt_token_ids=prompts, params=params)]
     return [o.token_ids for o in engine.generate(prompts, params)]
 
 

@@ -19,6 +19,7 @@ class WorkerLoad:
     num_running: int = 0
     num_waiting: int = 0
     num_free_blocks: int = 0
+    block_size: int = 0
     healthy: bool = True
 
 
@@ -59,3 +60,14 @@ def test_scheduler_imports_no_torch_and_nothing_of_runtime():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_decode_avoids_a_worker_that_cannot_hold_the_kv_when_another_can():
+    r = Router()
+    r.report(WorkerLoad("d0", "decode", num_running=0, num_free_blocks=3, block_size=16))
+    r.report(WorkerLoad("d1", "decode", num_running=5, num_free_blocks=40, block_size=16))
+    assert r.pick_decode(num_kv_tokens=100) == "d1"  # d0 holds 48 tokens, d1 640
+    assert r.pick_decode(num_kv_tokens=10) == "d0"  # both can: fewer sequences wins
+    # d1 is charged 101 tokens (7 blocks) since its report: 33 left, not enough for 600.
+    assert r.pick_decode(num_kv_tokens=600) == "d0"  # nobody can: least loaded, it waits
+    assert r.pick_decode(num_kv_tokens=500) == "d1"

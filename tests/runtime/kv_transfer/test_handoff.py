@@ -188,6 +188,46 @@ def test_receiver_out_of_blocks_is_resource_exhausted(make_pair):
     assert_clean(pair, start)
 
 
+def test_full_decode_side_makes_the_handoff_wait_not_fail(make_pair, colocated_reference):
+    # 8 blocks of 8 tokens: the first request's 51 tokens (+ its outputs) leave no room for
+    # the second's 38; the second handoff waits until the first finishes, then lands.
+    pair = make_pair(decode_kw={"num_blocks": 8})
+    start = pair.free_blocks()
+    first, f1 = pair.submit(PROMPTS[3])
+    pair.prefill_until([f1])
+    assert f1.result().num_chunks
+    second, f2 = pair.submit(PROMPTS[5])
+    for _ in range(3):  # computes the second prompt; its header waits
+        pair.p_thread.call(pair.sender.step)
+    wait_for(lambda: pair.receiver.num_waiting_for_blocks == 1)
+    assert not f2.done()
+    results = {}
+    while not f2.done() or pair.d_thread.call(pair.decode.has_unfinished_requests):
+        pair.p_thread.call(pair.sender.step)  # releases the first's prefill blocks after its ack
+        for out in pair.d_thread.call(pair.decode.step):
+            if out.finished:
+                results[out.request_id] = out.token_ids
+    assert f2.result().num_chunks and pair.receiver.num_waited_for_blocks == 1
+    assert results == {first: colocated_reference[3], second: colocated_reference[5]}
+    assert pair.receiver.num_waiting_for_blocks == 0
+    assert_clean(pair, start)
+
+
+def test_a_handoff_waits_for_blocks_only_block_wait_s(make_pair):
+    pair = make_pair(decode_kw={"num_blocks": 8}, receiver_cfg=config(block_wait_s=0.3))
+    start = pair.free_blocks()
+    first, f1 = pair.submit(PROMPTS[3])
+    pair.prefill_until([f1])
+    _, f2 = pair.submit(PROMPTS[5])
+    began = time.monotonic()
+    pair.prefill_until([f2])
+    err = error_of(f2)
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "after waiting" in err.message
+    assert 0.3 <= time.monotonic() - began < 10
+    pair.d_thread.call(pair.decode.abort, first)
+    assert_clean(pair, start)
+
+
 def test_dead_peer_is_unavailable_and_prefill_frees(make_pair):
     pair = make_pair()
     with socket.socket() as s:  # a port nobody listens on
