@@ -12,6 +12,8 @@ class LoadSnapshot(Protocol):
     `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed.
     `num_running` / `num_waiting`: sequences decoding / waiting for blocks or a batch slot.
     `num_free_blocks` of `block_size` tokens each (a `block_size` of 0: unknown).
+    `prefill_tokens_per_s`: the prompt tokens per second the worker has been computing lately
+    (0: not measured yet).
     `healthy`: False takes the worker out of routing."""
 
     @property
@@ -28,5 +30,7 @@ class LoadSnapshot(Protocol):
     def num_free_blocks(self) -> int: ...
     @property
     def block_size(self) -> int: ...
+    @property
+    def prefill_tokens_per_s(self) -> float: ...
     @property
     def healthy(self) -> bool: ...

@@ -1,15 +1,26 @@
-"""Request routing: pick the least-loaded prefill and decode worker from their load reports.
+"""Request routing and admission over the workers' load reports.
 
 Plain Python (no torch, nothing of `runtime`): the frontend feeds it load snapshots and asks
-it for targets; the scheduler issue refines the policy behind the same interface.
+it for targets; tests and the simulator drive the same class.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from scheduler.admission import Overloaded, check_admission, predicted_wait_s
+from scheduler.config import SchedulerConfig
 from scheduler.load import LoadSnapshot
+
+# Prompt prefixes remembered per worker for prefix affinity (each a hash of one block-aligned
+# prefix): enough for thousands of distinct prompts, a few hundred KiB per worker.
+PREFIXES_PER_WORKER = 1 << 14
+# The prefix granularity when a worker has not reported its block size yet.
+DEFAULT_BLOCK_SIZE = 16
 
 
 class NoWorkerError(RuntimeError):
@@ -24,6 +35,7 @@ class _Entry:
     prompt_tokens: int = 0
     seqs: int = 0
     kv_tokens: int = 0  # KV handed to a decode worker
+    prefixes: OrderedDict[int, None] = field(default_factory=OrderedDict)
 
     def can_hold(self, num_kv_tokens: int) -> bool:
         """Whether the free blocks, less what was routed here since, hold that much KV (and
@@ -42,23 +54,51 @@ class _Entry:
     def seqs_ahead(self) -> int:
         return self.load.num_running + self.load.num_waiting + self.seqs
 
+    def wait_s(self, num_prompt_tokens: int) -> float:
+        return predicted_wait_s(
+            self.queued_prompt_tokens, num_prompt_tokens, self.load.prefill_tokens_per_s
+        )
+
+    def matched_blocks(self, hashes: list[int]) -> int:
+        """How many leading blocks of a prompt with these prefix hashes were sent here."""
+        n = 0
+        for h in hashes:
+            if h not in self.prefixes:
+                break
+            n += 1
+        return n
+
+    def remember(self, hashes: list[int]) -> None:
+        for h in hashes:
+            self.prefixes[h] = None
+            self.prefixes.move_to_end(h)
+        while len(self.prefixes) > PREFIXES_PER_WORKER:
+            self.prefixes.popitem(last=False)
+
 
 class Router:
-    """Least-loaded routing over the workers' latest load snapshots.
+    """Picks workers from their latest load snapshots under a `SchedulerConfig`, and admits
+    or refuses new requests (`scheduler.admission`).
 
     Between two snapshots the router charges each pick to the chosen worker (its prompt
-    tokens to a prefill worker, one sequence to a decode worker), so a burst of requests
-    arriving within one report interval spreads out instead of piling onto one worker.
-    A fresh `report` replaces the worker's snapshot and drops those charges. Thread-safe.
+    tokens to a prefill worker, one sequence and the KV to a decode worker), so a burst of
+    requests arriving within one report interval spreads out instead of piling onto one
+    worker, and admission sees the queue the burst builds. A fresh `report` replaces the
+    worker's snapshot and drops those charges. Thread-safe.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
         self._entries: dict[str, _Entry] = {}
+        self._turns = {role: itertools.count() for role in ("prefill", "decode", "colocated")}
         self._lock = threading.Lock()
+        self.num_refused = 0
 
     def report(self, load: LoadSnapshot) -> None:
         with self._lock:
-            self._entries[load.name] = _Entry(load)
+            old = self._entries.get(load.name)
+            prefixes = old.prefixes if old is not None and load.healthy else OrderedDict()
+            self._entries[load.name] = _Entry(load, prefixes=prefixes)
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -69,56 +109,128 @@ class Router:
         with self._lock:
             return [self._entries[n].load for n in sorted(self._entries)]
 
-    def pick_prefill(self, num_prompt_tokens: int, exclude: frozenset[str] = frozenset()) -> str:
-        """The prefill worker with the fewest prompt tokens queued."""
-        return self._pick("prefill", exclude, _prefill_key, num_prompt_tokens, 0)
+    def pick_prefill(
+        self,
+        prompt_token_ids: Sequence[int],
+        exclude: frozenset[str] = frozenset(),
+        admit: bool = False,
+        deadline_s: float | None = None,
+    ) -> str:
+        """The prefill worker for this prompt under the routing policy. With `admit` (a new
+        request, not a retry) it is first checked against the TTFT target (the config's
+        SLO, or `deadline_s` left of the request's own deadline if sooner) and the queue
+        bound: `Overloaded` refuses it, charging nothing."""
+        return self._pick_prompt("prefill", prompt_token_ids, exclude, admit, deadline_s)
+
+    def pick_colocated(
+        self,
+        prompt_token_ids: Sequence[int],
+        exclude: frozenset[str] = frozenset(),
+        admit: bool = False,
+        deadline_s: float | None = None,
+    ) -> str:
+        """As `pick_prefill`, for a colocated worker (ties go to the fewest sequences)."""
+        return self._pick_prompt("colocated", prompt_token_ids, exclude, admit, deadline_s)
 
     def pick_decode(self, exclude: frozenset[str] = frozenset(), num_kv_tokens: int = 0) -> str:
-        """The decode worker with the fewest sequences, then the most free blocks, among
-        those whose free blocks hold `num_kv_tokens` of KV if any does (else among all: a
-        handoff waits for blocks there)."""
-        return self._pick("decode", exclude, _decode_key, 0, 1, num_kv_tokens)
-
-    def pick_colocated(self, num_prompt_tokens: int, exclude: frozenset[str] = frozenset()) -> str:
-        """The colocated worker with the least work ahead: queued prompt tokens, then
-        sequences."""
-        return self._pick("colocated", exclude, _colocated_key, num_prompt_tokens, 1)
-
-    def _pick(
-        self,
-        role: str,
-        exclude: frozenset[str],
-        key,
-        prompt_tokens: int,
-        seqs: int,
-        kv_tokens: int = 0,
-    ) -> str:
+        """A decode worker among those whose free blocks hold `num_kv_tokens` of KV if any
+        does (else among all: a handoff waits for blocks there): in turn under
+        `round_robin`, else the one with the fewest sequences, then the most free blocks."""
         with self._lock:
-            candidates = [
-                e
-                for e in self._entries.values()
-                if e.load.role == role and e.load.healthy and e.load.name not in exclude
-            ]
-            if not candidates:
-                raise NoWorkerError(
-                    f"no healthy {role} worker" + (f" outside {sorted(exclude)}" if exclude else "")
+            candidates = self._candidates("decode", exclude)
+            if num_kv_tokens:
+                candidates = [e for e in candidates if e.can_hold(num_kv_tokens)] or candidates
+            if self.config.routing == "round_robin":
+                best = self._in_turn("decode", candidates)
+            else:
+                best = min(
+                    candidates, key=lambda e: (e.seqs_ahead, -e.load.num_free_blocks, e.load.name)
                 )
-            if kv_tokens:
-                candidates = [e for e in candidates if e.can_hold(kv_tokens)] or candidates
-            best = min(candidates, key=key)
-            best.prompt_tokens += prompt_tokens
-            best.seqs += seqs
-            best.kv_tokens += kv_tokens
+            best.seqs += 1
+            best.kv_tokens += num_kv_tokens
             return best.load.name
 
+    def _pick_prompt(
+        self,
+        role: str,
+        prompt: Sequence[int],
+        exclude: frozenset[str],
+        admit: bool,
+        deadline_s: float | None,
+    ) -> str:
+        n = len(prompt)
+        with self._lock:
+            candidates = self._candidates(role, exclude)
+            hashes: list[int] = []
+            cached = 0
+            if self.config.routing == "round_robin":
+                best = self._in_turn(role, candidates)
+            elif self.config.routing == "prefix_affinity":
+                hashes = _prefix_hashes(prompt, candidates[0].load.block_size or DEFAULT_BLOCK_SIZE)
+                best, cached = self._by_affinity(candidates, hashes, n)
+            else:
+                best = min(candidates, key=lambda e: (e.wait_s(n), *_prompt_key(e)))
+            uncached = n - cached
+            if admit:
+                budget = self.config.ttft_slo_s
+                if deadline_s is not None:
+                    budget = deadline_s if budget is None else min(budget, deadline_s)
+                try:
+                    check_admission(
+                        best.queued_prompt_tokens,
+                        uncached,
+                        best.load.prefill_tokens_per_s,
+                        budget,
+                        self.config.max_queued_prompt_tokens,
+                    )
+                except Overloaded:
+                    self.num_refused += 1
+                    raise
+            best.prompt_tokens += uncached
+            best.seqs += role == "colocated"
+            if hashes:
+                best.remember(hashes)
+            return best.load.name
 
-def _prefill_key(e: _Entry):
-    return (e.queued_prompt_tokens, e.load.num_waiting, e.load.name)
+    def _by_affinity(
+        self, candidates: list[_Entry], hashes: list[int], n: int
+    ) -> tuple[_Entry, int]:
+        """The worker holding the longest prefix of the prompt among those whose queue is
+        within the imbalance bound of the shortest; ties (and no match) go least-loaded.
+        Returns it and how many prompt tokens it likely has cached."""
+        shortest = min(e.queued_prompt_tokens for e in candidates)
+        bound = shortest + self.config.affinity_max_imbalance_tokens
+        near = [e for e in candidates if e.queued_prompt_tokens <= bound]
+        best = min(near, key=lambda e: (-e.matched_blocks(hashes), e.wait_s(n), *_prompt_key(e)))
+        bs = best.load.block_size or DEFAULT_BLOCK_SIZE
+        # The last prompt token is always computed (it yields the first output token).
+        return best, min(best.matched_blocks(hashes) * bs, n - 1) if n else 0
+
+    def _in_turn(self, role: str, candidates: list[_Entry]) -> _Entry:
+        ordered = sorted(candidates, key=lambda e: e.load.name)
+        return ordered[next(self._turns[role]) % len(ordered)]
+
+    def _candidates(self, role: str, exclude: frozenset[str]) -> list[_Entry]:
+        candidates = [
+            e
+            for e in self._entries.values()
+            if e.load.role == role and e.load.healthy and e.load.name not in exclude
+        ]
+        if not candidates:
+            raise NoWorkerError(
+                f"no healthy {role} worker" + (f" outside {sorted(exclude)}" if exclude else "")
+            )
+        return candidates
 
 
-def _decode_key(e: _Entry):
-    return (e.seqs_ahead, -e.load.num_free_blocks, e.load.name)
-
-
-def _colocated_key(e: _Entry):
+def _prompt_key(e: _Entry) -> tuple:
     return (e.queued_prompt_tokens, e.seqs_ahead, -e.load.num_free_blocks, e.load.name)
+
+
+def _prefix_hashes(prompt: Sequence[int], block_size: int) -> list[int]:
+    """One chained hash per whole block of the prompt: equal hashes, equal prefixes."""
+    hashes, h = [], 0
+    for start in range(0, len(prompt) - block_size + 1, block_size):
+        h = hash((h, tuple(prompt[start : start + block_size])))
+        hashes.append(h)
+    return hashes

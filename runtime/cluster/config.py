@@ -9,6 +9,7 @@ from runtime.faults import FaultConfig
 from runtime.frontend.config import FrontendConfig, ServerConfig
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig
+from scheduler import SchedulerConfig
 
 POOL_ROLES = ("prefill", "decode", "colocated")
 
@@ -60,7 +61,8 @@ class ClusterConfig:
     does). `api_key` None leaves the public API open; the KV channel always needs `kv.secret`.
     `engine` holds the engine settings every pool shares (each pool may override them).
     `faults` are injected into every worker (chaos tests and drills; none by default).
-    `limits` bound what one request may carry (see `RequestLimits`).
+    `limits` bound what one request may carry (see `RequestLimits`); `scheduler` says how
+    requests are admitted and routed (see `SchedulerConfig`).
     """
 
     model: ModelConfig
@@ -75,6 +77,7 @@ class ClusterConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
         sizes = {p.role: p.replicas for p in self.pools}
@@ -127,5 +130,5 @@ class ClusterConfig:
 
     def frontend_config(self) -> FrontendConfig:
         return FrontendConfig(
-            self.model_name, self.model.path, self.server, self.api_key, self.limits
+            self.model_name, self.model.path, self.server, self.api_key, self.limits, self.scheduler
         )

@@ -24,6 +24,7 @@ from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
 from runtime.model_store import DEFAULT_MODEL_NAME
 from runtime.model_store import resolve_model as resolve_default_model
+from scheduler import SchedulerConfig
 
 
 class _Strict(BaseModel):
@@ -127,8 +128,9 @@ class ClusterFile(_Strict):
     auth: AuthSection = AuthSection()
     ray: RaySection = RaySection()
     faults: FaultsSection = FaultsSection()
-    # The frozen config itself: pydantic checks its field names and types.
+    # The frozen configs themselves: pydantic checks their field names and types.
     limits: RequestLimits = RequestLimits()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
 
 class ConfigError(ValueError):
@@ -179,6 +181,7 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
         ray=RayConfig(**f.ray.model_dump()),
         faults=FaultConfig(**f.faults.model_dump()),
         limits=f.limits,
+        scheduler=f.scheduler,
     )
 
 

@@ -22,7 +22,7 @@ from runtime.engine.batch_scheduler import BatchScheduler, ScheduledBatch
 from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runtime.engine.kv_port import KVPort
-from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings
+from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings, StepStats
 from runtime.engine.runners import make_runner
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling_params import SamplingParams
@@ -101,6 +101,7 @@ class Engine:
         self._ids = itertools.count()
         # The batch of the step in progress (for scheduled_prompt_spans).
         self._batch: ScheduledBatch | None = None
+        self.last_step = StepStats()  # what the latest step did
 
     # -- requests -------------------------------------------------------------------------
     def add_request(
@@ -187,6 +188,7 @@ class Engine:
     # -- the step -------------------------------------------------------------------------
     def step(self, layer_done=None) -> list[RequestOutput]:
         """Schedule, run one forward, sample; outputs of the requests that advanced."""
+        self.last_step = StepStats()
         batch = self.scheduler.schedule()
         if not batch:
             return []
@@ -199,9 +201,14 @@ class Engine:
             sampled, logits = self.runner.execute(batch, layer_done)
         finally:
             self._batch = None
+        prompt_tokens = decode_seqs = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            in_prompt = max(min(n, seq.num_prompt_tokens - seq.num_computed_tokens), 0)
+            prompt_tokens += in_prompt
+            decode_seqs += in_prompt < n
             seq.num_computed_tokens += n
             self.block_manager.commit(seq)
+        self.last_step = StepStats(prompt_tokens, decode_seqs, time.monotonic() - now)
         if not sampled:
             return []
         result = self.sampler(

@@ -51,3 +51,13 @@ class RequestOutput:
     num_cached_tokens: int = 0
     kv_handle: KVHandle | None = None  # prefill role: set once the KV is ready to export
     timings: RequestTimings | None = None
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one engine step did: prompt tokens computed, sequences that advanced a decode
+    token, and the seconds its forward pass took."""
+
+    num_prompt_tokens: int = 0
+    num_decode_seqs: int = 0
+    seconds: float = 0.0

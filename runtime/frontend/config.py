@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import TLSConfig
+from scheduler import SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,13 @@ class ServerConfig:
 @dataclass(frozen=True)
 class FrontendConfig:
     """What one frontend needs: the served model's name (requests must use it) and local
-    directory (its tokenizer), its `server` settings, the public API key (None: open), and
-    the `limits` on what one request may carry."""
+    directory (its tokenizer), its `server` settings, the public API key (None: open), the
+    `limits` on what one request may carry, and how requests are admitted and routed
+    (`scheduler`)."""
 
     model_name: str
     model_path: str
     server: ServerConfig = field(default_factory=ServerConfig)
     api_key: str | None = None
     limits: RequestLimits = field(default_factory=RequestLimits)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -21,7 +21,7 @@ from runtime.workers.events import HandoffEvent, TokenEvent
 from runtime.workers.handle import WorkerHandle
 from runtime.workers.load import WorkerLoad
 from runtime.workers.streams import StreamTimeout
-from scheduler.router import NoWorkerError, Router
+from scheduler import NoWorkerError, Overloaded, Router
 
 log = logging.getLogger(__name__)
 # Handoff failures worth another prefill/decode pair (DATA_LOSS: a chunk corrupted or lost
@@ -46,6 +46,7 @@ class _Attempt:
         self.req = req
         self.key = key  # the request's id on the workers, unique in the cluster
         self.recover_by: float | None = None  # set once a worker died under it
+        self.deadline: float | None = None  # the client's, on the monotonic clock
         self.running: tuple[str, tuple[WorkerHandle, ...]] = ("", ())  # key on which workers
         self.shut_down = False  # ended by the server's shutdown
         self.arrival = time.monotonic()
@@ -105,6 +106,7 @@ class Dispatcher:
         on_finished=None,
         recovery_timeout_s: float = 20.0,
         max_streams_per_key: int = 0,
+        on_refused=None,
     ):
         self.registry = WorkerRegistry(workers, router)
         self.router = self.registry.router
@@ -114,6 +116,7 @@ class Dispatcher:
         self.num_in_flight = 0
         self._per_key: dict[str, int] = {}
         self._on_finished = on_finished
+        self._on_refused = on_refused
         self._keys = itertools.count()
         self._prefix = uuid.uuid4().hex[:6]
         self._attempts: dict[str, _Attempt] = {}
@@ -133,14 +136,21 @@ class Dispatcher:
         return await self.registry.poll()
 
     async def generate(
-        self, req: PreparedRequest, client_key: str = ""
+        self, req: PreparedRequest, client_key: str = "", deadline_s: float | None = None
     ) -> AsyncIterator[GenerationChunk]:
         """The request's chunks. `client_key` names who sent it (see `client_key`): each
-        may have `max_streams_per_key` requests in flight; past that RESOURCE_EXHAUSTED."""
+        may have `max_streams_per_key` requests in flight; past that RESOURCE_EXHAUSTED.
+        `deadline_s`: seconds the client gives it (its gRPC deadline), None: no deadline.
+
+        Admission (the router's): a request predicted to miss its TTFT target (the
+        scheduler's SLO, or its deadline) or meeting a full prefill queue is refused at once,
+        before any worker sees it, with RESOURCE_EXHAUSTED and a retry hint."""
         if self._closing:
             raise _shutting_down()
         held = self._per_key.get(client_key, 0)
         if self.max_streams_per_key and held >= self.max_streams_per_key:
+            if self._on_refused:
+                self._on_refused("api_key")
             raise ServingError(
                 "RESOURCE_EXHAUSTED",
                 f"this API key has {held} requests in "
@@ -151,6 +161,8 @@ class Dispatcher:
         self._per_key[client_key] = held + 1
         self.num_in_flight += 1
         attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
+        if deadline_s is not None:
+            attempt.deadline = attempt.arrival + deadline_s
         self._attempts[attempt.key] = attempt
         try:
             async for chunk in self._recovering(attempt):
@@ -200,7 +212,7 @@ class Dispatcher:
             sub = self._continuation(a, number)
             failure: HandoffEvent | WorkerLost | None = None
             try:
-                async for item in self._run(a, sub, tried):
+                async for item in self._run(a, sub, tried, admit=not number):
                     if isinstance(item, HandoffEvent):
                         failure = item
                     else:
@@ -245,14 +257,20 @@ class Dispatcher:
             if a.recover_by is None:
                 a.recover_by = time.monotonic() + self.recovery_timeout_s
 
-    def _run(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
+    def _run(self, a: _Attempt, sub: PreparedRequest, tried: set[str], admit: bool):
+        """One try; `admit`: the first, which admission may refuse (a retry was admitted)."""
         if self.mode == "colocated":
-            return self._colocated(a, sub, tried)
-        return self._disaggregated(a, sub, tried)
+            return self._colocated(a, sub, tried, admit)
+        return self._disaggregated(a, sub, tried, admit)
 
-    async def _colocated(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
-        n = len(sub.prompt_token_ids)
-        worker = await self._pick(a, lambda x: self.router.pick_colocated(n, x), tried)
+    def _left_s(self, a: _Attempt) -> float | None:
+        return None if a.deadline is None else a.deadline - time.monotonic()
+
+    async def _colocated(self, a: _Attempt, sub: PreparedRequest, tried: set[str], admit: bool):
+        ids = sub.prompt_token_ids
+        worker = await self._pick(
+            a, lambda x: self.router.pick_colocated(ids, x, admit, self._left_s(a)), tried
+        )
         a.timings.prefill_worker = a.timings.decode_worker = worker.name
         a.running = (sub.request_id, (worker,))
         done = False
@@ -265,10 +283,12 @@ class Dispatcher:
             if not done:
                 _abort(worker, sub.request_id)
 
-    async def _disaggregated(self, a: _Attempt, sub: PreparedRequest, tried: set[str]):
-        n = len(sub.prompt_token_ids)
-        prefill = await self._pick(a, lambda x: self.router.pick_prefill(n, x), tried)
-        decode = await self._pick(a, lambda x: self.router.pick_decode(x, n), tried)
+    async def _disaggregated(self, a: _Attempt, sub: PreparedRequest, tried: set[str], admit: bool):
+        ids = sub.prompt_token_ids
+        prefill = await self._pick(
+            a, lambda x: self.router.pick_prefill(ids, x, admit, self._left_s(a)), tried
+        )
+        decode = await self._pick(a, lambda x: self.router.pick_decode(x, len(ids)), tried)
         a.timings.prefill_worker, a.timings.decode_worker = prefill.name, decode.name
         async for item in self._run_pair(a, sub, prefill, decode):
             yield item
@@ -333,7 +353,8 @@ class Dispatcher:
     async def _pick(self, a: _Attempt, choose, avoid: set[str]) -> WorkerHandle:
         """A healthy worker outside `avoid` (the failed ones) if there is one, else any
         healthy one. A request resuming after a worker death waits for one until its
-        recovery deadline; any other gets UNAVAILABLE at once."""
+        recovery deadline; any other gets UNAVAILABLE at once. A request admission refuses
+        gets RESOURCE_EXHAUSTED."""
         while True:
             try:
                 try:
@@ -342,6 +363,12 @@ class Dispatcher:
                     if not avoid:
                         raise
                     return self.workers[choose(frozenset())]
+            except Overloaded as e:
+                if self._on_refused:
+                    self._on_refused(e.kind)
+                raise ServingError(
+                    "RESOURCE_EXHAUSTED", e.reason, retry_after_s=e.retry_after_s
+                ) from None
             except NoWorkerError:
                 if a.recover_by is None or time.monotonic() >= a.recover_by or a.shut_down:
                     break

@@ -159,7 +159,7 @@ class TandemService(pb_grpc.TandemServicer):
         try:
             req = await self.preparer.run(self.prepare, request)
             key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
-            async for chunk in self.dispatcher.generate(req, key):
+            async for chunk in self.dispatcher.generate(req, key, context.time_remaining()):
                 yield to_response(chunk)
         except InvalidRequest as e:
             self._count_error("INVALID_ARGUMENT")

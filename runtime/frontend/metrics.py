@@ -53,6 +53,19 @@ class FrontendMetrics:
             "tandem_requests", "Finished requests", ["finish_reason"], registry=r
         )
         self.errors = Counter("tandem_request_errors", "Requests that failed", ["code"], registry=r)
+        self.refused = Counter(
+            "tandem_requests_refused",
+            "Requests refused at admission: ttft (predicted to miss the TTFT target), queue "
+            "(the prefill queue is full), api_key (its in-flight limit)",
+            ["reason"],
+            registry=r,
+        )
+        self.prefix_cache_queries = Counter(
+            "tandem_prefix_cache_queries", "Prompt tokens looked up in a prefix cache", registry=r
+        )
+        self.prefix_cache_hits = Counter(
+            "tandem_prefix_cache_hits", "Prompt tokens found in a prefix cache", registry=r
+        )
         self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens", registry=r)
         self.generation_tokens = Counter("tandem_generation_tokens", "Generated tokens", registry=r)
         self.in_flight = Gauge("tandem_requests_in_flight", "Requests being served", registry=r)
@@ -70,6 +83,12 @@ class FrontendMetrics:
         self.waiting = Gauge(
             "tandem_worker_waiting_sequences", "Sequences queued", labels, registry=r
         )
+        self.prefill_rate = Gauge(
+            "tandem_worker_prefill_tokens_per_second",
+            "Prompt tokens per second the worker computed lately (what admission predicts by)",
+            labels,
+            registry=r,
+        )
         self.free_blocks = Gauge(
             "tandem_worker_free_kv_blocks", "Free KV cache blocks", labels, registry=r
         )
@@ -77,6 +96,8 @@ class FrontendMetrics:
     def observe_finished(self, timings, usage, finish_reason: str) -> None:
         self.requests.labels(finish_reason or "unknown").inc()
         self.prompt_tokens.inc(usage.prompt_tokens)
+        self.prefix_cache_queries.inc(usage.prompt_tokens)
+        self.prefix_cache_hits.inc(usage.cached_prompt_tokens)
         self.generation_tokens.inc(usage.completion_tokens)
         self.ttft.observe(timings.ttft_s)
         self.e2e.observe(timings.e2e_s)
@@ -86,6 +107,9 @@ class FrontendMetrics:
             self.kv_seconds.observe(timings.kv_transfer_s)
             self.kv_bytes.inc(timings.kv_transfer_bytes)
 
+    def observe_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
+
     def observe_loads(self, loads: list[WorkerLoad]) -> None:
         sizes: dict[str, int] = {}
         for w in loads:
@@ -94,6 +118,7 @@ class FrontendMetrics:
             self.running.labels(w.name, w.role).set(w.num_running)
             self.waiting.labels(w.name, w.role).set(w.num_waiting)
             self.free_blocks.labels(w.name, w.role).set(w.num_free_blocks)
+            self.prefill_rate.labels(w.name, w.role).set(w.prefill_tokens_per_s)
         for role, n in sizes.items():
             self.pool_size.labels(role).set(n)
 

@@ -18,6 +18,7 @@ from runtime.frontend.http_app import build_app
 from runtime.frontend.metrics import FrontendMetrics
 from runtime.frontend.requests import RequestPreparer
 from runtime.workers.handle import WorkerHandle
+from scheduler import Router
 
 log = logging.getLogger(__name__)
 LOAD_POLL_S = 0.2
@@ -58,9 +59,11 @@ class Frontend:
         s = config.server
         self.dispatcher = Dispatcher(
             workers,
+            Router(config.scheduler),
             on_finished=self.metrics.observe_finished,
             recovery_timeout_s=s.recovery_timeout_s,
             max_streams_per_key=s.max_streams_per_key,
+            on_refused=self.metrics.observe_refused,
         )
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 import warnings
 
@@ -14,7 +15,7 @@ from runtime.engine import Engine, EngineThread
 from runtime.faults import FaultConfig, Faults
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
-from runtime.workers.load import WorkerLoad
+from runtime.workers.load import RateMeter, WorkerLoad
 from runtime.workers.streams import OutputStreams
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ class Worker:
         self.faults = Faults(config.faults, first_process=not _restarted_by_ray())
         self.streams = OutputStreams(config.stream_idle_timeout_s)
         self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
+        self._prefill_rate = RateMeter()
         self.loop = EngineThread(
             f"{self.role}-{self.name}",
-            self._step,
+            self._metered_step,
             self.engine.has_unfinished_requests,
             self._dispatch,
             self._fail_all,
@@ -111,6 +113,18 @@ class Worker:
     def _step(self) -> list:
         return self.engine.step()
 
+    def _metered_step(self) -> list:
+        """`_step`, timed: a step that computed prompt tokens feeds the prefill rate (its
+        whole wall time, KV streaming and sampling included, as a queued prompt waits it)."""
+        start = time.monotonic()
+        outputs = self._step()
+        prompt_tokens = self.engine.last_step.num_prompt_tokens
+        if prompt_tokens:
+            self._prefill_rate.add(prompt_tokens, time.monotonic() - start)
+        if not outputs:  # _dispatch refreshes the load otherwise
+            self._update_load()
+        return outputs
+
     def _dispatch(self, outputs: list) -> None:
         for out in outputs:
             self.streams.put(out.request_id, TokenEvent.from_output(out, self.role != "decode"))
@@ -141,6 +155,7 @@ class Worker:
             num_free_blocks=bm.num_free_blocks,
             num_total_blocks=bm.num_blocks,
             block_size=bm.block_size,
+            prefill_tokens_per_s=self._prefill_rate.rate,
             incarnation=self.incarnation,
         )
 

@@ -12,6 +12,8 @@ class WorkerLoad:
 
     `num_queued_prompt_tokens`: prompt tokens admitted but not yet computed (prefill work
     ahead of a new request). `num_running`: sequences holding KV blocks and decoding.
+    `prefill_tokens_per_s`: prompt tokens per second of the worker's recent steps that
+    computed any (0: none yet), what admission divides the queue by to predict a wait.
     `healthy` is False in the reports the frontend makes up for a worker that did not answer.
     `incarnation` names the worker process that reported it: it changes when the worker is
     restarted, so whoever routes to it knows to look up its new addresses.
@@ -25,5 +27,29 @@ class WorkerLoad:
     num_free_blocks: int = 0
     num_total_blocks: int = 0
     block_size: int = 0
+    prefill_tokens_per_s: float = 0.0
     healthy: bool = True
     incarnation: str = ""
+
+
+class RateMeter:
+    """A recent rate (units per second of busy time): exponentially decayed sums of units
+    and of the seconds spent on them, halving every `half_life_s` of busy time, so a change
+    in load or hardware shows within a few seconds and one odd step does not swing it."""
+
+    def __init__(self, half_life_s: float = 5.0):
+        self.half_life_s = half_life_s
+        self._units = 0.0
+        self._seconds = 0.0
+
+    def add(self, units: float, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        keep = 0.5 ** (seconds / self.half_life_s)
+        self._units = self._units * keep + units
+        self._seconds = self._seconds * keep + seconds
+
+    @property
+    def rate(self) -> float:
+        """Units per second; 0 before anything was measured."""
+        return self._units / self._seconds if self._seconds else 0.0

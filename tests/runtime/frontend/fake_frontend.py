@@ -51,7 +51,7 @@ class FakeDispatcher:
     async def poll_loads(self) -> list:
         return []
 
-    async def generate(self, req: PreparedRequest, client_key: str = ""):
+    async def generate(self, req: PreparedRequest, client_key: str = "", deadline_s=None):
         try:
             check_admissible(req, self.preparer)
         except Exception as e:

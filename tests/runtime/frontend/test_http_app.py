@@ -331,7 +331,7 @@ class FailingMidStream:
     async def poll_loads(self):
         return []
 
-    async def generate(self, req, client_key=""):
+    async def generate(self, req, client_key="", deadline_s=None):
         yield GenerationChunk(req.request_id, [7], "a")
         raise RuntimeError("boom")
 

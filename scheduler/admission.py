@@ -1,0 +1,65 @@
+"""Admission control: refuse at once a request that cannot meet its time-to-first-token
+target or that would overfill a bounded queue, instead of queueing it to fail late."""
+
+from __future__ import annotations
+
+import math
+
+
+class Overloaded(RuntimeError):
+    """The request is refused for load. `kind`: "ttft" (predicted to miss its TTFT target)
+    or "queue" (the queue is full); `reason` says why, for the client; `retry_after_s` is
+    when the queue ahead is predicted to have drained enough."""
+
+    def __init__(self, kind: str, reason: str, retry_after_s: int):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+def predicted_wait_s(queued_tokens: int, num_prompt_tokens: int, tokens_per_s: float) -> float:
+    """Seconds until a request of `num_prompt_tokens` has its prompt computed behind
+    `queued_tokens` on a worker computing `tokens_per_s` (0: not measured yet, so 0)."""
+    if tokens_per_s <= 0:
+        return 0.0
+    return (queued_tokens + num_prompt_tokens) / tokens_per_s
+
+
+def check_admission(
+    queued_tokens: int,
+    num_prompt_tokens: int,
+    tokens_per_s: float,
+    ttft_budget_s: float | None,
+    max_queued_tokens: int,
+) -> None:
+    """Raise `Overloaded` unless a request of `num_prompt_tokens` may join a worker that has
+    `queued_tokens` ahead and computes `tokens_per_s`: its predicted wait must fit
+    `ttft_budget_s` (None: any) and the queue must stay within `max_queued_tokens` (0: no
+    bound; an empty queue takes any prompt)."""
+    over = queued_tokens + num_prompt_tokens - max_queued_tokens
+    if max_queued_tokens and queued_tokens and over > 0:
+        raise Overloaded(
+            "queue",
+            f"the prefill queue is full ({queued_tokens} prompt tokens queued, at most "
+            f"{max_queued_tokens}); retry later",
+            _retry_after(over, tokens_per_s),
+        )
+    if ttft_budget_s is None:
+        return
+    wait = predicted_wait_s(queued_tokens, num_prompt_tokens, tokens_per_s)
+    if wait > ttft_budget_s:
+        late = queued_tokens + num_prompt_tokens - ttft_budget_s * tokens_per_s
+        raise Overloaded(
+            "ttft",
+            f"the server is at capacity: the first token is predicted in {wait:.1f} s, past "
+            f"the {ttft_budget_s:.1f} s this request may wait; retry later",
+            _retry_after(late, tokens_per_s),
+        )
+
+
+def _retry_after(excess_tokens: float, tokens_per_s: float) -> int:
+    """Whole seconds until `excess_tokens` of the queue are computed (at least 1)."""
+    if tokens_per_s <= 0:
+        return 1
+    return max(1, math.ceil(excess_tokens / tokens_per_s))

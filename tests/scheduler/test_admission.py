@@ -1,0 +1,77 @@
+"""Admission: refuse at once what would miss its TTFT target or overfill a queue."""
+
+import pytest
+
+from scheduler import Overloaded, Router, SchedulerConfig
+from scheduler.admission import check_admission, predicted_wait_s
+from tests.scheduler.test_router import WorkerLoad
+
+
+def test_predicted_wait_is_the_queue_and_the_prompt_over_the_rate():
+    assert predicted_wait_s(900, 100, 500.0) == pytest.approx(2.0)
+    assert predicted_wait_s(10**6, 100, 0.0) == 0.0  # not measured yet: no prediction
+
+
+def test_a_request_predicted_past_its_budget_is_refused_with_a_retry_hint():
+    check_admission(900, 100, 500.0, ttft_budget_s=2.0, max_queued_tokens=0)
+    with pytest.raises(Overloaded, match=r"predicted in 2\.2 s, past the 2\.0 s") as e:
+        check_admission(1000, 100, 500.0, ttft_budget_s=2.0, max_queued_tokens=0)
+    assert e.value.kind == "ttft"
+    assert e.value.retry_after_s == 1  # 100 tokens over at 500/s: 0.2 s, at least 1
+    with pytest.raises(Overloaded) as e:
+        check_admission(6000, 100, 500.0, ttft_budget_s=2.0, max_queued_tokens=0)
+    assert e.value.retry_after_s == 11  # (6100 - 1000) / 500 = 10.2 s
+
+
+def test_the_queue_bound_refuses_but_an_empty_queue_takes_any_prompt():
+    check_admission(0, 50_000, 100.0, ttft_budget_s=None, max_queued_tokens=1000)
+    check_admission(900, 100, 100.0, ttft_budget_s=None, max_queued_tokens=1000)
+    with pytest.raises(Overloaded, match="queue is full") as e:
+        check_admission(901, 100, 100.0, ttft_budget_s=None, max_queued_tokens=1000)
+    assert e.value.kind == "queue"
+
+
+def _router(**config) -> Router:
+    r = Router(SchedulerConfig(**config))
+    r.report(WorkerLoad("p0", "prefill", num_queued_prompt_tokens=400, prefill_tokens_per_s=1000))
+    r.report(WorkerLoad("p1", "prefill", num_queued_prompt_tokens=600, prefill_tokens_per_s=1000))
+    return r
+
+
+def test_the_router_admits_within_the_slo_charging_each_admitted_request():
+    r = _router(ttft_slo_s=1.0)
+    # p0: 400 queued + 300 = 0.7 s; then p1: 600 + 300 = 0.9 s; then the best is p0 at
+    # 700 + 300 = 1.0 s; the next would be 1.3 s anywhere.
+    assert [r.pick_prefill([1] * 300, admit=True) for _ in range(3)] == ["p0", "p1", "p0"]
+    with pytest.raises(Overloaded):
+        r.pick_prefill([1] * 300, admit=True)
+    assert r.num_refused == 1
+    assert r._entries["p0"].queued_prompt_tokens == 1000  # the refused one charged nothing
+    assert r.pick_prefill([1] * 300) == "p1"  # a retry (not admit) is never refused
+    r.report(WorkerLoad("p0", "prefill", num_queued_prompt_tokens=0, prefill_tokens_per_s=1000))
+    assert r.pick_prefill([1] * 300, admit=True) == "p0"  # drained: admitted again
+
+
+def test_a_deadline_sooner_than_the_slo_is_the_budget():
+    r = _router(ttft_slo_s=5.0)
+    assert r.pick_prefill([1] * 100, admit=True, deadline_s=0.6) == "p0"  # 0.5 s
+    with pytest.raises(Overloaded, match="past the 0.4 s"):
+        r.pick_prefill([1] * 100, admit=True, deadline_s=0.4)  # 0.6 s on p0 now
+    r = _router(max_queued_prompt_tokens=0)  # no SLO nor bound: only the deadline refuses
+    with pytest.raises(Overloaded):
+        r.pick_prefill([1] * 100, admit=True, deadline_s=0.1)
+    assert r.pick_prefill([1] * 100_000, admit=True, deadline_s=None) == "p0"
+
+
+def test_colocated_workers_are_admitted_the_same_way():
+    r = Router(SchedulerConfig(ttft_slo_s=1.0, max_queued_prompt_tokens=2000))
+    r.report(WorkerLoad("c0", "colocated", num_queued_prompt_tokens=1900))
+    with pytest.raises(Overloaded, match="queue is full"):
+        r.pick_colocated([1] * 200, admit=True)  # rate unknown: the bound still holds
+
+
+def test_bad_scheduler_settings_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="scheduler.routing must be one of"):
+        SchedulerConfig(routing="random")
+    with pytest.raises(ValueError, match="scheduler.ttft_slo_s must be > 0"):
+        SchedulerConfig(ttft_slo_s=0)
