@@ -1,6 +1,6 @@
 """What the scheduler reads of a worker's load: any object with these attributes (the
 runtime's workers report a `runtime.workers.load.WorkerLoad`; tests and simulators pass
-their own)."""
+their own), and the rate meter both measure with."""
 
 from __future__ import annotations
 
@@ -34,3 +34,26 @@ class LoadSnapshot(Protocol):
     def prefill_tokens_per_s(self) -> float: ...
     @property
     def healthy(self) -> bool: ...
+
+
+class RateMeter:
+    """A recent rate (units per second of busy time): exponentially decayed sums of units
+    and of the seconds spent on them, halving every `half_life_s` of busy time, so a change
+    in load or hardware shows within a few seconds and one odd step does not swing it."""
+
+    def __init__(self, half_life_s: float = 5.0):
+        self.half_life_s = half_life_s
+        self._units = 0.0
+        self._seconds = 0.0
+
+    def add(self, units: float, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        keep = 0.5 ** (seconds / self.half_life_s)
+        self._units = self._units * keep + units
+        self._seconds = self._seconds * keep + seconds
+
+    @property
+    def rate(self) -> float:
+        """Units per second; 0 before anything was measured."""
+        return self._units / self._seconds if self._seconds else 0.0

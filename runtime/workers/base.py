@@ -15,8 +15,9 @@ from runtime.engine import Engine, EngineThread
 from runtime.faults import FaultConfig, Faults
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
-from runtime.workers.load import RateMeter, WorkerLoad
+from runtime.workers.load import WorkerLoad
 from runtime.workers.streams import OutputStreams
+from scheduler.load import RateMeter
 
 log = logging.getLogger(__name__)
 

@@ -30,26 +30,3 @@ class WorkerLoad:
     prefill_tokens_per_s: float = 0.0
     healthy: bool = True
     incarnation: str = ""
-
-
-class RateMeter:
-    """A recent rate (units per second of busy time): exponentially decayed sums of units
-    and of the seconds spent on them, halving every `half_life_s` of busy time, so a change
-    in load or hardware shows within a few seconds and one odd step does not swing it."""
-
-    def __init__(self, half_life_s: float = 5.0):
-        self.half_life_s = half_life_s
-        self._units = 0.0
-        self._seconds = 0.0
-
-    def add(self, units: float, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        keep = 0.5 ** (seconds / self.half_life_s)
-        self._units = self._units * keep + units
-        self._seconds = self._seconds * keep + seconds
-
-    @property
-    def rate(self) -> float:
-        """Units per second; 0 before anything was measured."""
-        return self._units / self._seconds if self._seconds else 0.0

@@ -1,0 +1,78 @@
+"""The simulator: exact timings for one request, and the scheduler's policies under load."""
+
+import pytest
+
+from scheduler import SchedulerConfig
+from scheduler.costs import DecodeCost, PrefillCost, TransferCost, WorkerSpec
+from scheduler.simulator import SimRequest, Simulator, gamma_arrivals, summarize
+
+PREFILL = PrefillCost(token_s=0.001, step_s=0.01)  # 1,000 tokens/s
+DECODE = DecodeCost(step_s=0.02, seq_s=0.001)
+
+
+def pair(decode_blocks: int = 4096) -> list[WorkerSpec]:
+    return [
+        WorkerSpec("p0", "prefill", prefill=PREFILL),
+        WorkerSpec("d0", "decode", decode=DECODE, num_blocks=decode_blocks),
+    ]
+
+
+def workload(rate, n=300, prompt=400, output=32, burstiness=1.0, seed=0):
+    return [
+        SimRequest(t, tuple((i * 7 + j) % 1000 for j in range(prompt)), output)
+        for i, t in enumerate(gamma_arrivals(rate, n, burstiness, seed))
+    ]
+
+
+def test_one_request_takes_prefill_handoff_and_decode_steps_exactly():
+    transfer = TransferCost(bytes_per_token=1000, bytes_per_s=1e6, latency_s=0.005)
+    (req,) = Simulator(pair(), transfer=transfer).run([SimRequest(1.0, tuple(range(100)), 5)])
+    assert req.ttft_s == pytest.approx(0.01 + 100 * 0.001)
+    handoff = 0.005 + 100 * 1000 / 1e6
+    assert req.finish_s == pytest.approx(1.0 + 0.11 + handoff + 4 * 0.021)
+    assert req.tpot_s == pytest.approx((handoff + 4 * 0.021) / 4)
+    assert (req.prefill_worker, req.decode_worker) == ("p0", "d0")
+
+
+def test_long_prompts_are_chunked_and_colocated_steps_mix_both():
+    colocated = [WorkerSpec("c0", "colocated", PREFILL, DECODE, max_num_batched_tokens=64)]
+    (req,) = Simulator(colocated).run([SimRequest(0.0, tuple(range(200)), 3)])
+    assert req.ttft_s == pytest.approx(4 * 0.01 + 200 * 0.001)  # 64 + 64 + 64 + 8
+    assert req.tpot_s == pytest.approx(0.021)
+
+
+def test_admission_keeps_goodput_at_overload_where_queueing_everything_collapses():
+    capacity = 1000 / 410  # req/s: prompts of 400 tokens at 1,000 tokens/s, a step each
+    slo = dict(ttft_slo_s=2.0, tpot_slo_s=0.1)
+    sustained = summarize(Simulator(pair()).run(workload(0.6 * capacity)), **slo)
+    admitted = summarize(
+        Simulator(pair(), SchedulerConfig(ttft_slo_s=1.5)).run(workload(1.5 * capacity)), **slo
+    )
+    unbounded = summarize(
+        Simulator(pair(), SchedulerConfig(max_queued_prompt_tokens=0)).run(
+            workload(1.5 * capacity)
+        ),
+        **slo,
+    )
+    assert sustained.refused == 0
+    assert admitted.refused > 0 and admitted.p99_ttft_s <= 2.0
+    assert admitted.goodput >= 0.85 * sustained.goodput
+    assert unbounded.refused == 0 and unbounded.goodput < 0.5 * sustained.goodput
+
+
+def test_a_full_decode_side_makes_handoffs_wait_and_every_request_completes():
+    reqs = Simulator(pair(decode_blocks=60)).run(workload(2.0, n=40, prompt=200, output=40))
+    assert all(r.finish_s is not None for r in reqs)  # 15 blocks each: 4 run at once
+
+
+def test_round_robin_spreads_and_prefix_affinity_follows_the_prefix():
+    specs = [WorkerSpec(f"p{i}", "prefill", prefill=PREFILL) for i in range(2)]
+    specs.append(WorkerSpec("d0", "decode", decode=DECODE))
+    reqs = Simulator(specs, SchedulerConfig(routing="round_robin")).run(workload(1.0, n=10))
+    assert [r.prefill_worker for r in reqs] == ["p0", "p1"] * 5
+    shared = [tuple(range(64)), tuple(range(500, 564))]  # two system prompts
+    reqs = Simulator(specs, SchedulerConfig(routing="prefix_affinity")).run(
+        [SimRequest(i * 0.5, shared[i % 2] + (i,), 4) for i in range(10)]
+    )
+    homes = [{r.prefill_worker for r in reqs[k::2]} for k in (0, 1)]
+    assert all(len(h) == 1 for h in homes) and homes[0] != homes[1]
