@@ -15,13 +15,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import random
-import statistics
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scheduler.admission import Overloaded
+from scheduler.balancer import Action, Balancer, PoolState
 from scheduler.config import SchedulerConfig
 from scheduler.costs import TransferCost, WorkerSpec
 from scheduler.load import RateMeter
@@ -82,6 +81,11 @@ class _Worker:
     running: list = field(default_factory=list)
     busy: bool = False
     meter: RateMeter = field(default_factory=RateMeter)
+    busy_share: RateMeter = field(default_factory=RateMeter)  # busy s per wall s
+    marked_s: float = 0.0  # when busy_share was last fed
+    assigned: int = 0  # requests routed here that still need it
+    draining: str = ""  # "" | "flip" | "remove": taking no new requests
+    flip_to: str = ""
 
     def blocks_for(self, req: SimRequest) -> int:
         return math.ceil((req.num_prompt_tokens + req.output_len) / self.spec.block_size)
@@ -96,7 +100,21 @@ class _Worker:
             self.free_blocks,
             self.spec.block_size,
             self.meter.rate,
+            healthy=not self.draining,
         )
+
+    def mark(self, now_s: float, busy_s: float) -> None:
+        self.busy_share.add(busy_s, now_s - self.marked_s)
+        self.marked_s = now_s
+
+    def pressure(self, now_s: float) -> float:
+        """The share of its capacity in use (see `PoolState.pressure`)."""
+        if self.spec.role == "prefill":
+            if not self.busy:
+                self.mark(now_s, 0.0)
+            return self.busy_share.rate
+        used = 1 - self.free_blocks / self.spec.num_blocks
+        return max(used, (len(self.running) + len(self.waiting)) / self.spec.max_num_seqs)
 
 
 class Simulator:
@@ -105,6 +123,13 @@ class Simulator:
     `workers`: the cluster, all prefill + decode or all colocated. `transfer`: the KV
     handoff's cost (disaggregated only; None: instant). `run(requests)` returns them with
     their outcome filled in; `summarize` turns that into the benchmark's figures.
+
+    With the config's balancer enabled, its actions are carried out as the live cluster
+    does: a flipped or removed worker takes no new requests, finishes those it holds, and
+    (flipped) comes back in its new role `startup_s` later; a scaled-up worker (a copy of
+    the pool's first) joins `startup_s` after the decision. `bounds` gives each pool's
+    (min, max) replicas (default: 1 and its starting size). Flips need workers whose specs
+    carry both costs. `actions` lists what the balancer did.
     """
 
     def __init__(
@@ -113,20 +138,39 @@ class Simulator:
         config: SchedulerConfig | None = None,
         transfer: TransferCost | None = None,
         report_interval_s: float = 0.2,
+        bounds: dict[str, tuple[int, int]] | None = None,
+        startup_s: float = 10.0,
     ):
         self.router = Router(config)
+        self.config = self.router.config
         self.workers = {w.name: _Worker(w, w.num_blocks) for w in workers}
         self.colocated = any(w.role == "colocated" for w in workers)
         self.transfer = transfer
         self.report_interval_s = report_interval_s
+        self.startup_s = startup_s
         self.now = 0.0
         self._events: list = []
         self._order = itertools.count()
+        self._templates = {w.role: w for w in reversed(workers)}
+        self._bounds = {r: (1, sum(w.role == r for w in workers)) for r in ("prefill", "decode")}
+        self._bounds.update(bounds or {})
+        self.balancer: Balancer | None = None
+        if self.config.balancer.enabled:
+            assert self.config.ttft_slo_s is not None and self.config.tpot_slo_s is not None
+            self.balancer = Balancer(
+                self.config.balancer, self.config.ttft_slo_s, self.config.tpot_slo_s
+            )
+
+    @property
+    def actions(self) -> list[Action]:
+        return list(self.balancer.actions) if self.balancer else []
 
     def run(self, requests: Sequence[SimRequest]) -> list[SimRequest]:
         for req in requests:
             self._at(req.arrival_s, self._arrive, req)
         self._report()
+        if self.balancer is not None:
+            self._at(self.config.balancer.interval_s, self._balance)
         while self._events:
             self.now, _, fn, args = heapq.heappop(self._events)
             fn(*args)
@@ -146,6 +190,60 @@ class Simulator:
             self.router.report(w.load())
         self._at(self.now + self.report_interval_s, self._report)
 
+    # -- the balancer ---------------------------------------------------------------------
+    def _balance(self) -> None:
+        assert self.balancer is not None
+        states = {}
+        for role in ("prefill", "decode"):
+            live = [w for w in self.workers.values() if w.spec.role == role and not w.draining]
+            pressure = [w.pressure(self.now) for w in live]
+            lo, hi = self._bounds[role]
+            states[role] = PoolState(
+                role, len(live), lo, hi, sum(pressure) / len(pressure) if pressure else 1.0
+            )
+        action = self.balancer.decide(self.now, states["prefill"], states["decode"])
+        if action is not None:
+            self._carry_out(action)
+        self._at(self.now + self.config.balancer.interval_s, self._balance)
+
+    def _carry_out(self, action: Action) -> None:
+        if action.kind == "scale_up":
+            spec = self._templates[action.role]
+            name = f"{action.role}-{next(self._order)}"
+            new = _Worker(replace(spec, name=name), spec.num_blocks)
+            self._at(self.now + self.startup_s, self._join, new)
+            return
+        pool = [
+            w
+            for w in self.workers.values()
+            if w.spec.role == (action.source or action.role) and not w.draining
+        ]
+        w = min(pool, key=lambda w: (w.assigned, w.spec.name))
+        w.draining = "flip" if action.kind == "flip" else "remove"
+        w.flip_to = action.role
+        self.router.report(w.load())
+        self._check_drained(w)
+
+    def _check_drained(self, w: _Worker) -> None:
+        if not w.draining or w.assigned or w.running or w.waiting or w.prompts:
+            return
+        del self.workers[w.spec.name]
+        self.router.remove(w.spec.name)
+        if w.draining == "flip":
+            spec = replace(w.spec, role=w.flip_to)
+            self._at(self.now + self.startup_s, self._join, _Worker(spec, spec.num_blocks))
+
+    def _join(self, w: _Worker) -> None:
+        self.workers[w.spec.name] = w
+        self.router.report(w.load())
+
+    def _release(self, name: str) -> None:
+        """A request no longer needs worker `name`."""
+        w = self.workers.get(name)
+        if w is not None:
+            w.assigned -= 1
+            self._check_drained(w)
+
     def _arrive(self, req: SimRequest) -> None:
         ids = req.prompt_token_ids
         try:
@@ -159,8 +257,13 @@ class Simulator:
                 req.decode_worker = self.router.pick_decode(num_kv_tokens=len(ids))
         except Overloaded:
             req.refused = True
+            if self.balancer is not None:
+                self.balancer.observe_refusal(self.now)
             return
         worker = self.workers[req.prefill_worker]
+        worker.assigned += 1
+        if req.decode_worker != req.prefill_worker:
+            self.workers[req.decode_worker].assigned += 1
         worker.prompts.append([req, req.num_prompt_tokens])
         self._kick(worker)
 
@@ -188,10 +291,12 @@ class Simulator:
             assert w.spec.decode is not None
             seconds += w.spec.decode.step_seconds(len(w.running))
         w.busy = True
+        w.mark(self.now, 0.0)  # the idle time before this step
         self._at(self.now + seconds, self._stepped, w, chunk, list(w.running), tokens, seconds)
 
     def _stepped(self, w: _Worker, chunk, batch: list, tokens: int, seconds: float) -> None:
         w.busy = False
+        w.mark(self.now, seconds)
         if tokens:
             w.meter.add(tokens, seconds)
         for req, n in chunk:
@@ -205,18 +310,26 @@ class Simulator:
         for req in batch:
             req.tokens += 1
             if req.tokens >= req.output_len:
-                req.finish_s = self.now
                 w.running.remove(req)
                 w.free_blocks += w.blocks_for(req)
+                self._finish(req)
         self._kick(w)
+
+    def _finish(self, req: SimRequest) -> None:
+        req.finish_s = self.now
+        if self.balancer is not None and req.ttft_s is not None:
+            self.balancer.observe_request(self.now, req.ttft_s, req.tpot_s)
+        self._release(req.decode_worker)
 
     def _prefilled(self, w: _Worker, req: SimRequest) -> None:
         req.first_token_s = self.now
         req.tokens = 1
-        if req.output_len <= 1:
-            req.finish_s = self.now
-            return
         target = self.workers[req.decode_worker]
+        if req.output_len <= 1:
+            if target is not w:
+                self._release(req.prefill_worker)
+            self._finish(req)
+            return
         if target is w:
             target.waiting.append(req)
             return
@@ -224,6 +337,7 @@ class Simulator:
         self._at(self.now + delay, self._handed_off, target, req)
 
     def _handed_off(self, w: _Worker, req: SimRequest) -> None:
+        self._release(req.prefill_worker)
         w.waiting.append(req)
         self._kick(w)
 
@@ -236,64 +350,3 @@ class Simulator:
                 break
             w.free_blocks -= need
             w.running.append(w.waiting.popleft())
-
-
-def gamma_arrivals(
-    rate: float, n: int, burstiness: float = 1.0, seed: int = 0, start_s: float = 0.0
-) -> list[float]:
-    """`n` arrival times at `rate` per second, gaps drawn from a gamma distribution of shape
-    `burstiness` (1: Poisson; below 1: burstier), as vLLM's `bench serve` draws them."""
-    rng = random.Random(seed)
-    t, out = start_s, []
-    for _ in range(n):
-        t += rng.gammavariate(burstiness, 1.0 / (rate * burstiness))
-        out.append(t)
-    return out
-
-
-@dataclass(frozen=True)
-class SimSummary:
-    """The run's figures, with vLLM `bench serve`'s definitions (goodput: completed requests
-    within both SLOs per second of the run)."""
-
-    completed: int
-    refused: int
-    duration_s: float
-    request_throughput: float
-    goodput: float
-    median_ttft_s: float
-    p99_ttft_s: float
-    median_tpot_s: float
-    p99_tpot_s: float
-
-
-def summarize(requests: Sequence[SimRequest], ttft_slo_s: float, tpot_slo_s: float) -> SimSummary:
-    done = [r for r in requests if r.finish_s is not None]
-    start = min(r.arrival_s for r in requests)
-    end = max((r.finish_s for r in done if r.finish_s is not None), default=start)
-    duration = max(end - start, 1e-9)
-    ttfts = sorted(r.ttft_s for r in done if r.ttft_s is not None)
-    tpots = sorted(r.tpot_s for r in done if r.tpot_s is not None)
-    good = sum(
-        (r.ttft_s or 0.0) <= ttft_slo_s and (r.tpot_s is None or r.tpot_s <= tpot_slo_s)
-        for r in done
-    )
-    return SimSummary(
-        completed=len(done),
-        refused=sum(r.refused for r in requests),
-        duration_s=duration,
-        request_throughput=len(done) / duration,
-        goodput=good / duration,
-        median_ttft_s=statistics.median(ttfts) if ttfts else 0.0,
-        p99_ttft_s=_percentile(ttfts, 99),
-        median_tpot_s=statistics.median(tpots) if tpots else 0.0,
-        p99_tpot_s=_percentile(tpots, 99),
-    )
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    rank = (len(sorted_values) - 1) * q / 100
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (rank - lo)

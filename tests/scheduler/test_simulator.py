@@ -4,7 +4,8 @@ import pytest
 
 from scheduler import SchedulerConfig
 from scheduler.costs import DecodeCost, PrefillCost, TransferCost, WorkerSpec
-from scheduler.simulator import SimRequest, Simulator, gamma_arrivals, summarize
+from scheduler.simulator import SimRequest, Simulator
+from scheduler.workload import gamma_arrivals, summarize
 
 PREFILL = PrefillCost(token_s=0.001, step_s=0.01)  # 1,000 tokens/s
 DECODE = DecodeCost(step_s=0.02, seq_s=0.001)
