@@ -208,6 +208,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{w.num_running:>9}{w.num_free_blocks:>8}/{w.num_total_blocks:<4}  "
             f"{w.kv_address or '-'}"
         )
+    if status.balancer_actions:
+        print("pool balancer, latest last:")
+    for a in status.balancer_actions:
+        what = f"{a.kind} {a.source + ' -> ' if a.source else ''}{a.role}"
+        print(f"  {a.age_s:>6.0f} s ago  {what}: {a.outcome}  ({a.reason})")
     return 0
 
 

@@ -37,6 +37,7 @@ class Action:
     role: str
     reason: str
     source: str = ""  # the pool a flipped worker leaves
+    outcome: str = ""  # set by whoever carries it out
 
 
 class Balancer:

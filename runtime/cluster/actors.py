@@ -12,9 +12,9 @@ from runtime.workers.config import WorkerConfig
 from runtime.workers.handle import WorkerHandle
 
 
-def worker_config(cluster: ClusterConfig, role: str, index: int) -> WorkerConfig:
+def worker_config(cluster: ClusterConfig, role: str, name: str) -> WorkerConfig:
     return WorkerConfig(
-        name=f"{role}-{index}",
+        name=name,
         engine=cluster.engine_config(role),
         kv=cluster.kv if role != "colocated" else None,
         kv_bind_host=cluster.kv_bind_host,
@@ -47,13 +47,29 @@ def start_workers(cluster: ClusterConfig, timeout_s: float = 600.0) -> list[Work
     model; raises the first worker's start-up error (and kills the others)."""
     # (name, role, actor): a ray.actor.ActorHandle's methods exist only at run time
     # (`.remote()`), so the actor is held as Any, as in WorkerHandle.
-    actors: list[tuple[str, str, Any]] = []
-    for pool in cluster.pools:
-        for i in range(pool.replicas):
-            config = worker_config(cluster, pool.role, i)
-            cls = ray.remote(WORKER_CLASSES[pool.role])
-            actor = cls.options(**actor_options(pool)).remote(config)
-            actors.append((config.name, pool.role, actor))
+    actors = [
+        _spawn(cluster, pool.role, f"{pool.role}-{i}")
+        for pool in cluster.pools
+        for i in range(pool.replicas)
+    ]
+    return _started(actors, timeout_s)
+
+
+def start_worker(
+    cluster: ClusterConfig, role: str, name: str, timeout_s: float = 600.0
+) -> WorkerHandle:
+    """Start one more worker of `role`'s pool, named `name` (the pool balancer's scale-up or
+    flip); blocks until its model is loaded."""
+    return _started([_spawn(cluster, role, name)], timeout_s)[0]
+
+
+def _spawn(cluster: ClusterConfig, role: str, name: str) -> tuple[str, str, Any]:
+    config = worker_config(cluster, role, name)
+    cls = ray.remote(WORKER_CLASSES[role])
+    return name, role, cls.options(**actor_options(cluster.pool(role))).remote(config)
+
+
+def _started(actors: list[tuple[str, str, Any]], timeout_s: float) -> list[WorkerHandle]:
     try:
         infos = ray.get([a.info.remote() for _, _, a in actors], timeout=timeout_s)
     except BaseException:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from runtime.cluster.balancing import LiveBalancer, start_balancer
 from runtime.cluster.config import ClusterConfig
 from runtime.cluster.launch import Cluster
 from runtime.frontend.server import Frontend
@@ -27,6 +28,7 @@ class BackgroundServer:
         self.config = config
         self.cluster = Cluster(config)
         self.frontend: Frontend | None = None
+        self.balancer: LiveBalancer | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tandem-frontend", daemon=True
@@ -56,6 +58,7 @@ class BackgroundServer:
             frontend = Frontend(self.config.frontend_config(), workers)
             self.frontend = frontend  # set first: stop() stops a half-started frontend
             self.run(frontend.start())
+            self.balancer = self.run(start_balancer(self.config, frontend, workers))
         except BaseException:
             self.stop()
             raise

@@ -24,6 +24,9 @@ class PoolConfig:
     streams at once (each holds one of its actor threads). Ray restarts a dead worker up to
     `max_restarts` times (-1: without limit). `engine` overrides the cluster's shared engine
     settings for this pool's workers (its device, dtype, cache, batching, threads).
+    The pool balancer (`scheduler.balancer`) keeps the pool within `min_replicas` and
+    `max_replicas` (None: 1 and `replicas`: without bounds it only moves workers between
+    the pools).
     """
 
     role: str
@@ -35,12 +38,25 @@ class PoolConfig:
     max_concurrency: int = 128
     max_restarts: int = -1
     engine: EngineSettings = EngineSettings()
+    min_replicas: int | None = None
+    max_replicas: int | None = None
 
     def __post_init__(self) -> None:
         if self.role not in POOL_ROLES:
             raise ValueError(f"pool role must be one of {POOL_ROLES}, got {self.role!r}")
         if self.replicas < 0:
             raise ValueError(f"pools.{self.role}.replicas must be >= 0, got {self.replicas}")
+        if self.replicas and not self.bounds[0] <= self.replicas <= self.bounds[1]:
+            raise ValueError(
+                f"pools.{self.role}: min_replicas <= replicas <= max_replicas must hold, got "
+                f"{self.bounds[0]} <= {self.replicas} <= {self.bounds[1]}"
+            )
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(min, max) replicas the balancer keeps the pool within."""
+        lo = 1 if self.min_replicas is None else self.min_replicas
+        return lo, self.replicas if self.max_replicas is None else self.max_replicas
 
 
 @dataclass(frozen=True)

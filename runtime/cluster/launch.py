@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import ray
 
 from runtime.cluster.actors import start_workers, stop_workers
+from runtime.cluster.balancing import start_balancer
 from runtime.cluster.config import ClusterConfig
 from runtime.frontend.server import Frontend
 from runtime.workers.handle import WorkerHandle
@@ -104,6 +105,7 @@ async def serve_until_signalled(
         if not stop.is_set():
             frontend = Frontend(config.frontend_config(), workers)
             await frontend.start()
+            await start_balancer(config, frontend, workers)
             if on_ready is not None:
                 await on_ready(frontend)
             await stop.wait()

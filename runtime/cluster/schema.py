@@ -45,6 +45,8 @@ class PoolSection(_Strict):
     resources: dict[str, float] = {}
     max_concurrency: int = Field(128, ge=1)
     max_restarts: int = Field(-1, ge=-1)
+    min_replicas: int | None = Field(None, ge=1)
+    max_replicas: int | None = Field(None, ge=1)
     # The frozen settings themselves: pydantic checks names and types, the configs the values.
     engine: EngineSettings = EngineSettings()
 
@@ -159,6 +161,8 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
             p.max_concurrency,
             p.max_restarts,
             p.engine,
+            p.min_replicas,
+            p.max_replicas,
         )
         for role, p in (
             ("prefill", f.pools.prefill),

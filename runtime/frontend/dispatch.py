@@ -176,6 +176,10 @@ class Dispatcher:
             if not self._per_key[client_key]:
                 del self._per_key[client_key]
 
+    def holds(self, worker: str) -> bool:
+        """Whether a request in flight runs on (or last ran on) `worker`."""
+        return any(worker in (w.name for w in a.running[1]) for a in self._attempts.values())
+
     async def drain(self, grace_s: float) -> None:
         """Shutdown: refuse new requests (UNAVAILABLE), let those in flight finish for up to
         `grace_s` (or until `hurry()`), then end the rest with UNAVAILABLE by aborting them

@@ -130,10 +130,11 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):
 class TandemService(pb_grpc.TandemServicer):
     """Generate / ListModels / ClusterStatus over a `Dispatcher`."""
 
-    def __init__(self, dispatcher, preparer: RequestPreparer, metrics=None):
+    def __init__(self, dispatcher, preparer: RequestPreparer, metrics=None, actions=()):
         self.dispatcher = dispatcher
         self.preparer = preparer
         self.metrics = metrics
+        self.actions = actions  # the pool balancer's latest (scheduler.balancer.Action)
         self.started = time.monotonic()
 
     def prepare(self, request: pb.GenerateRequest) -> PreparedRequest:
@@ -199,6 +200,17 @@ class TandemService(pb_grpc.TandemServicer):
             workers=workers,
             num_requests_in_flight=d.num_in_flight,
             uptime_s=time.monotonic() - self.started,
+            balancer_actions=[
+                pb.BalancerAction(
+                    age_s=time.monotonic() - a.at_s,
+                    kind=a.kind,
+                    role=a.role,
+                    source=a.source,
+                    reason=a.reason,
+                    outcome=a.outcome,
+                )
+                for a in self.actions
+            ],
         )
 
     def _count_error(self, code: str) -> None:

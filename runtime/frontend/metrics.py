@@ -60,6 +60,13 @@ class FrontendMetrics:
             ["reason"],
             registry=r,
         )
+        self.balancer_actions = Counter(
+            "tandem_balancer_actions",
+            "Pool balancer actions (flip, scale_up, scale_down) by the pool they give to or "
+            "shrink, and whether they were carried out",
+            ["kind", "role", "outcome"],
+            registry=r,
+        )
         self.prefix_cache_queries = Counter(
             "tandem_prefix_cache_queries", "Prompt tokens looked up in a prefix cache", registry=r
         )

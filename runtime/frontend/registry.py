@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from runtime.workers.handle import WorkerHandle
 from runtime.workers.load import WorkerLoad
@@ -28,6 +29,10 @@ class WorkerRegistry:
     answers from a new process (Ray restarted it) has its handle re-read, since a restarted
     decode worker's KV receiver listens on a new port. `mark_down` takes a worker out of
     routing at once when a request saw it die, until a poll finds it answering again.
+
+    The pool balancer changes the set: `add` a started worker, `drain` one (it is reported
+    unhealthy to the router, so it gets no new request, while it finishes what it holds),
+    `remove` it once drained.
     """
 
     def __init__(self, workers: list[WorkerHandle], router: Router | None = None):
@@ -37,6 +42,7 @@ class WorkerRegistry:
         self.mode = "colocated" if any(w.role == "colocated" for w in workers) else "disaggregated"
         self._needed = ("colocated",) if self.mode == "colocated" else ("prefill", "decode")
         self._loads: dict[str, WorkerLoad] = {}  # the last report of each worker, by name
+        self.draining: set[str] = set()
         for w in workers:
             self._report(WorkerLoad(w.name, w.role, incarnation=w.incarnation))
 
@@ -53,12 +59,37 @@ class WorkerRegistry:
         healthy = {w.role for w in self._loads.values() if w.healthy}
         return [role for role in self._needed if role not in healthy]
 
+    def add(self, handle: WorkerHandle) -> None:
+        self.handles[handle.name] = handle
+        self._heard[handle.name] = time.monotonic()
+        self._report(WorkerLoad(handle.name, handle.role, incarnation=handle.incarnation))
+
+    def drain(self, name: str) -> None:
+        self.draining.add(name)
+        self._report(self._loads[name])
+
+    def undrain(self, name: str) -> None:
+        self.draining.discard(name)
+        self._report(self._loads[name])
+
+    def remove(self, name: str) -> None:
+        self.handles.pop(name, None)
+        self._heard.pop(name, None)
+        self._loads.pop(name, None)
+        self.draining.discard(name)
+        self.router.remove(name)
+
+    def load(self, name: str) -> WorkerLoad:
+        """The worker's last report (as the worker sent it, draining or not)."""
+        return self._loads[name]
+
     def mark_down(self, name: str) -> None:
         handle = self.handles[name]
         self._report(WorkerLoad(name, handle.role, healthy=False, incarnation=handle.incarnation))
 
     async def poll(self) -> list[WorkerLoad]:
-        """Every worker's load snapshot (unhealthy ones for those that did not answer)."""
+        """Every worker's load snapshot (unhealthy ones for those that did not answer; a
+        draining worker's as it sent it)."""
         names = list(self.handles)
         results = await asyncio.gather(*(self._poll_one(n) for n in names))
         for load in results:
@@ -67,8 +98,10 @@ class WorkerRegistry:
         return [self._loads[n] for n in sorted(self._loads)]
 
     def _report(self, load: WorkerLoad) -> None:
+        if load.name not in self.handles:  # removed while its poll was in flight
+            return
         self._loads[load.name] = load
-        self.router.report(load)
+        self.router.report(replace(load, healthy=False) if load.name in self.draining else load)
 
     async def _poll_one(self, name: str) -> WorkerLoad | None:
         """The worker's report; an unhealthy one if it failed or has been silent too long;
@@ -85,13 +118,15 @@ class WorkerRegistry:
                     handle.incarnation,
                     f"; KV receiver at {fresh.kv_address}" if fresh.kv_address else "",
                 )
-                self.handles[name] = handle = fresh
+                if name in self.handles:  # not removed meanwhile
+                    self.handles[name] = fresh
+                handle = fresh
                 if load.incarnation != fresh.incarnation:  # restarted again meanwhile
                     raise RuntimeError("the worker restarted while being looked up")
             self._heard[name] = time.monotonic()
             return load
         except asyncio.TimeoutError:
-            silent = time.monotonic() - self._heard[name]
+            silent = time.monotonic() - self._heard.get(name, time.monotonic())
             if silent < SILENT_DOWN_S:
                 return None
             log.warning("worker %s has not reported its load for %.0f s", name, silent)

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections import deque
+from collections.abc import Callable, Coroutine
 
 import grpc
 import uvicorn
@@ -17,8 +19,10 @@ from runtime.frontend.grpc_service import SERVICE_NAME, TandemService, start_grp
 from runtime.frontend.http_app import build_app
 from runtime.frontend.metrics import FrontendMetrics
 from runtime.frontend.requests import RequestPreparer
+from runtime.frontend.results import Timings, Usage
 from runtime.workers.handle import WorkerHandle
 from scheduler import Router
+from scheduler.balancer import Action
 
 log = logging.getLogger(__name__)
 LOAD_POLL_S = 0.2
@@ -57,13 +61,19 @@ class Frontend:
         self.config = config
         self.metrics = FrontendMetrics()
         s = config.server
+        # Who else hears of each finished or refused request (the pool balancer).
+        self.on_finished: list[Callable[[Timings, Usage, str], None]] = [
+            self.metrics.observe_finished
+        ]
+        self.on_refused: list[Callable[[str], None]] = [self.metrics.observe_refused]
+        self.actions: deque[Action] = deque(maxlen=32)  # the pool balancer's, for status
         self.dispatcher = Dispatcher(
             workers,
             Router(config.scheduler),
-            on_finished=self.metrics.observe_finished,
+            on_finished=lambda *a: [f(*a) for f in self.on_finished],
             recovery_timeout_s=s.recovery_timeout_s,
             max_streams_per_key=s.max_streams_per_key,
-            on_refused=self.metrics.observe_refused,
+            on_refused=lambda reason: [f(reason) for f in self.on_refused],
         )
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(
@@ -91,7 +101,7 @@ class Frontend:
     async def start(self) -> None:
         s = self.config.server
         await self.dispatcher.poll_loads()
-        service = TandemService(self.dispatcher, self.preparer, self.metrics)
+        service = TandemService(self.dispatcher, self.preparer, self.metrics, self.actions)
         self._grpc, self.grpc_port, self._health = await start_grpc_server(
             service, s.host, s.grpc_port, self.config.api_key, s.tls
         )
@@ -125,6 +135,10 @@ class Frontend:
             if self._tasks[0].done():
                 self._tasks[0].result()  # re-raises uvicorn's start-up error
             await asyncio.sleep(0.01)
+
+    def add_task(self, coro: Coroutine) -> None:
+        """Run `coro` on the frontend's loop until the frontend stops (call once started)."""
+        self._tasks.append(asyncio.create_task(coro))
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Health goes NOT_SERVING, new requests are refused, those in flight get `grace_s`

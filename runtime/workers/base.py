@@ -45,6 +45,7 @@ class Worker:
         self.streams = OutputStreams(config.stream_idle_timeout_s)
         self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
         self._prefill_rate = RateMeter()
+        self._busy_s = 0.0
         self.loop = EngineThread(
             f"{self.role}-{self.name}",
             self._metered_step,
@@ -119,9 +120,11 @@ class Worker:
         whole wall time, KV streaming and sampling included, as a queued prompt waits it)."""
         start = time.monotonic()
         outputs = self._step()
+        seconds = time.monotonic() - start
+        self._busy_s += seconds
         prompt_tokens = self.engine.last_step.num_prompt_tokens
         if prompt_tokens:
-            self._prefill_rate.add(prompt_tokens, time.monotonic() - start)
+            self._prefill_rate.add(prompt_tokens, seconds)
         if not outputs:  # _dispatch refreshes the load otherwise
             self._update_load()
         return outputs
@@ -157,6 +160,8 @@ class Worker:
             num_total_blocks=bm.num_blocks,
             block_size=bm.block_size,
             prefill_tokens_per_s=self._prefill_rate.rate,
+            busy_s=self._busy_s,
+            max_num_seqs=self.engine.config.scheduler.max_num_seqs,
             incarnation=self.incarnation,
         )
 

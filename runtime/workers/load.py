@@ -14,6 +14,8 @@ class WorkerLoad:
     ahead of a new request). `num_running`: sequences holding KV blocks and decoding.
     `prefill_tokens_per_s`: prompt tokens per second of the worker's recent steps that
     computed any (0: none yet), what admission divides the queue by to predict a wait.
+    `busy_s`: seconds spent in engine steps since the process started (its utilization is
+    the growth of that over wall time). `max_num_seqs`: the engine's batch limit.
     `healthy` is False in the reports the frontend makes up for a worker that did not answer.
     `incarnation` names the worker process that reported it: it changes when the worker is
     restarted, so whoever routes to it knows to look up its new addresses.
@@ -28,5 +30,7 @@ class WorkerLoad:
     num_total_blocks: int = 0
     block_size: int = 0
     prefill_tokens_per_s: float = 0.0
+    busy_s: float = 0.0
+    max_num_seqs: int = 0
     healthy: bool = True
     incarnation: str = ""

@@ -172,16 +172,34 @@ class WorkerStatus(_message.Message):
     num_total_blocks: int
     def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., kv_address: _Optional[str] = ..., healthy: _Optional[bool] = ..., num_queued_prompt_tokens: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_total_blocks: _Optional[int] = ...) -> None: ...
 
+class BalancerAction(_message.Message):
+    __slots__ = ("age_s", "kind", "role", "source", "reason", "outcome")
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    age_s: float
+    kind: str
+    role: str
+    source: str
+    reason: str
+    outcome: str
+    def __init__(self, age_s: _Optional[float] = ..., kind: _Optional[str] = ..., role: _Optional[str] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("mode", "model", "workers", "num_requests_in_flight", "uptime_s")
+    __slots__ = ("mode", "model", "workers", "num_requests_in_flight", "uptime_s", "balancer_actions")
     MODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     NUM_REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    BALANCER_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     mode: str
     model: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     num_requests_in_flight: int
     uptime_s: float
-    def __init__(self, mode: _Optional[str] = ..., model: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_requests_in_flight: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    balancer_actions: _containers.RepeatedCompositeFieldContainer[BalancerAction]
+    def __init__(self, mode: _Optional[str] = ..., model: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., num_requests_in_flight: _Optional[int] = ..., uptime_s: _Optional[float] = ..., balancer_actions: _Optional[_Iterable[_Union[BalancerAction, _Mapping]]] = ...) -> None: ...

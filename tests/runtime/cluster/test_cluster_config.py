@@ -15,7 +15,7 @@ def fake_resolve(path):
 
 
 def engine_of(config, role):
-    e = worker_config(config, role, 0).engine
+    e = worker_config(config, role, f"{role}-0").engine
     return (
         e.model.device,
         e.model.dtype,
@@ -110,7 +110,7 @@ def test_pool_placement_becomes_ray_actor_options():
     c = load_cluster_config(CONFIGS / "multinode.yaml", resolve_model=fake_resolve)
     opts = actor_options(c.pool("prefill"))
     assert opts["num_gpus"] == 1 and opts["accelerator_type"] == "H100"
-    wc = worker_config(c, "decode", 3)
+    wc = worker_config(c, "decode", "decode-3")
     assert wc.name == "decode-3" and wc.engine.role == "decode" and wc.kv.encoding == "fp8"
     assert wc.kv_bind_host == "0.0.0.0"
 
@@ -200,7 +200,7 @@ def test_reliability_limits_and_faults_reach_their_configs():
     assert actor_options(c.pool("decode"))["max_restarts"] == -1
     assert (c.limits.max_stop_strings, c.limits.max_request_bytes) == (4, 1024)
     assert c.limits.max_chat_messages == 1024  # the rest keep their defaults
-    assert worker_config(c, "decode", 0).faults.kv_drop_chunk
+    assert worker_config(c, "decode", "decode-0").faults.kv_drop_chunk
 
 
 def test_every_kv_transfer_knob_is_reachable_and_unset_ones_keep_their_defaults():
