@@ -21,7 +21,9 @@
 
 namespace {
 
+#if defined(__AVX512F__)  // the vector paths below; without AVX-512 the scalar loops run
 using tandem_cpu::load16;
+#endif
 
 template <typename T>
 float absmax_row(const T* x, int64_t d) {
