@@ -24,8 +24,10 @@ def server(tiny_model_dir):
     config = tiny_cluster_config(
         tiny_model_dir,
         {
-            "prefill": {"replicas": 1, "num_cpus": 1},
-            "decode": {"replicas": 2, "num_cpus": 1, "min_replicas": 1},
+            # Half a CPU each: the chaos tests' session-wide cluster may hold 2 of the
+            # shared Ray's 4 CPUs while this module runs.
+            "prefill": {"replicas": 1, "num_cpus": 0.5},
+            "decode": {"replicas": 2, "num_cpus": 0.5, "min_replicas": 1},
         },
         # The balancer's own loop never acts here (a day between decisions): the test
         # hands it the action, so what is checked is how it is carried out.
