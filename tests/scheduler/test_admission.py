@@ -75,3 +75,10 @@ def test_bad_scheduler_settings_are_refused_with_the_field_named():
         SchedulerConfig(routing="random")
     with pytest.raises(ValueError, match="scheduler.ttft_slo_s must be > 0"):
         SchedulerConfig(ttft_slo_s=0)
+
+
+def test_before_any_rate_is_measured_only_an_empty_queue_takes_a_request():
+    check_admission(0, 300, 0.0, ttft_budget_s=1.0, max_queued_tokens=0)
+    with pytest.raises(Overloaded, match="not measured yet"):
+        check_admission(300, 300, 0.0, ttft_budget_s=1.0, max_queued_tokens=0)
+    check_admission(300, 300, 0.0, ttft_budget_s=None, max_queued_tokens=0)  # no target
