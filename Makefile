@@ -64,6 +64,14 @@ soak: install model
 	$(PY) -m pip install -q -e '.[soak]'
 	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES) --out soak-results
 
+# Admission under overload, measured with vLLM's own `bench serve` against the OpenAI endpoint:
+# a rate the local cluster sustains and 1.5x it, Poisson and bursty (see README, Scheduler).
+OVERLOAD_RATE ?= 1.0
+.PHONY: bench-overload
+bench-overload: install-vllm model
+	$(PY) benchmarks/overload.py --sustained-rate $(OVERLOAD_RATE) --quiet --out overload-results
+	$(PY) benchmarks/overload.py --sustained-rate $(OVERLOAD_RATE) --quiet --out overload-results --admission off
+
 # vLLM runs too when `make install-vllm` has been done; otherwise it is reported as skipped.
 bench: install model
 	$(PY) benchmarks/offline.py --engine tandem --engine hf --engine vllm --num-prompts 32 --input-len 256 --output-len 128 --dtype bfloat16

@@ -11,7 +11,8 @@ queued, as vLLM and SGLang do). For each arrival process (`--burstiness`, 1.0: P
 below 1: bursts) it runs `vllm.benchmarks.serve` (from `--vllm-python`'s environment) at
 the sustained rate and at `--overload` times it, random prompts of `--input-len` tokens and
 `--output-len` output tokens, with `--goodput ttft:MS tpot:MS`. Meanwhile a probe sends a
-one-token request every `--probe-s` and times the answers that came back 429.
+one-token request of a prompt as long as the workload's every `--probe-s` and times the
+answers that came back 429.
 
 Prints per run: offered and achieved rates, completed and refused requests, goodput, median
 and p99 TTFT and TPOT, how many completed requests missed the TTFT SLO, the probe's refusal
@@ -35,6 +36,8 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _workload import add_workload_args  # noqa: E402
+
 from runtime.cluster import load_cluster_config  # noqa: E402
 from runtime.cluster.background import BackgroundServer  # noqa: E402
 
@@ -47,16 +50,19 @@ BENCH = (
 
 
 class Probe(threading.Thread):
-    """Sends a one-token completion every `period_s` and records how fast refusals come."""
+    """Sends a one-token completion of a workload-sized prompt (`prompt_len` token ids) every
+    `period_s` and records how fast refusals come (vLLM's benchmark keeps no latency of a
+    failed request)."""
 
-    def __init__(self, url: str, model: str, period_s: float):
+    def __init__(self, url: str, model: str, period_s: float, prompt_len: int):
         super().__init__(daemon=True)
         self.url, self.model, self.period_s = url, model, period_s
+        self.prompt = [1000 + i % 5000 for i in range(prompt_len)]
         self.refusals: list[float] = []  # seconds to a 429
         self.stop = threading.Event()
 
     def run(self) -> None:
-        body = {"model": self.model, "prompt": "Hi", "max_tokens": 1}
+        body = {"model": self.model, "prompt": self.prompt, "max_tokens": 1}
         with httpx.Client(base_url=self.url, timeout=60) as http:
             while not self.stop.wait(self.period_s):
                 start = time.monotonic()
@@ -112,7 +118,7 @@ def run_bench(args, server, rate: float, burstiness: float, name: str) -> dict:
         "--result-filename",
         f"{name}.json",
     ]
-    probe = Probe(server.http_url, server.config.model_name, args.probe_s)
+    probe = Probe(server.http_url, server.config.model_name, args.probe_s, args.input_len)
     probe.start()
     try:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
@@ -168,22 +174,12 @@ def cluster(args):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="runtime/configs/local.yaml")
-    p.add_argument("--dtype", default="bfloat16")
+    add_workload_args(p)
     p.add_argument("--vllm-python", default=".venv/bin/python")
     p.add_argument("--sustained-rate", type=float, required=True, help="req/s it sustains")
     p.add_argument("--overload", type=float, default=1.5, help="overload / sustained rate")
-    p.add_argument("--burstiness", type=float, nargs="+", default=[1.0, 0.3])
-    p.add_argument("--input-len", type=int, default=400)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--range-ratio", type=float, default=0.25)
-    p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--slo-ttft-ms", type=float, default=2000)
-    p.add_argument("--slo-tpot-ms", type=float, default=100)
     p.add_argument("--admission", choices=["on", "off"], default="on")
-    p.add_argument("--admit-ttft-s", type=float, default=1.5, help="scheduler.ttft_slo_s")
-    p.add_argument("--probe-s", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-s", type=float, default=3.0)
     p.add_argument("--out", default="overload-results")
     p.add_argument("--quiet", action="store_true", help="hide vLLM's own report")
     args = p.parse_args()

@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _workload import add_workload_args  # noqa: E402
+
 from runtime.cluster import load_cluster_config  # noqa: E402
 from runtime.engine import Engine, SamplingParams  # noqa: E402
 from scheduler.costs import DecodeCost, PrefillCost, TransferCost, WorkerSpec  # noqa: E402
@@ -99,19 +101,9 @@ def workload(args, rate: float, burstiness: float) -> list[SimRequest]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="runtime/configs/local.yaml")
-    p.add_argument("--dtype", default="bfloat16")
+    add_workload_args(p)
     p.add_argument("--rates", type=float, nargs="+", required=True)
-    p.add_argument("--burstiness", type=float, nargs="+", default=[1.0, 0.3])
-    p.add_argument("--input-len", type=int, default=400)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--range-ratio", type=float, default=0.25)
-    p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--slo-ttft-ms", type=float, default=2000)
-    p.add_argument("--slo-tpot-ms", type=float, default=100)
-    p.add_argument("--admit-ttft-s", type=float, default=1.5)
     p.add_argument("--kv-gbps", type=float, default=1.0, help="KV handoff GB/s")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", help="benchmarks/overload.py's summary JSON")
     args = p.parse_args()
 
