@@ -16,14 +16,23 @@ class PoolState:
     """One pool as the balancer sees it at a decision: its healthy workers (`replicas`), the
     bounds it may be scaled within, and its load: `pressure` is how much of its capacity is
     in use, 1 when saturated (prefill: the share of recent time its workers spent
-    computing prompts; decode: the share of its KV blocks or batch slots in use, whichever
-    is higher, counting handoffs waiting for them)."""
+    computing prompts; decode: `decode_pressure` of its workers)."""
 
     role: str
     replicas: int
     min_replicas: int
     max_replicas: int
     pressure: float
+
+
+def decode_pressure(
+    free_blocks: int, total_blocks: int, running: int, waiting: int, max_num_seqs: int
+) -> float:
+    """A decode worker's share of capacity in use: of its KV blocks, or of its batch slots
+    counting the sequences waiting for one, whichever is higher (0 for what is unknown)."""
+    blocks = 1 - free_blocks / total_blocks if total_blocks else 0.0
+    slots = (running + waiting) / max_num_seqs if max_num_seqs else 0.0
+    return max(blocks, slots)
 
 
 @dataclass(frozen=True)

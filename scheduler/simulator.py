@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from scheduler.admission import Overloaded
-from scheduler.balancer import Action, Balancer, PoolState
+from scheduler.balancer import Action, Balancer, PoolState, decode_pressure
 from scheduler.config import SchedulerConfig
 from scheduler.costs import TransferCost, WorkerSpec
 from scheduler.load import RateMeter
@@ -113,8 +113,13 @@ class _Worker:
             if not self.busy:
                 self.mark(now_s, 0.0)
             return self.busy_share.rate
-        used = 1 - self.free_blocks / self.spec.num_blocks
-        return max(used, (len(self.running) + len(self.waiting)) / self.spec.max_num_seqs)
+        return decode_pressure(
+            self.free_blocks,
+            self.spec.num_blocks,
+            len(self.running),
+            len(self.waiting),
+            self.spec.max_num_seqs,
+        )
 
 
 class Simulator:

@@ -16,7 +16,7 @@ from runtime.frontend.results import Timings, Usage
 from runtime.frontend.server import Frontend
 from runtime.workers.handle import WorkerHandle
 from runtime.workers.load import WorkerLoad
-from scheduler.balancer import Action, Balancer, PoolState
+from scheduler.balancer import Action, Balancer, PoolState, decode_pressure
 
 log = logging.getLogger(__name__)
 # How long a worker being flipped or removed may take to finish what it holds; past it the
@@ -122,9 +122,9 @@ class LiveBalancer:
             then, busy = self._busy.get(w.name, (now, w.busy_s))
             self._busy[w.name] = (now, w.busy_s)
             return min((w.busy_s - busy) / (now - then), 1.0) if now > then else 0.0
-        blocks = 1 - w.num_free_blocks / w.num_total_blocks if w.num_total_blocks else 0.0
-        slots = (w.num_running + w.num_waiting) / w.max_num_seqs if w.max_num_seqs else 0.0
-        return max(blocks, slots)
+        return decode_pressure(
+            w.num_free_blocks, w.num_total_blocks, w.num_running, w.num_waiting, w.max_num_seqs
+        )
 
     # -- carrying it out ------------------------------------------------------------------
     async def _carry_out(self, action: Action) -> str:
