@@ -36,8 +36,8 @@ def check_admission(
     """Raise `Overloaded` unless a request of `num_prompt_tokens` may join a worker that has
     `queued_tokens` ahead and computes `tokens_per_s`: its predicted wait must fit
     `ttft_budget_s` (None: any) and the queue must stay within `max_queued_tokens` (0: no
-    bound; an empty queue takes any prompt). With a budget but no rate measured yet
-    (`tokens_per_s` 0), only an empty queue takes a request."""
+    bound; an empty queue takes any prompt). Without a measured rate (`tokens_per_s` 0)
+    only the queue bound applies."""
     over = queued_tokens + num_prompt_tokens - max_queued_tokens
     if max_queued_tokens and queued_tokens and over > 0:
         raise Overloaded(
@@ -48,15 +48,6 @@ def check_admission(
         )
     if ttft_budget_s is None:
         return
-    if tokens_per_s <= 0 and queued_tokens:
-        # No rate measured yet (a worker that has not finished a step): nothing predicts
-        # the wait, so it takes one request at a time until it has one.
-        raise Overloaded(
-            "ttft",
-            "the server is warming up and busy: its prefill rate is not measured yet; "
-            "retry in a second",
-            1,
-        )
     wait = predicted_wait_s(queued_tokens, num_prompt_tokens, tokens_per_s)
     if wait > ttft_budget_s:
         late = queued_tokens + num_prompt_tokens - ttft_budget_s * tokens_per_s

@@ -179,7 +179,13 @@ class Router:
                     check_admission(
                         best.queued_prompt_tokens,
                         uncached,
-                        best.load.prefill_tokens_per_s,
+                        # A worker that has not measured its rate yet (just started) is
+                        # taken to run at the slowest rate its pool has measured.
+                        best.load.prefill_tokens_per_s
+                        or min(
+                            (r for e in candidates if (r := e.load.prefill_tokens_per_s)),
+                            default=0.0,
+                        ),
                         budget,
                         self.config.max_queued_prompt_tokens,
                     )

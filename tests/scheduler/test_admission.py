@@ -77,8 +77,10 @@ def test_bad_scheduler_settings_are_refused_with_the_field_named():
         SchedulerConfig(ttft_slo_s=0)
 
 
-def test_before_any_rate_is_measured_only_an_empty_queue_takes_a_request():
-    check_admission(0, 300, 0.0, ttft_budget_s=1.0, max_queued_tokens=0)
-    with pytest.raises(Overloaded, match="not measured yet"):
-        check_admission(300, 300, 0.0, ttft_budget_s=1.0, max_queued_tokens=0)
-    check_admission(300, 300, 0.0, ttft_budget_s=None, max_queued_tokens=0)  # no target
+def test_a_new_worker_without_a_rate_is_predicted_by_its_pools_slowest_rate():
+    r = Router(SchedulerConfig(ttft_slo_s=1.0))
+    r.report(WorkerLoad("p0", "prefill", num_queued_prompt_tokens=900, prefill_tokens_per_s=500))
+    r.report(WorkerLoad("p1", "prefill", num_queued_prompt_tokens=100))  # just started
+    assert r.pick_prefill([1] * 300, admit=True) == "p1"  # (100 + 300) / 500 = 0.8 s
+    with pytest.raises(Overloaded, match="predicted in 1.4 s"):
+        r.pick_prefill([1] * 300, admit=True)  # p1 now 400 queued: 1.4 s
