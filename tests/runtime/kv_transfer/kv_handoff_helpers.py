@@ -3,6 +3,7 @@ gRPC."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import tiny_model
@@ -55,12 +56,15 @@ class Pair:
         rid = self.p_thread.call(self.prefill.add_request, params=params, prompt_token_ids=prompt)
         return rid, self.sender.route(rid, target or self.target)
 
-    def prefill_until(self, futures, max_steps=10_000) -> None:
-        for _ in range(max_steps):
+    def prefill_until(self, futures, timeout_s=60.0) -> None:
+        # Bounded by time, not steps: a step with nothing to send returns at once, so a
+        # step count says nothing about how long a receiver-side wait has had.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
             if all(f.done() for f in futures):
                 return
             self.p_thread.call(self.sender.step)
-        raise AssertionError("handoffs did not settle")
+        raise AssertionError(f"handoffs did not settle in {timeout_s} s")
 
     def decode_all(self) -> dict[str, list[int]]:
         results = {}
