@@ -7,8 +7,9 @@ import math
 
 
 class Overloaded(RuntimeError):
-    """The request is refused for load. `kind`: "ttft" (predicted to miss its TTFT target)
-    or "queue" (the queue is full); `reason` says why, for the client; `retry_after_s` is
+    """The request is refused for load. `kind`: "ttft" (predicted to miss its TTFT target),
+    "tpot" (its tokens are predicted to come slower than the TPOT target) or "queue" (the
+    queue is full); `reason` says why, for the client; `retry_after_s` is
     when the queue ahead is predicted to have drained enough."""
 
     def __init__(self, kind: str, reason: str, retry_after_s: int):

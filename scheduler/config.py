@@ -56,7 +56,10 @@ class SchedulerConfig:
       prompt tokens queued ahead of it plus its own, over the prefill worker's measured rate)
       exceeds it, or exceeds what is left of the request's own deadline, is refused at once
       (RESOURCE_EXHAUSTED / HTTP 429 with Retry-After). None: only deadlines refuse.
-    - `tpot_slo_s`: the time-per-output-token target (the balancer's, for the decode pool).
+    - `tpot_slo_s`: the time-per-output-token target. A new request is refused at once when
+      every decode worker's step time, predicted from its measured steps for its batch plus
+      its share of the sequences in the prefill pool and this one, exceeds it. The balancer
+      also holds the decode pool to it. None: the decode side admits anything.
     - `max_queued_prompt_tokens`: the bound on each prefill (or colocated) worker's queue; a
       request that would take the queue past it is refused. 0: no bound. A worker with an
       empty queue always takes a request, however long its prompt.

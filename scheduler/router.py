@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from scheduler.admission import Overloaded, check_admission, predicted_wait_s
 from scheduler.config import SchedulerConfig
-from scheduler.load import LoadSnapshot
+from scheduler.load import LoadSnapshot, predicted_step_s
 
 # Prompt prefixes remembered per worker for prefix affinity (each a hash of one block-aligned
 # prefix): enough for thousands of distinct prompts, a few hundred KiB per worker.
@@ -189,14 +189,49 @@ class Router:
                         budget,
                         self.config.max_queued_prompt_tokens,
                     )
+                    if role == "prefill":
+                        self._check_decode_side()
                 except Overloaded:
                     self.num_refused += 1
                     raise
             best.prompt_tokens += uncached
-            best.seqs += role == "colocated"
+            best.seqs += 1
             if hashes:
                 best.remember(hashes)
             return best.load.name
+
+    def _check_decode_side(self) -> None:
+        """Raise `Overloaded` if no decode worker is predicted to step within the TPOT
+        target once it holds, beside what it runs, its share of the sequences now in the
+        prefill pool and this one. A worker that has not measured its steps is taken to
+        step as the slowest of its pool that has; without any measurement, admit."""
+        target = self.config.tpot_slo_s
+        decoders = [e for e in self._entries.values() if e.load.role == "decode" and e.load.healthy]
+        if target is None or not decoders:
+            return
+        incoming = sum(
+            e.seqs_ahead
+            for e in self._entries.values()
+            if e.load.role == "prefill" and e.load.healthy
+        )
+        share = incoming / len(decoders)
+        measured = [e.load for e in decoders if _has_step_times(e.load)]
+        if not measured:
+            return
+        slowest = max(measured, key=lambda load: predicted_step_s(load, 1))
+
+        def step_s(e: _Entry) -> float:
+            load = e.load if _has_step_times(e.load) else slowest
+            return predicted_step_s(load, e.seqs_ahead + share + 1)
+
+        fastest = min(step_s(e) for e in decoders)
+        if fastest > target:
+            raise Overloaded(
+                "tpot",
+                f"the server is at capacity: a token every {fastest * 1000:.0f} ms is "
+                f"predicted, past the {target * 1000:.0f} ms target; retry later",
+                1,
+            )
 
     def _by_affinity(
         self, candidates: list[_Entry], hashes: list[int], n: int
@@ -227,6 +262,10 @@ class Router:
                 f"no healthy {role} worker" + (f" outside {sorted(exclude)}" if exclude else "")
             )
         return candidates
+
+
+def _has_step_times(load: LoadSnapshot) -> bool:
+    return bool(load.decode_step_s or load.decode_step_s_per_seq)
 
 
 def _prompt_key(e: _Entry) -> tuple:

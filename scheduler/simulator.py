@@ -23,7 +23,7 @@ from scheduler.admission import Overloaded
 from scheduler.balancer import Action, Balancer, PoolState, decode_pressure
 from scheduler.config import SchedulerConfig
 from scheduler.costs import TransferCost, WorkerSpec
-from scheduler.load import RateMeter
+from scheduler.load import RateMeter, StepTimeModel
 from scheduler.router import Router
 
 
@@ -69,6 +69,8 @@ class SimLoad:
     num_free_blocks: int
     block_size: int
     prefill_tokens_per_s: float
+    decode_step_s: float = 0.0
+    decode_step_s_per_seq: float = 0.0
     healthy: bool = True
 
 
@@ -81,6 +83,7 @@ class _Worker:
     running: list = field(default_factory=list)
     busy: bool = False
     meter: RateMeter = field(default_factory=RateMeter)
+    steps: StepTimeModel = field(default_factory=StepTimeModel)  # decode-only steps
     busy_share: RateMeter = field(default_factory=RateMeter)  # busy s per wall s
     marked_s: float = 0.0  # when busy_share was last fed
     assigned: int = 0  # requests routed here that still need it
@@ -100,6 +103,8 @@ class _Worker:
             self.free_blocks,
             self.spec.block_size,
             self.meter.rate,
+            self.steps.base_s,
+            self.steps.per_seq_s,
             healthy=not self.draining,
         )
 
@@ -304,6 +309,8 @@ class Simulator:
         w.mark(self.now, seconds)
         if tokens:
             w.meter.add(tokens, seconds)
+        elif batch:
+            w.steps.add(len(batch), seconds)
         for req, n in chunk:
             entry = w.prompts[0] if w.prompts and w.prompts[0][0] is req else None
             if entry is None:

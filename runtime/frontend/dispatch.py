@@ -143,7 +143,8 @@ class Dispatcher:
         `deadline_s`: seconds the client gives it (its gRPC deadline), None: no deadline.
 
         Admission (the router's): a request predicted to miss its TTFT target (the
-        scheduler's SLO, or its deadline) or meeting a full prefill queue is refused at once,
+        scheduler's SLO, or its deadline), or its TPOT target on every decode worker, or
+        meeting a full prefill queue is refused at once,
         before any worker sees it, with RESOURCE_EXHAUSTED and a retry hint."""
         if self._closing:
             raise _shutting_down()

@@ -55,8 +55,9 @@ class FrontendMetrics:
         self.errors = Counter("tandem_request_errors", "Requests that failed", ["code"], registry=r)
         self.refused = Counter(
             "tandem_requests_refused",
-            "Requests refused at admission: ttft (predicted to miss the TTFT target), queue "
-            "(the prefill queue is full), api_key (its in-flight limit)",
+            "Requests refused at admission: ttft (predicted to miss the TTFT target), tpot "
+            "(the decode pool predicted past the TPOT target), queue (the prefill queue is "
+            "full), api_key (its in-flight limit)",
             ["reason"],
             registry=r,
         )

@@ -17,7 +17,7 @@ from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
 from runtime.workers.load import WorkerLoad
 from runtime.workers.streams import OutputStreams
-from scheduler.load import RateMeter
+from scheduler.load import RateMeter, StepTimeModel
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Worker:
         self.streams = OutputStreams(config.stream_idle_timeout_s)
         self._load = WorkerLoad(self.name, self.role, incarnation=self.incarnation)
         self._prefill_rate = RateMeter()
+        self._decode_steps = StepTimeModel()
         self._busy_s = 0.0
         self.loop = EngineThread(
             f"{self.role}-{self.name}",
@@ -117,7 +118,9 @@ class Worker:
 
     def _metered_step(self) -> list:
         """`_step`, timed: a step that computed prompt tokens feeds the prefill rate (its
-        whole wall time, KV streaming and sampling included, as a queued prompt waits it)."""
+        whole wall time, KV streaming and sampling included, as a queued prompt waits it); a
+        step that only decoded feeds the decode step-time model (what a client sees as its
+        time per output token)."""
         start = time.monotonic()
         outputs = self._step()
         seconds = time.monotonic() - start
@@ -125,6 +128,8 @@ class Worker:
         prompt_tokens = self.engine.last_step.num_prompt_tokens
         if prompt_tokens:
             self._prefill_rate.add(prompt_tokens, seconds)
+        elif self.engine.last_step.num_decode_seqs:
+            self._decode_steps.add(self.engine.last_step.num_decode_seqs, seconds)
         if not outputs:  # _dispatch refreshes the load otherwise
             self._update_load()
         return outputs
@@ -160,6 +165,8 @@ class Worker:
             num_total_blocks=bm.num_blocks,
             block_size=bm.block_size,
             prefill_tokens_per_s=self._prefill_rate.rate,
+            decode_step_s=self._decode_steps.base_s,
+            decode_step_s_per_seq=self._decode_steps.per_seq_s,
             busy_s=self._busy_s,
             max_num_seqs=self.engine.config.scheduler.max_num_seqs,
             incarnation=self.incarnation,

@@ -14,6 +14,8 @@ class WorkerLoad:
     ahead of a new request). `num_running`: sequences holding KV blocks and decoding.
     `prefill_tokens_per_s`: prompt tokens per second of the worker's recent steps that
     computed any (0: none yet), what admission divides the queue by to predict a wait.
+    `decode_step_s` + `decode_step_s_per_seq` * batch: its recent decode step time (both 0:
+    no decode-only step yet), what admission predicts a time per output token with.
     `busy_s`: seconds spent in engine steps since the process started (its utilization is
     the growth of that over wall time). `max_num_seqs`: the engine's batch limit.
     `healthy` is False in the reports the frontend makes up for a worker that did not answer.
@@ -30,6 +32,8 @@ class WorkerLoad:
     num_total_blocks: int = 0
     block_size: int = 0
     prefill_tokens_per_s: float = 0.0
+    decode_step_s: float = 0.0
+    decode_step_s_per_seq: float = 0.0
     busy_s: float = 0.0
     max_num_seqs: int = 0
     healthy: bool = True

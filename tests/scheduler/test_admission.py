@@ -4,6 +4,7 @@ import pytest
 
 from scheduler import Overloaded, Router, SchedulerConfig
 from scheduler.admission import check_admission, predicted_wait_s
+from scheduler.load import StepTimeModel
 from tests.scheduler.test_router import WorkerLoad
 
 
@@ -84,3 +85,61 @@ def test_a_new_worker_without_a_rate_is_predicted_by_its_pools_slowest_rate():
     assert r.pick_prefill([1] * 300, admit=True) == "p1"  # (100 + 300) / 500 = 0.8 s
     with pytest.raises(Overloaded, match="predicted in 1.4 s"):
         r.pick_prefill([1] * 300, admit=True)  # p1 now 400 queued: 1.4 s
+
+
+def test_the_step_time_model_fits_the_line_and_predicts_flat_from_one_batch_size():
+    m = StepTimeModel()
+    assert (m.base_s, m.per_seq_s) == (0.0, 0.0)
+    for _ in range(3):
+        for batch in (1, 4, 9, 16):
+            m.add(batch, 0.05 + 0.004 * batch)
+    # The prior shrinks the slope by var / (var + 1): the batch-size variance is ~33.
+    assert m.per_seq_s == pytest.approx(0.004, rel=0.05)
+    assert m.base_s + 10 * m.per_seq_s == pytest.approx(0.09, rel=0.02)
+    flat = StepTimeModel()
+    for _ in range(5):
+        flat.add(3, 0.07)
+    assert (flat.base_s, flat.per_seq_s) == (pytest.approx(0.07), 0.0)
+
+
+def _disaggregated(prefill_seqs: int, **config) -> Router:
+    r = Router(SchedulerConfig(**config))
+    r.report(WorkerLoad("p0", "prefill", num_waiting=prefill_seqs, prefill_tokens_per_s=1000))
+    r.report(
+        WorkerLoad("d0", "decode", num_running=6, decode_step_s=0.05, decode_step_s_per_seq=0.01)
+    )
+    r.report(
+        WorkerLoad("d1", "decode", num_running=2, decode_step_s=0.05, decode_step_s_per_seq=0.01)
+    )
+    return r
+
+
+def test_a_request_whose_tokens_would_come_past_the_tpot_target_is_refused():
+    # d1 (2 running) takes half the sequences in the prefill pool, then this one: with 2,
+    # 3 and 4 there, 0.05 + 0.01 * (2 + 1 + 1), * 4.5, then * 5 = 0.1 s.
+    r = _disaggregated(2, tpot_slo_s=0.097)
+    assert [r.pick_prefill([1] * 10, admit=True) for _ in range(2)] == ["p0"] * 2
+    with pytest.raises(Overloaded, match=r"a token every 100 ms is predicted, past the 97 ms") as e:
+        r.pick_prefill([1] * 10, admit=True)
+    assert e.value.kind == "tpot" and e.value.retry_after_s >= 1
+    assert r.pick_prefill([1] * 10) == "p0"  # a retry is never refused
+    # Without a target, or before any decode step was measured, the decode side admits.
+    assert _disaggregated(100).pick_prefill([1] * 10, admit=True) == "p0"
+    r = Router(SchedulerConfig(tpot_slo_s=0.01))
+    r.report(WorkerLoad("p0", "prefill", num_waiting=50))
+    r.report(WorkerLoad("d0", "decode", num_running=60))
+    assert r.pick_prefill([1] * 10, admit=True) == "p0"
+
+
+def test_a_decode_worker_without_step_times_is_predicted_by_its_pools_slowest():
+    r = Router(SchedulerConfig(tpot_slo_s=0.1))
+    r.report(WorkerLoad("p0", "prefill"))
+    r.report(
+        WorkerLoad("d0", "decode", num_running=9, decode_step_s=0.05, decode_step_s_per_seq=0.005)
+    )
+    r.report(WorkerLoad("d1", "decode", num_running=7))  # just started, taken to step as d0
+    # d1 with 7 running, half the prefill pool's sequences and this one: 0.05 + 0.005 * 8,
+    # then * 8.5 ... * 10 (0.1 s); a sixth would make it 10.5 seqs: 0.1025 s.
+    assert [r.pick_prefill([1] * 10, admit=True) for _ in range(5)] == ["p0"] * 5
+    with pytest.raises(Overloaded, match="past the 100 ms target"):
+        r.pick_prefill([1] * 10, admit=True)

@@ -21,6 +21,8 @@ class WorkerLoad:
     num_free_blocks: int = 0
     block_size: int = 0
     prefill_tokens_per_s: float = 0.0
+    decode_step_s: float = 0.0
+    decode_step_s_per_seq: float = 0.0
     healthy: bool = True
 
 

@@ -61,6 +61,28 @@ def test_admission_keeps_goodput_at_overload_where_queueing_everything_collapses
     assert unbounded.refused == 0 and unbounded.goodput < 0.5 * sustained.goodput
 
 
+def test_tpot_admission_keeps_decode_heavy_overload_within_the_slo():
+    # Long outputs on a decode worker stepping 0.02 s + 0.004 s a sequence: at 0.1 s a
+    # token it holds 20 sequences, ~1 req/s of 200-token outputs. At 1.5 req/s, admitting
+    # everything fills the batch to 64 (0.276 s a token); the TPOT target refuses instead.
+    slow = [
+        WorkerSpec("p0", "prefill", prefill=PREFILL),
+        WorkerSpec("d0", "decode", decode=DecodeCost(step_s=0.02, seq_s=0.004)),
+    ]
+    slo = dict(ttft_slo_s=2.0, tpot_slo_s=0.1)
+
+    def run(rate, config):
+        return summarize(Simulator(slow, config).run(workload(rate, prompt=100, output=200)), **slo)
+
+    sustained = run(0.6, SchedulerConfig())
+    admitted = run(1.5, SchedulerConfig(**slo))
+    unbounded = run(1.5, SchedulerConfig(ttft_slo_s=2.0))
+    assert sustained.refused == 0 and sustained.p99_tpot_s <= 0.1
+    assert admitted.refused > 0 and admitted.p99_tpot_s <= 0.1
+    assert admitted.goodput >= 0.85 * sustained.goodput
+    assert unbounded.refused == 0 and unbounded.goodput < 0.2 * sustained.goodput
+
+
 def test_a_full_decode_side_makes_handoffs_wait_and_every_request_completes():
     reqs = Simulator(pair(decode_blocks=60)).run(workload(2.0, n=40, prompt=200, output=40))
     assert all(r.finish_s is not None for r in reqs)  # 15 blocks each: 4 run at once
