@@ -17,5 +17,18 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=150)
     p.add_argument("--slo-ttft-ms", type=float, default=2000)
     p.add_argument("--slo-tpot-ms", type=float, default=100)
-    p.add_argument("--admit-ttft-s", type=float, default=1.5, help="scheduler.ttft_slo_s")
+    p.add_argument(
+        "--admit-ttft-s", type=float, help="scheduler.ttft_slo_s (default: the TTFT SLO)"
+    )
+    p.add_argument(
+        "--admit-tpot-s", type=float, help="scheduler.tpot_slo_s (default: the TPOT SLO)"
+    )
     p.add_argument("--seed", type=int, default=0)
+
+
+def admission_targets(args: argparse.Namespace) -> dict[str, float]:
+    """The scheduler's admission targets for these arguments: `--admit-*-s`, else the SLO."""
+    return {
+        "ttft_slo_s": args.admit_ttft_s or args.slo_ttft_ms / 1000,
+        "tpot_slo_s": args.admit_tpot_s or args.slo_tpot_ms / 1000,
+    }

@@ -5,19 +5,19 @@ measured with vLLM's own `bench serve` against Tandem's OpenAI endpoint.
     .venv/bin/python benchmarks/overload.py --sustained-rate 1.5 [--overload 1.5]
 
 Starts the cluster of `--config` (default runtime/configs/local.yaml: 1 prefill + 1 decode,
-SmolLM2, in `--dtype`) in this process, with admission on (`scheduler.ttft_slo_s` =
-`--admit-ttft-s`) or off (`--admission off`: no SLO and no queue bound, every request
-queued, as vLLM and SGLang do). For each arrival process (`--burstiness`, 1.0: Poisson;
-below 1: bursts) it runs `vllm.benchmarks.serve` (from `--vllm-python`'s environment) at
-the sustained rate and at `--overload` times it, random prompts of `--input-len` tokens and
-`--output-len` output tokens, with `--goodput ttft:MS tpot:MS`. Meanwhile a probe sends a
-one-token request of a prompt as long as the workload's every `--probe-s` and times the
-answers that came back 429.
+SmolLM2, in `--dtype`) in this process, with admission on (`scheduler.ttft_slo_s` and
+`tpot_slo_s` = `--admit-ttft-s` and `--admit-tpot-s`, by default the SLO) or off
+(`--admission off`: no SLO and no queue bound, every request queued, as vLLM and SGLang do).
+For each arrival process (`--burstiness`, 1.0: Poisson; below 1: bursts) it runs
+`vllm.benchmarks.serve` (from `--vllm-python`'s environment) at the sustained rate and at
+`--overload` times it, random prompts of `--input-len` tokens and `--output-len` output
+tokens, with `--goodput ttft:MS tpot:MS`. Meanwhile a probe sends a one-token request of a
+prompt as long as the workload's every `--probe-s` and times the answers that came back 429.
 
 Prints per run: offered and achieved rates, completed and refused requests, goodput, median
-and p99 TTFT and TPOT, how many completed requests missed the TTFT SLO, the probe's refusal
-latency, and whether every KV block came back once the load stopped. Writes the raw vLLM
-results and a summary.json under `--out`.
+and p99 TTFT and TPOT, how many completed requests missed the TTFT or the TPOT SLO, the
+probe's refusal latency, and whether every KV block came back once the load stopped.
+Writes the raw vLLM results and a summary.json under `--out`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _workload import add_workload_args  # noqa: E402
+from _workload import add_workload_args, admission_targets  # noqa: E402
 
 from runtime.cluster import load_cluster_config  # noqa: E402
 from runtime.cluster.background import BackgroundServer  # noqa: E402
@@ -128,6 +128,12 @@ def run_bench(args, server, rate: float, burstiness: float, name: str) -> dict:
     result = json.loads((out / f"{name}.json").read_text())
     errors = result["errors"]
     ttfts = [t for t, e in zip(result["ttfts"], errors) if not e]
+    # vLLM's TPOT of a request: the time after its first token over its other tokens.
+    tpots = [
+        sum(itl) / (n - 1)
+        for itl, n, e in zip(result["itls"], result["output_lens"], errors)
+        if not e and n > 1
+    ]
     refused = sum(e == "Too Many Requests" for e in errors)
     return {
         "run": name,
@@ -143,6 +149,7 @@ def run_bench(args, server, rate: float, burstiness: float, name: str) -> dict:
         "median_tpot_ms": result["median_tpot_ms"],
         "p99_tpot_ms": result["p99_tpot_ms"],
         "completed_over_ttft_slo": sum(t * 1000 > args.slo_ttft_ms for t in ttfts),
+        "completed_over_tpot_slo": sum(t * 1000 > args.slo_tpot_ms for t in tpots),
         "refusal_ms_median": 1000 * statistics.median(probe.refusals) if probe.refusals else None,
         "refusal_ms_max": 1000 * max(probe.refusals) if probe.refusals else None,
         "blocks_back": blocks_back(server),
@@ -161,9 +168,9 @@ def blocks_back(server, timeout_s: float = 30.0) -> bool:
 
 
 def cluster(args):
-    scheduler: dict = {"ttft_slo_s": args.admit_ttft_s}
+    scheduler: dict = admission_targets(args)
     if args.admission == "off":
-        scheduler = {"ttft_slo_s": None, "max_queued_prompt_tokens": 0}
+        scheduler = {"ttft_slo_s": None, "tpot_slo_s": None, "max_queued_prompt_tokens": 0}
     overrides = {
         "engine": {"dtype": args.dtype},
         "server": {"grpc_port": 0, "http_port": 0},
@@ -216,6 +223,7 @@ def print_table(rows: list[dict]) -> None:
         ("median_tpot_ms", "{:.1f}"),
         ("p99_tpot_ms", "{:.1f}"),
         ("completed_over_ttft_slo", "{}"),
+        ("completed_over_tpot_slo", "{}"),
         ("refusal_ms_median", "{:.1f}"),
         ("refusal_ms_max", "{:.1f}"),
         ("blocks_back", "{}"),

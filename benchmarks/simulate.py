@@ -7,12 +7,11 @@ Calibrates the cost models from the engine itself, built with each pool's settin
 `--config` (one torch thread per worker, as the workers run): a prefill step's time against
 its prompt tokens and a decode step's time against its batch size, each a least-squares line
 over a few measured points. Then simulates the cluster of the config (its pools and
-`scheduler` section, admission at `--admit-ttft-s`) on vLLM `bench serve`'s random workload
-(`--input-len`, `--output-len`, `--range-ratio`, `--num-prompts`, gamma arrivals of
-`--burstiness`) at each rate, and prints the predicted figures. With `--compare`, the
-summary benchmarks/overload.py wrote, it prints the measured figures beside the predicted
-ones and each one's error.
-"""
+`scheduler` section, admission at `--admit-ttft-s` / `--admit-tpot-s`, default the SLO) on
+vLLM `bench serve`'s random workload (`--input-len`, `--output-len`, `--range-ratio`,
+`--num-prompts`, gamma arrivals of `--burstiness`) at each rate, and prints the predicted
+figures. With `--compare`, the summary benchmarks/overload.py wrote, it prints the measured
+figures beside the predicted ones and each one's error. """
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _workload import add_workload_args  # noqa: E402
+from _workload import add_workload_args, admission_targets  # noqa: E402
 
 from runtime.cluster import load_cluster_config  # noqa: E402
 from runtime.engine import Engine, SamplingParams  # noqa: E402
@@ -129,7 +128,7 @@ def main() -> None:
                 )
             )
     transfer = TransferCost(kv_bytes, args.kv_gbps * 1e9, latency_s=0.005)
-    config = replace(cluster.scheduler, ttft_slo_s=args.admit_ttft_s)
+    config = replace(cluster.scheduler, **admission_targets(args))
     measured = {}
     if args.compare:
         for row in json.loads(Path(args.compare).read_text()):
