@@ -17,18 +17,15 @@ PROMPTS = [
     "Prefill is compute bound; decode is memory bound. " * 3,
 ]
 NUM_BLOCKS = 256
+# The engine section of `tiny_cluster_config`: small caches, one torch thread per worker.
+ENGINE = {"block_size": 4, "num_blocks": NUM_BLOCKS, "max_num_batched_tokens": 64, "num_threads": 1}
 
 
 def tiny_cluster_config(model_dir, pools: dict, **sections):
     """Ephemeral ports, small caches, one torch thread per worker (2 cores)."""
     data = {
         "model": {"path": str(model_dir), "max_model_len": 512},
-        "engine": {
-            "block_size": 4,
-            "num_blocks": NUM_BLOCKS,
-            "max_num_batched_tokens": 64,
-            "num_threads": 1,
-        },
+        "engine": ENGINE,
         "pools": pools,
         "server": {"grpc_port": 0, "http_port": 0},
         "kv_transfer": {"layerwise_min_tokens": 16, "deadline_s": 20},
