@@ -16,7 +16,7 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--range-ratio", type=float, default=0.25)
     p.add_argument("--num-prompts", type=int, default=150)
     p.add_argument("--slo-ttft-ms", type=float, default=2000)
-    p.add_argument("--slo-tpot-ms", type=float, default=100)
+    p.add_argument("--slo-tpot-ms", type=float, default=200)
     p.add_argument(
         "--admit-ttft-s", type=float, help="scheduler.ttft_slo_s (default: the TTFT SLO)"
     )

@@ -6,7 +6,7 @@ feed it observations and carry out its actions."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scheduler.config import BalancerConfig
 
@@ -55,7 +55,10 @@ class Balancer:
     `observe_request(at_s, ttft_s, tpot_s)` records a finished request (tpot None for a
     one-token answer), `observe_refusal(at_s)` one refused at admission (a prefill-side
     miss: there was no capacity for it). Attainment is the share of requests within the SLO
-    over the last `window_s`. A pool *needs* capacity when its attainment is below
+    over the last `window_s`; a pool's pressure is sampled at each `decide` and read over
+    the same window, as the mean for need and as the peak for spare capacity (a pool grows
+    on a sustained load, and gives a worker up only if it never needed it lately). A pool
+    *needs* capacity when its attainment is below
     `low_attainment` (refusals included for prefill) or its pressure is above
     `high_pressure`; it has *spare* capacity when its attainment is at least
     `high_attainment` and, one worker fewer, its pressure would still be below
@@ -73,6 +76,7 @@ class Balancer:
         self.tpot_slo_s = tpot_slo_s
         self._done: deque[tuple[float, bool, bool | None]] = deque()  # (at, ttft ok, tpot ok)
         self._last_action_s: float | None = None
+        self._pressures: dict[str, deque[tuple[float, float]]] = {}  # role -> (at, pressure)
         self.actions: deque[Action] = deque(maxlen=64)
 
     def observe_request(self, at_s: float, ttft_s: float, tpot_s: float | None) -> None:
@@ -94,16 +98,34 @@ class Balancer:
             len(ttft),
         )
 
+    def _windowed(self, now_s: float, pool: PoolState) -> tuple[PoolState, PoolState]:
+        """The pool with its pressure as the mean, and as the peak, of this and the
+        window's earlier samples (one per `decide`)."""
+        samples = self._pressures.setdefault(pool.role, deque())
+        samples.append((now_s, pool.pressure))
+        while samples[0][0] < now_s - self.config.window_s:
+            samples.popleft()
+        values = [p for _, p in samples]
+        return (
+            replace(pool, pressure=sum(values) / len(values)),
+            replace(pool, pressure=max(values)),
+        )
+
     def decide(self, now_s: float, prefill: PoolState, decode: PoolState) -> Action | None:
         c = self.config
+        (prefill, p_peak), (decode, d_peak) = (
+            self._windowed(now_s, prefill),
+            self._windowed(now_s, decode),
+        )
         if self._last_action_s is not None and now_s - self._last_action_s < c.cooldown_s:
             return None
         ttft_ok, tpot_ok, seen = self.attainment(now_s)
         if seen < c.min_requests:
             return None
         pools = {"prefill": (prefill, ttft_ok), "decode": (decode, tpot_ok)}
+        peaks = {"prefill": p_peak, "decode": d_peak}
         need = {r: self._needs(p, ok) for r, (p, ok) in pools.items()}
-        spare = {r: self._spare(p, ok) for r, (p, ok) in pools.items()}
+        spare = {r: self._spare(peaks[r], ok) for r, (_, ok) in pools.items()}
         action = None
         for role, other in (("prefill", "decode"), ("decode", "prefill")):
             if not need[role] or need[other]:
@@ -123,6 +145,7 @@ class Balancer:
         if action is not None:
             self._last_action_s = now_s
             self._done.clear()
+            self._pressures.clear()
             self.actions.append(action)
         return action
 

@@ -61,19 +61,10 @@ class _Entry:
 
     def matched_blocks(self, hashes: list[int]) -> int:
         """How many leading blocks of a prompt with these prefix hashes were sent here."""
-        n = 0
-        for h in hashes:
-            if h not in self.prefixes:
-                break
-            n += 1
-        return n
+        return matched_blocks(self.prefixes, hashes)
 
     def remember(self, hashes: list[int]) -> None:
-        for h in hashes:
-            self.prefixes[h] = None
-            self.prefixes.move_to_end(h)
-        while len(self.prefixes) > PREFIXES_PER_WORKER:
-            self.prefixes.popitem(last=False)
+        remember_prefixes(self.prefixes, hashes, PREFIXES_PER_WORKER)
 
 
 class Router:
@@ -166,7 +157,7 @@ class Router:
             if self.config.routing == "round_robin":
                 best = self._in_turn(role, candidates)
             elif self.config.routing == "prefix_affinity":
-                hashes = _prefix_hashes(prompt, candidates[0].load.block_size or DEFAULT_BLOCK_SIZE)
+                hashes = prefix_hashes(prompt, candidates[0].load.block_size or DEFAULT_BLOCK_SIZE)
                 best, cached = self._by_affinity(candidates, hashes, n)
             else:
                 best = min(candidates, key=lambda e: (e.wait_s(n), *_prompt_key(e)))
@@ -272,7 +263,26 @@ def _prompt_key(e: _Entry) -> tuple:
     return (e.queued_prompt_tokens, e.seqs_ahead, -e.load.num_free_blocks, e.load.name)
 
 
-def _prefix_hashes(prompt: Sequence[int], block_size: int) -> list[int]:
+def matched_blocks(prefixes: OrderedDict[int, None], hashes: list[int]) -> int:
+    """How many of a prompt's leading prefix `hashes` are in `prefixes`."""
+    n = 0
+    for h in hashes:
+        if h not in prefixes:
+            break
+        n += 1
+    return n
+
+
+def remember_prefixes(prefixes: OrderedDict[int, None], hashes: list[int], capacity: int) -> None:
+    """Put `hashes` in the LRU `prefixes` as the most recent, keeping at most `capacity`."""
+    for h in hashes:
+        prefixes[h] = None
+        prefixes.move_to_end(h)
+    while len(prefixes) > capacity:
+        prefixes.popitem(last=False)
+
+
+def prefix_hashes(prompt: Sequence[int], block_size: int) -> list[int]:
     """One chained hash per whole block of the prompt: equal hashes, equal prefixes."""
     hashes, h = [], 0
     for start in range(0, len(prompt) - block_size + 1, block_size):

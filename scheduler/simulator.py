@@ -4,10 +4,12 @@
 What it models: each worker's engine loop (prefill steps of up to `max_num_batched_tokens`
 prompt tokens across queued requests, FIFO; decode steps over up to `max_num_seqs` running
 sequences; colocated steps doing both), the KV handoff's time, decode-side backpressure (a
-handoff waits for free blocks), and the frontend's load polls every `report_interval_s`
-(the router sees snapshots that old, plus its own charges, as in the live cluster). What it
-does not: preemption (a decode sequence reserves the blocks for its whole output at
-import), prefix caching, worker failures.
+handoff waits for free blocks), each prompt worker's prefix cache (an LRU of as many
+block-aligned prompt prefixes as it has KV blocks: a prompt computes only what follows its
+longest cached prefix), and the frontend's load polls every `report_interval_s` (the router
+sees snapshots that old, plus its own charges, as in the live cluster). What it does not:
+preemption (a decode sequence reserves the blocks for its whole output at import), the
+cache's eviction of blocks held by running sequences, worker failures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -24,7 +26,7 @@ from scheduler.balancer import Action, Balancer, PoolState, decode_pressure
 from scheduler.config import SchedulerConfig
 from scheduler.costs import TransferCost, WorkerSpec
 from scheduler.load import RateMeter, StepTimeModel
-from scheduler.router import Router
+from scheduler.router import Router, matched_blocks, prefix_hashes, remember_prefixes
 
 
 @dataclass
@@ -41,6 +43,7 @@ class SimRequest:
     prefill_worker: str = ""
     decode_worker: str = ""
     tokens: int = 0  # output tokens so far
+    num_cached_tokens: int = 0  # prompt tokens its prefill worker had cached
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -89,6 +92,18 @@ class _Worker:
     assigned: int = 0  # requests routed here that still need it
     draining: str = ""  # "" | "flip" | "remove": taking no new requests
     flip_to: str = ""
+    prefixes: OrderedDict[int, None] = field(default_factory=OrderedDict)  # the prefix cache
+
+    def cached_tokens(self, prompt: Sequence[int]) -> int:
+        """Prompt tokens this worker's prefix cache holds (the last one is always computed:
+        it yields the first output token)."""
+        bs = self.spec.block_size
+        n = matched_blocks(self.prefixes, prefix_hashes(prompt, bs))
+        return min(n * bs, max(len(prompt) - 1, 0))
+
+    def cache(self, prompt: Sequence[int]) -> None:
+        hashes = prefix_hashes(prompt, self.spec.block_size)
+        remember_prefixes(self.prefixes, hashes, self.spec.num_blocks)
 
     def blocks_for(self, req: SimRequest) -> int:
         return math.ceil((req.num_prompt_tokens + req.output_len) / self.spec.block_size)
@@ -274,7 +289,8 @@ class Simulator:
         worker.assigned += 1
         if req.decode_worker != req.prefill_worker:
             self.workers[req.decode_worker].assigned += 1
-        worker.prompts.append([req, req.num_prompt_tokens])
+        req.num_cached_tokens = worker.cached_tokens(ids)
+        worker.prompts.append([req, req.num_prompt_tokens - req.num_cached_tokens])
         self._kick(worker)
 
     def _kick(self, w: _Worker) -> None:
@@ -335,6 +351,7 @@ class Simulator:
 
     def _prefilled(self, w: _Worker, req: SimRequest) -> None:
         req.first_token_s = self.now
+        w.cache(req.prompt_token_ids)
         req.tokens = 1
         target = self.workers[req.decode_worker]
         if req.output_len <= 1:

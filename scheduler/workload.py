@@ -17,6 +17,10 @@ class Outcome(Protocol):
     arrival_s: float
     finish_s: float | None
     refused: bool
+    num_cached_tokens: int
+
+    @property
+    def num_prompt_tokens(self) -> int: ...
 
     @property
     def ttft_s(self) -> float | None: ...
@@ -51,10 +55,12 @@ class SimSummary:
     p99_ttft_s: float
     median_tpot_s: float
     p99_tpot_s: float
+    prefix_hit_rate: float  # prompt tokens served from prefix caches, of all admitted ones
 
 
 def summarize(requests: Sequence[Outcome], ttft_slo_s: float, tpot_slo_s: float) -> SimSummary:
     done = [r for r in requests if r.finish_s is not None]
+    admitted = [r for r in requests if not r.refused]
     start = min(r.arrival_s for r in requests)
     end = max((r.finish_s for r in done if r.finish_s is not None), default=start)
     duration = max(end - start, 1e-9)
@@ -74,6 +80,8 @@ def summarize(requests: Sequence[Outcome], ttft_slo_s: float, tpot_slo_s: float)
         p99_ttft_s=_percentile(ttfts, 99),
         median_tpot_s=statistics.median(tpots) if tpots else 0.0,
         p99_tpot_s=_percentile(tpots, 99),
+        prefix_hit_rate=sum(r.num_cached_tokens for r in admitted)
+        / max(sum(r.num_prompt_tokens for r in admitted), 1),
     )
 
 
