@@ -11,7 +11,8 @@ over a few measured points. Then simulates the cluster of the config (its pools 
 vLLM `bench serve`'s random workload (`--input-len`, `--output-len`, `--range-ratio`,
 `--num-prompts`, gamma arrivals of `--burstiness`) at each rate, and prints the predicted
 figures. With `--compare`, the summary benchmarks/overload.py wrote, it prints the measured
-figures beside the predicted ones and each one's error. """
+figures beside the predicted ones and each one's error.
+"""
 
 from __future__ import annotations
 

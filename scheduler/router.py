@@ -235,8 +235,7 @@ class Router:
         near = [e for e in candidates if e.queued_prompt_tokens <= bound]
         best = min(near, key=lambda e: (-e.matched_blocks(hashes), e.wait_s(n), *_prompt_key(e)))
         bs = best.load.block_size or DEFAULT_BLOCK_SIZE
-        # The last prompt token is always computed (it yields the first output token).
-        return best, min(best.matched_blocks(hashes) * bs, n - 1) if n else 0
+        return best, cached_tokens(best.matched_blocks(hashes), bs, n)
 
     def _in_turn(self, role: str, candidates: list[_Entry]) -> _Entry:
         ordered = sorted(candidates, key=lambda e: e.load.name)
@@ -271,6 +270,12 @@ def matched_blocks(prefixes: OrderedDict[int, None], hashes: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def cached_tokens(num_matched_blocks: int, block_size: int, num_prompt_tokens: int) -> int:
+    """Prompt tokens a cache holding that many leading blocks spares: all of them but the
+    last prompt token, which is always computed (it yields the first output token)."""
+    return max(min(num_matched_blocks * block_size, num_prompt_tokens - 1), 0)
 
 
 def remember_prefixes(prefixes: OrderedDict[int, None], hashes: list[int], capacity: int) -> None:

@@ -26,7 +26,13 @@ from scheduler.balancer import Action, Balancer, PoolState, decode_pressure
 from scheduler.config import SchedulerConfig
 from scheduler.costs import TransferCost, WorkerSpec
 from scheduler.load import RateMeter, StepTimeModel
-from scheduler.router import Router, matched_blocks, prefix_hashes, remember_prefixes
+from scheduler.router import (
+    Router,
+    cached_tokens,
+    matched_blocks,
+    prefix_hashes,
+    remember_prefixes,
+)
 
 
 @dataclass
@@ -94,12 +100,12 @@ class _Worker:
     flip_to: str = ""
     prefixes: OrderedDict[int, None] = field(default_factory=OrderedDict)  # the prefix cache
 
-    def cached_tokens(self, prompt: Sequence[int]) -> int:
+    def cached_prompt_tokens(self, prompt: Sequence[int]) -> int:
         """Prompt tokens this worker's prefix cache holds (the last one is always computed:
         it yields the first output token)."""
         bs = self.spec.block_size
         n = matched_blocks(self.prefixes, prefix_hashes(prompt, bs))
-        return min(n * bs, max(len(prompt) - 1, 0))
+        return cached_tokens(n, bs, len(prompt))
 
     def cache(self, prompt: Sequence[int]) -> None:
         hashes = prefix_hashes(prompt, self.spec.block_size)
@@ -289,7 +295,7 @@ class Simulator:
         worker.assigned += 1
         if req.decode_worker != req.prefill_worker:
             self.workers[req.decode_worker].assigned += 1
-        req.num_cached_tokens = worker.cached_tokens(ids)
+        req.num_cached_tokens = worker.cached_prompt_tokens(ids)
         worker.prompts.append([req, req.num_prompt_tokens - req.num_cached_tokens])
         self._kick(worker)
 
