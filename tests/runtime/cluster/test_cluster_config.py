@@ -44,6 +44,10 @@ EXAMPLES = {
         "prefill": ("cuda", "bfloat16", 16, 8, 64, 8192, None, False),
         "decode": ("cpu", "bfloat16", 32, 4, 128, 512, 16, False),
     },
+    "kuberay": {
+        "prefill": ("cpu", "float32", 16, 1, 64, 512, 4, False),
+        "decode": ("cpu", "float32", 16, 1, 64, 512, 4, False),
+    },
 }
 
 
