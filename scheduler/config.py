@@ -60,6 +60,9 @@ class SchedulerConfig:
       every decode worker's step time, predicted from its measured steps for its batch plus
       its share of the sequences in the prefill pool and this one, exceeds it. The balancer
       also holds the decode pool to it. None: the decode side admits anything.
+    - `ttft_margin_quantile`: admission adds to each predicted TTFT this quantile of how
+      much later than predicted the last 100 admitted requests' first tokens came (0 until
+      10 are in, never negative; not on a worker with nothing queued). None: no margin.
     - `max_queued_prompt_tokens`: the bound on each prefill (or colocated) worker's queue; a
       request that would take the queue past it is refused. 0: no bound. A worker with an
       empty queue always takes a request, however long its prompt.
@@ -69,6 +72,7 @@ class SchedulerConfig:
     routing: str = "least_loaded"
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    ttft_margin_quantile: float | None = 0.9
     max_queued_prompt_tokens: int = 65536
     affinity_max_imbalance_tokens: int = 4096
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
@@ -82,6 +86,9 @@ class SchedulerConfig:
         for name in ("ttft_slo_s", "tpot_slo_s"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"scheduler.{name} must be > 0, got {getattr(self, name)}")
+        q = self.ttft_margin_quantile
+        if q is not None and not 0 <= q <= 1:
+            raise ValueError(f"scheduler.ttft_margin_quantile must be in [0, 1], got {q}")
         if self.balancer.enabled and (self.ttft_slo_s is None or self.tpot_slo_s is None):
             raise ValueError("scheduler.balancer needs scheduler.ttft_slo_s and tpot_slo_s")
         for name in ("max_queued_prompt_tokens", "affinity_max_imbalance_tokens"):

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scheduler.admission import Overloaded, check_admission, predicted_wait_s
+from scheduler.admission import Overloaded, TTFTMargin, check_admission, predicted_wait_s
 from scheduler.config import SchedulerConfig
 from scheduler.load import LoadSnapshot, predicted_step_s
 
@@ -67,6 +67,16 @@ class _Entry:
         remember_prefixes(self.prefixes, hashes, PREFIXES_PER_WORKER)
 
 
+@dataclass(frozen=True)
+class PromptRoute:
+    """Where a prompt goes, and the TTFT predicted for it there: its prompt tokens and those
+    queued ahead over the worker's measured rate, before any learned margin (None while the
+    pool has no measured rate)."""
+
+    worker: str
+    predicted_ttft_s: float | None
+
+
 class Router:
     """Picks workers from their latest load snapshots under a `SchedulerConfig`, and admits
     or refuses new requests (`scheduler.admission`).
@@ -84,6 +94,8 @@ class Router:
         self._turns = {role: itertools.count() for role in ("prefill", "decode", "colocated")}
         self._lock = threading.Lock()
         self.num_refused = 0
+        q = self.config.ttft_margin_quantile
+        self._margins = {role: TTFTMargin(q) for role in ("prefill", "colocated") if q is not None}
 
     def report(self, load: LoadSnapshot) -> None:
         with self._lock:
@@ -100,6 +112,22 @@ class Router:
         with self._lock:
             return [self._entries[n].load for n in sorted(self._entries)]
 
+    def route_prompt(
+        self,
+        role: str,
+        prompt_token_ids: Sequence[int],
+        exclude: frozenset[str] = frozenset(),
+        admit: bool = False,
+        deadline_s: float | None = None,
+    ) -> PromptRoute:
+        """The `role` ("prefill" or "colocated") worker for this prompt under the routing
+        policy (colocated ties go to the fewest sequences). With `admit` (a new request,
+        not a retry) it is first checked against the TTFT target (the config's SLO, or
+        `deadline_s` left of the request's own deadline if sooner), with the learned margin,
+        and the queue bound: `Overloaded` refuses it, charging nothing. Report the first
+        token's observed TTFT with `observe_ttft` so the margin keeps up."""
+        return self._pick_prompt(role, prompt_token_ids, exclude, admit, deadline_s)
+
     def pick_prefill(
         self,
         prompt_token_ids: Sequence[int],
@@ -107,11 +135,8 @@ class Router:
         admit: bool = False,
         deadline_s: float | None = None,
     ) -> str:
-        """The prefill worker for this prompt under the routing policy. With `admit` (a new
-        request, not a retry) it is first checked against the TTFT target (the config's
-        SLO, or `deadline_s` left of the request's own deadline if sooner) and the queue
-        bound: `Overloaded` refuses it, charging nothing."""
-        return self._pick_prompt("prefill", prompt_token_ids, exclude, admit, deadline_s)
+        """`route_prompt`'s prefill worker."""
+        return self._pick_prompt("prefill", prompt_token_ids, exclude, admit, deadline_s).worker
 
     def pick_colocated(
         self,
@@ -120,8 +145,28 @@ class Router:
         admit: bool = False,
         deadline_s: float | None = None,
     ) -> str:
-        """As `pick_prefill`, for a colocated worker (ties go to the fewest sequences)."""
-        return self._pick_prompt("colocated", prompt_token_ids, exclude, admit, deadline_s)
+        """`route_prompt`'s colocated worker."""
+        return self._pick_prompt("colocated", prompt_token_ids, exclude, admit, deadline_s).worker
+
+    def observe_ttft(self, role: str, predicted_s: float, observed_s: float) -> None:
+        """An admitted request's first token came `observed_s` after it arrived, where its
+        route predicted `predicted_s`: admission's margin learns from the difference."""
+        with self._lock:
+            margin = self._margins.get(role)
+            if margin is not None:
+                margin.observe(predicted_s, observed_s)
+
+    def num_ttft_observations(self, role: str) -> int:
+        """How many first tokens the `role` margin holds (at most its window)."""
+        with self._lock:
+            margin = self._margins.get(role)
+            return len(margin) if margin is not None else 0
+
+    def ttft_margin_s(self, role: str) -> float:
+        """What admission adds to a `role` worker's predicted TTFT now (see `TTFTMargin`)."""
+        with self._lock:
+            margin = self._margins.get(role)
+            return margin.margin_s if margin is not None else 0.0
 
     def pick_decode(self, exclude: frozenset[str] = frozenset(), num_kv_tokens: int = 0) -> str:
         """A decode worker among those whose free blocks hold `num_kv_tokens` of KV if any
@@ -148,7 +193,7 @@ class Router:
         exclude: frozenset[str],
         admit: bool,
         deadline_s: float | None,
-    ) -> str:
+    ) -> PromptRoute:
         n = len(prompt)
         with self._lock:
             candidates = self._candidates(role, exclude)
@@ -162,34 +207,38 @@ class Router:
             else:
                 best = min(candidates, key=lambda e: (e.wait_s(n), *_prompt_key(e)))
             uncached = n - cached
+            # A worker that has not measured its rate yet (just started) is taken to run at
+            # the slowest rate its pool has measured.
+            rate = best.load.prefill_tokens_per_s or min(
+                (r for e in candidates if (r := e.load.prefill_tokens_per_s)), default=0.0
+            )
             if admit:
                 budget = self.config.ttft_slo_s
                 if deadline_s is not None:
                     budget = deadline_s if budget is None else min(budget, deadline_s)
+                margin = self._margins.get(role)
                 try:
                     check_admission(
                         best.queued_prompt_tokens,
                         uncached,
-                        # A worker that has not measured its rate yet (just started) is
-                        # taken to run at the slowest rate its pool has measured.
-                        best.load.prefill_tokens_per_s
-                        or min(
-                            (r for e in candidates if (r := e.load.prefill_tokens_per_s)),
-                            default=0.0,
-                        ),
+                        rate,
                         budget,
                         self.config.max_queued_prompt_tokens,
+                        margin.margin_s if margin is not None else 0.0,
                     )
                     if role == "prefill":
                         self._check_decode_side()
                 except Overloaded:
                     self.num_refused += 1
                     raise
+            predicted = (
+                predicted_wait_s(best.queued_prompt_tokens, uncached, rate) if rate > 0 else None
+            )
             best.prompt_tokens += uncached
             best.seqs += 1
             if hashes:
                 best.remember(hashes)
-            return best.load.name
+            return PromptRoute(best.load.name, predicted)
 
     def _check_decode_side(self) -> None:
         """Raise `Overloaded` if no decode worker is predicted to step within the TPOT

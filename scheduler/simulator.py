@@ -50,6 +50,7 @@ class SimRequest:
     decode_worker: str = ""
     tokens: int = 0  # output tokens so far
     num_cached_tokens: int = 0  # prompt tokens its prefill worker had cached
+    predicted_ttft_s: float | None = None  # what admission predicted for it
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -160,7 +161,10 @@ class Simulator:
     (flipped) comes back in its new role `startup_s` later; a scaled-up worker (a copy of
     the pool's first) joins `startup_s` after the decision. `bounds` gives each pool's
     (min, max) replicas (default: 1 and its starting size). Flips need workers whose specs
-    carry both costs. `actions` lists what the balancer did.
+    carry both costs. `actions` lists what the balancer did. `first_token_delay_s`: time
+    from a first token on its worker to the client (the frontend's per-request overheads
+    and the token's trip back), which admission's prediction does not count but its
+    learned margin does.
     """
 
     def __init__(
@@ -171,6 +175,7 @@ class Simulator:
         report_interval_s: float = 0.2,
         bounds: dict[str, tuple[int, int]] | None = None,
         startup_s: float = 10.0,
+        first_token_delay_s: float = 0.0,
     ):
         self.router = Router(config)
         self.config = self.router.config
@@ -179,6 +184,7 @@ class Simulator:
         self.transfer = transfer
         self.report_interval_s = report_interval_s
         self.startup_s = startup_s
+        self.first_token_delay_s = first_token_delay_s
         self.now = 0.0
         self._events: list = []
         self._order = itertools.count()
@@ -278,13 +284,11 @@ class Simulator:
     def _arrive(self, req: SimRequest) -> None:
         ids = req.prompt_token_ids
         try:
-            if self.colocated:
-                name = self.router.pick_colocated(ids, admit=True, deadline_s=req.deadline_s)
-                req.prefill_worker = req.decode_worker = name
-            else:
-                req.prefill_worker = self.router.pick_prefill(
-                    ids, admit=True, deadline_s=req.deadline_s
-                )
+            role = "colocated" if self.colocated else "prefill"
+            route = self.router.route_prompt(role, ids, admit=True, deadline_s=req.deadline_s)
+            req.prefill_worker = req.decode_worker = route.worker
+            req.predicted_ttft_s = route.predicted_ttft_s
+            if not self.colocated:
                 req.decode_worker = self.router.pick_decode(num_kv_tokens=len(ids))
         except Overloaded:
             req.refused = True
@@ -356,7 +360,10 @@ class Simulator:
         self._release(req.decode_worker)
 
     def _prefilled(self, w: _Worker, req: SimRequest) -> None:
-        req.first_token_s = self.now
+        req.first_token_s = self.now + self.first_token_delay_s
+        if req.predicted_ttft_s is not None:
+            role = "colocated" if self.colocated else "prefill"
+            self.router.observe_ttft(role, req.predicted_ttft_s, req.first_token_s - req.arrival_s)
         w.cache(req.prompt_token_ids)
         req.tokens = 1
         target = self.workers[req.decode_worker]

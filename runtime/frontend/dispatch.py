@@ -50,6 +50,7 @@ class _Attempt:
         self.running: tuple[str, tuple[WorkerHandle, ...]] = ("", ())  # key on which workers
         self.shut_down = False  # ended by the server's shutdown
         self.arrival = time.monotonic()
+        self.predicted_ttft_s: float | None = None  # admission's, for its learned margin
         self.first_sent: float | None = None
         self.token_ids: list[int] = []
         self.timings = Timings()
@@ -167,6 +168,8 @@ class Dispatcher:
         self._attempts[attempt.key] = attempt
         try:
             async for chunk in self._recovering(attempt):
+                if attempt.predicted_ttft_s is not None and attempt.first_sent is not None:
+                    self._observe_ttft(attempt)
                 yield chunk
             if self._on_finished and attempt.finish_reason:
                 self._on_finished(attempt.timings, attempt.usage, attempt.finish_reason)
@@ -176,6 +179,21 @@ class Dispatcher:
             self._per_key[client_key] -= 1
             if not self._per_key[client_key]:
                 del self._per_key[client_key]
+
+    def _observe_ttft(self, a: _Attempt) -> None:
+        """Tell admission how the prediction fared, once per request; a request that lost a
+        worker before its first token says nothing about the prediction."""
+        assert a.predicted_ttft_s is not None and a.first_sent is not None
+        if a.recover_by is None:
+            role = "colocated" if self.mode == "colocated" else "prefill"
+            self.router.observe_ttft(role, a.predicted_ttft_s, a.first_sent - a.arrival)
+        a.predicted_ttft_s = None
+
+    def _route_prompt(self, a: _Attempt, role: str, ids, exclude, admit: bool) -> str:
+        route = self.router.route_prompt(role, ids, exclude, admit, self._left_s(a))
+        if admit:
+            a.predicted_ttft_s = route.predicted_ttft_s
+        return route.worker
 
     def holds(self, worker: str) -> bool:
         """Whether a request in flight runs on (or last ran on) `worker`."""
@@ -274,7 +292,7 @@ class Dispatcher:
     async def _colocated(self, a: _Attempt, sub: PreparedRequest, tried: set[str], admit: bool):
         ids = sub.prompt_token_ids
         worker = await self._pick(
-            a, lambda x: self.router.pick_colocated(ids, x, admit, self._left_s(a)), tried
+            a, lambda x: self._route_prompt(a, "colocated", ids, x, admit), tried
         )
         a.timings.prefill_worker = a.timings.decode_worker = worker.name
         a.running = (sub.request_id, (worker,))
@@ -291,7 +309,7 @@ class Dispatcher:
     async def _disaggregated(self, a: _Attempt, sub: PreparedRequest, tried: set[str], admit: bool):
         ids = sub.prompt_token_ids
         prefill = await self._pick(
-            a, lambda x: self.router.pick_prefill(ids, x, admit, self._left_s(a)), tried
+            a, lambda x: self._route_prompt(a, "prefill", ids, x, admit), tried
         )
         decode = await self._pick(a, lambda x: self.router.pick_decode(x, len(ids)), tried)
         a.timings.prefill_worker, a.timings.decode_worker = prefill.name, decode.name

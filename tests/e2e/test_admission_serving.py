@@ -74,9 +74,13 @@ def test_a_looser_slo_admits_the_same_request(server):
     router = server.frontend.dispatcher.router
     strict = router.config
     router.config = SchedulerConfig(ttft_slo_s=600)
+    observed = router.num_ttft_observations("prefill")
     try:
         with Client(server.grpc_url, timeout=60) as client:
-            out = client.generate(prompt_token_ids=PROMPT, max_tokens=2, ignore_eos=True)
-        assert len(out.token_ids) == 2
+            for _ in range(3):
+                out = client.generate(prompt_token_ids=PROMPT, max_tokens=2, ignore_eos=True)
+                assert len(out.token_ids) == 2
+        # Each admitted request's first token taught admission's margin once.
+        assert router.num_ttft_observations("prefill") == observed + 3
     finally:
         router.config = strict

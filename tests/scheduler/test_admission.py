@@ -3,7 +3,7 @@
 import pytest
 
 from scheduler import Overloaded, Router, SchedulerConfig
-from scheduler.admission import check_admission, predicted_wait_s
+from scheduler.admission import TTFTMargin, check_admission, predicted_wait_s
 from scheduler.load import StepTimeModel
 from tests.scheduler.test_router import WorkerLoad
 
@@ -85,6 +85,44 @@ def test_a_new_worker_without_a_rate_is_predicted_by_its_pools_slowest_rate():
     assert r.pick_prefill([1] * 300, admit=True) == "p1"  # (100 + 300) / 500 = 0.8 s
     with pytest.raises(Overloaded, match="predicted in 1.4 s"):
         r.pick_prefill([1] * 300, admit=True)  # p1 now 400 queued: 1.4 s
+
+
+def test_the_margin_is_a_quantile_of_how_late_first_tokens_came_never_negative():
+    m = TTFTMargin(0.9, min_samples=10, max_samples=100)
+    for i in range(9):
+        m.observe(1.0, 1.0 + i / 10)
+    assert m.margin_s == 0.0  # fewer than 10 observations: no margin yet
+    m.observe(1.0, 1.9)
+    assert m.margin_s == pytest.approx(0.9)  # errors 0.0 .. 0.9: the 90% quantile
+    for _ in range(100):
+        m.observe(1.0, 0.5)  # early: the old errors age out, the margin never goes negative
+    assert m.margin_s == 0.0
+
+
+def test_the_margin_counts_against_a_queue_but_an_idle_worker_is_judged_alone():
+    check_admission(500, 100, 500.0, ttft_budget_s=2.0, max_queued_tokens=0, margin_s=0.8)
+    with pytest.raises(Overloaded, match=r"predicted in 2\.2 s") as e:
+        check_admission(600, 100, 500.0, ttft_budget_s=2.0, max_queued_tokens=0, margin_s=0.8)
+    assert e.value.retry_after_s == 1  # (700 - 1.2 s * 500) / 500 = 0.2 s
+    with pytest.raises(Overloaded) as e:
+        check_admission(600, 100, 500.0, ttft_budget_s=2.0, max_queued_tokens=0, margin_s=5.0)
+    assert e.value.retry_after_s == 2  # the margin past the budget: once the 600 are done
+    check_admission(0, 900, 500.0, ttft_budget_s=2.0, max_queued_tokens=0, margin_s=5.0)
+
+
+def test_the_router_learns_its_margin_from_observed_first_tokens():
+    r = _router(ttft_slo_s=1.0)  # p0: 400 queued, p1: 600, both at 1,000 tokens/s
+    route = r.route_prompt("prefill", [1] * 300, admit=True)
+    assert (route.worker, route.predicted_ttft_s) == ("p0", pytest.approx(0.7))
+    for _ in range(10):
+        r.observe_ttft("prefill", 0.5, 0.75)  # first tokens come 0.25 s later than predicted
+    assert r.ttft_margin_s("prefill") == pytest.approx(0.25)
+    with pytest.raises(Overloaded, match=r"predicted in 1\.2 s"):
+        r.route_prompt("prefill", [1] * 350, admit=True)  # p1: 0.95 s + 0.25 s
+    assert r.ttft_margin_s("colocated") == 0.0  # each prompt role learns its own
+    plain = _router(ttft_slo_s=1.0, ttft_margin_quantile=None)
+    plain.observe_ttft("prefill", 0.5, 0.75)
+    assert plain.ttft_margin_s("prefill") == 0.0
 
 
 def test_the_step_time_model_fits_the_line_and_predicts_flat_from_one_batch_size():
