@@ -42,6 +42,10 @@ class BatchScheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # Prefix-cache totals in tokens, counted once per admission (a preempted sequence
+        # readmitted looks its tokens up again): what was looked up and what was found.
+        self.num_prefix_cache_queries = 0
+        self.num_prefix_cache_hits = 0
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
@@ -99,6 +103,8 @@ class BatchScheduler:
                 break
             self.waiting.popleft()
             bm.admit(seq, cached, len(cached) * bm.block_size + num_new)
+            self.num_prefix_cache_queries += seq.num_tokens
+            self.num_prefix_cache_hits += len(cached) * bm.block_size
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             batch.seqs.append(seq)

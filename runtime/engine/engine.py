@@ -57,6 +57,9 @@ class _Request:
     text: str = ""
     sent_tokens: int = 0  # output tokens already reported
     sent_chars: int = 0
+    last_token_time: float | None = None  # when this engine sampled the latest token
+    # Per token sampled since the last output: seconds since the previous one sampled here.
+    unsent_gaps: list[float | None] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -225,7 +228,10 @@ class Engine:
         seq.token_ids.append(token)
         seq.logprobs.append(logprob)
         seq.top_logprobs.append(top)
-        req.timings.first_token = req.timings.first_token or time.monotonic()
+        now = time.monotonic()
+        req.timings.first_token = req.timings.first_token or now
+        last, req.last_token_time = req.last_token_time, now
+        req.unsent_gaps.append(None if last is None else now - last)
         delta = req.detok.add_token(token)
         req.text += delta
         p = seq.params
@@ -259,6 +265,7 @@ class Engine:
         new_ids = seq.output_token_ids[req.sent_tokens :]
         delta = req.text[req.sent_chars :]
         req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
+        gaps, req.unsent_gaps = tuple(req.unsent_gaps), []
         want_lp = seq.params.logprobs is not None
         handle = None
         if seq.status is SequenceStatus.PREFILLED:
@@ -287,6 +294,7 @@ class Engine:
             num_cached_tokens=seq.num_cached_tokens,
             kv_handle=handle,
             timings=req.timings,
+            token_gaps_s=gaps,
         )
 
     # -- offline API ----------------------------------------------------------------------

@@ -51,6 +51,10 @@ class RequestOutput:
     num_cached_tokens: int = 0
     kv_handle: KVHandle | None = None  # prefill role: set once the KV is ready to export
     timings: RequestTimings | None = None
+    # One per token in `new_token_ids`: seconds since the request's previous token was
+    # sampled on this engine (its inter-token latency), None for a token with no predecessor
+    # here (the first token, or the first after a KV import or a resume elsewhere).
+    token_gaps_s: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)

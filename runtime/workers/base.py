@@ -47,6 +47,8 @@ class Worker:
         self._prefill_rate = RateMeter()
         self._decode_steps = StepTimeModel()
         self._busy_s = 0.0
+        # Failed KV handoffs by gRPC status name (a prefill worker's; loop thread only).
+        self.handoff_failures: dict[str, int] = {}
         self.loop = EngineThread(
             f"{self.role}-{self.name}",
             self._metered_step,
@@ -170,6 +172,10 @@ class Worker:
             busy_s=self._busy_s,
             max_num_seqs=self.engine.config.scheduler.max_num_seqs,
             incarnation=self.incarnation,
+            num_prefix_cache_queries=s.num_prefix_cache_queries,
+            num_prefix_cache_hits=s.num_prefix_cache_hits,
+            handoff_failures=tuple(sorted(self.handoff_failures.items())),
+            num_preemptions=s.num_preemptions,
         )
 
 

@@ -11,7 +11,10 @@ from runtime.engine import RequestOutput
 class TokenEvent:
     """New tokens of one request. Durations are measured on the worker that ran them:
     `queue_s`/`prefill_s` once the first token exists (prefill or colocated worker),
-    `decode_s` on the last event (decode or colocated worker)."""
+    `decode_s` on the last event (decode or colocated worker). `token_gaps_s`: per new
+    token, seconds since the request's previous token on this worker's engine (None: it has
+    no predecessor there), measured on the engine so a batch of events read at once keeps
+    its real spacing."""
 
     request_id: str
     new_token_ids: tuple[int, ...]
@@ -23,6 +26,7 @@ class TokenEvent:
     queue_s: float | None = None
     prefill_s: float | None = None
     decode_s: float | None = None
+    token_gaps_s: tuple[float | None, ...] = ()
 
     @classmethod
     def from_output(cls, out: RequestOutput, first_token_here: bool) -> "TokenEvent":
@@ -46,6 +50,7 @@ class TokenEvent:
             queue_s,
             prefill_s,
             decode_s,
+            out.token_gaps_s,
         )
 
     @classmethod

@@ -21,6 +21,10 @@ class WorkerLoad:
     `healthy` is False in the reports the frontend makes up for a worker that did not answer.
     `incarnation` names the worker process that reported it: it changes when the worker is
     restarted, so whoever routes to it knows to look up its new addresses.
+    Totals since the process started (its metrics; they restart at 0 with a new
+    incarnation): `num_prefix_cache_queries` / `num_prefix_cache_hits` (prompt tokens looked
+    up in / found in its prefix cache), `handoff_failures` ((gRPC status name, count) of
+    the KV handoffs this prefill worker started that failed), `num_preemptions`.
     """
 
     name: str
@@ -38,3 +42,7 @@ class WorkerLoad:
     max_num_seqs: int = 0
     healthy: bool = True
     incarnation: str = ""
+    num_prefix_cache_queries: int = 0
+    num_prefix_cache_hits: int = 0
+    handoff_failures: tuple[tuple[str, int], ...] = ()
+    num_preemptions: int = 0

@@ -99,6 +99,9 @@ class PrefillWorker(Worker):
             self.streams.put(request_id, event)
 
     def _handoff_settled(self, request_id: str, event: HandoffEvent) -> None:
+        if not event.ok:
+            code = event.code or "INTERNAL"
+            self.handoff_failures[code] = self.handoff_failures.get(code, 0) + 1
         self.streams.put(request_id, event)
         self._update_load()
 

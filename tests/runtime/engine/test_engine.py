@@ -211,3 +211,32 @@ def test_other_architectures_match_transformers(tmp_path, arch):
             torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False
         )[0, len(p) :].tolist()
         assert g == ref
+
+
+def test_prefix_cache_counts_the_tokens_looked_up_and_found(tiny_model_dir):
+    eng = engine(tiny_model_dir, block_size=4)
+    s = eng.scheduler
+    eng.generate(prompt_token_ids=[PROMPTS[3]], params=GREEDY)
+    assert (s.num_prefix_cache_queries, s.num_prefix_cache_hits) == (50, 0)
+    again = eng.generate(prompt_token_ids=[PROMPTS[3], PROMPTS[1]], params=GREEDY)
+    assert [o.num_cached_tokens for o in again] == [48, 0]
+    assert (s.num_prefix_cache_queries, s.num_prefix_cache_hits) == (50 + 50 + 3, 48)
+
+
+def test_token_gaps_are_the_engines_time_between_a_requests_tokens(tiny_model_dir):
+    prefill = engine(tiny_model_dir, role="prefill", block_size=4)
+    decode = engine(tiny_model_dir, role="decode", block_size=4)
+    (first,) = prefill.generate(prompt_token_ids=[PROMPTS[0]], params=GREEDY)
+    assert first.token_gaps_s == (None,)
+    decode.import_kv(first.kv_handle, prefill.export_kv(first.request_id))
+    prefill.release(first.request_id)
+    outs = []
+    while decode.has_unfinished_requests():
+        outs += decode.step()
+    gaps = [g for o in outs for g in o.token_gaps_s]
+    # One per token sampled here; the first decoded token's predecessor was sampled on the
+    # prefill engine, so it has none on this one.
+    assert len(gaps) == sum(len(o.new_token_ids) for o in outs) == 11
+    assert gaps[0] is None and all(g is not None and g > 0 for g in gaps[1:])
+    t = outs[-1].timings  # this engine's: first_token is the first decoded here
+    assert sum(gaps[1:]) == pytest.approx(t.finished - t.first_token, abs=1e-3)

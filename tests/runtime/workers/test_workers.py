@@ -9,6 +9,7 @@ import pytest
 
 from runtime.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from runtime.engine import Engine, SamplingParams
+from runtime.faults import FaultConfig
 from runtime.kv_transfer import KVTransferConfig
 from runtime.workers import ColocatedWorker, DecodeWorker, HandoffEvent, PrefillWorker, WorkerConfig
 
@@ -113,3 +114,34 @@ def test_bad_prompt_raises_value_error_and_leaves_nothing(pair):
     with pytest.raises(ValueError, match="prompt token ids"):
         list(prefill.prefill("bad", [10**6], GREEDY, decode.kv_address))
     assert "bad" not in prefill.streams and prefill.num_free_blocks() == 128
+
+
+def test_load_reports_prefix_cache_and_handoff_failure_totals(pair, reference):
+    prefill, decode = pair
+    before = prefill.load()
+    prompt = list(range(100, 140))
+    first = run_disaggregated(prefill, decode, "tot1", prompt)
+    tokens, events, decoded = run_disaggregated(prefill, decode, "tot2", prompt)
+    assert tokens == first[0]
+    hits = events[0].num_cached_tokens
+    assert hits > 0
+    load = prefill.load()
+    assert load.num_prefix_cache_queries - before.num_prefix_cache_queries == 80
+    assert load.num_prefix_cache_hits - before.num_prefix_cache_hits == hits
+    assert decode.load().num_prefix_cache_queries == 0  # imports look nothing up
+    gaps = [g for ev in decoded for g in ev.token_gaps_s]
+    assert len(gaps) == 9 and gaps[0] is None and all(g > 0 for g in gaps[1:])
+
+    failed_before = dict(load.handoff_failures).get("DATA_LOSS", 0)
+    prefill.set_faults(FaultConfig(kv_corrupt_chunk=True))
+    try:
+        events = [
+            ev for b in prefill.prefill("bad", PROMPTS[2], GREEDY, decode.kv_address) for ev in b
+        ]
+    finally:
+        prefill.set_faults(FaultConfig())
+    assert not events[-1].ok and events[-1].code == "DATA_LOSS"
+    deadline = time.monotonic() + 5
+    while dict(prefill.load().handoff_failures).get("DATA_LOSS", 0) != failed_before + 1:
+        assert time.monotonic() < deadline, prefill.load().handoff_failures
+        time.sleep(0.01)
