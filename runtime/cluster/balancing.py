@@ -38,7 +38,7 @@ class LiveBalancer:
       place (the other pool's engine settings and actor options).
 
     Each action is logged with its reason and outcome, counted in
-    `tandem_balancer_actions_total`, and kept for `ClusterStatus` (`tandem status`).
+    `tandem:balancer_actions_total`, and kept for `ClusterStatus` (`tandem status`).
     `workers` (the cluster's list, which it stops at the end) is kept in step with the
     workers started and stopped here. `start` / `stop` are injectable for tests.
     """

@@ -52,6 +52,8 @@ class _Attempt:
         self.arrival = time.monotonic()
         self.predicted_ttft_s: float | None = None  # admission's, for its learned margin
         self.first_sent: float | None = None
+        self.last_sent: float | None = None  # when the latest token reached the frontend
+        self.token_gaps: list[float] = []  # inter-token latencies not yet reported
         self.token_ids: list[int] = []
         self.timings = Timings()
         self.usage = Usage(prompt_tokens=len(req.prompt_token_ids))
@@ -66,6 +68,7 @@ class _Attempt:
             self.usage.cached_prompt_tokens = ev.num_cached_tokens
         if ev.decode_s is not None:
             self.timings.decode_s = ev.decode_s
+        self._time_tokens(ev, now)
         self.token_ids += ev.new_token_ids
         out = GenerationChunk(self.req.request_id, list(ev.new_token_ids), ev.delta_text)
         if ev.finished and ev.finish_reason == "abort" and self.shut_down:
@@ -77,6 +80,18 @@ class _Attempt:
             self.timings.ttft_s = (self.first_sent or now) - self.arrival
             self.timings.e2e_s = now - self.arrival
         return out
+
+    def _time_tokens(self, ev: TokenEvent, now: float) -> None:
+        """Each new token's gap to the previous: the engine's, where it sampled both; else
+        (the first token after a KV handoff or a resume) between their arrivals here."""
+        gaps = ev.token_gaps_s
+        for i in range(len(ev.new_token_ids)):
+            gap = gaps[i] if i < len(gaps) else None
+            if gap is not None:
+                self.token_gaps.append(gap)
+            elif self.last_sent is not None:
+                self.token_gaps.append(now - self.last_sent)
+            self.last_sent = now
 
 
 class Dispatcher:
@@ -98,6 +113,11 @@ class Dispatcher:
     id plus a suffix), so two clients sending the same request id never touch each other's
     request. Cancellation: when the consumer stops iterating (client gone, deadline), every
     worker that may hold the request is told to abort it, which frees its KV blocks.
+
+    Callbacks (for metrics and the pool balancer): `on_finished(timings, usage,
+    finish_reason)` once per request that finished, `on_refused(reason)` once per request
+    admission refused, `on_inter_token(gaps_s)` with the inter-token latencies of the tokens
+    of each chunk as it is yielded (one per token but a request's first).
     """
 
     def __init__(
@@ -108,6 +128,7 @@ class Dispatcher:
         recovery_timeout_s: float = 20.0,
         max_streams_per_key: int = 0,
         on_refused=None,
+        on_inter_token=None,
     ):
         self.registry = WorkerRegistry(workers, router)
         self.router = self.registry.router
@@ -118,6 +139,7 @@ class Dispatcher:
         self._per_key: dict[str, int] = {}
         self._on_finished = on_finished
         self._on_refused = on_refused
+        self._on_inter_token = on_inter_token
         self._keys = itertools.count()
         self._prefix = uuid.uuid4().hex[:6]
         self._attempts: dict[str, _Attempt] = {}
@@ -170,6 +192,9 @@ class Dispatcher:
             async for chunk in self._recovering(attempt):
                 if attempt.predicted_ttft_s is not None and attempt.first_sent is not None:
                     self._observe_ttft(attempt)
+                if attempt.token_gaps and self._on_inter_token:
+                    self._on_inter_token(attempt.token_gaps)
+                attempt.token_gaps = []
                 yield chunk
             if self._on_finished and attempt.finish_reason:
                 self._on_finished(attempt.timings, attempt.usage, attempt.finish_reason)

@@ -1,7 +1,22 @@
-"""Prometheus metrics of the frontend (vLLM `bench serve` definitions of TTFT and TPOT)."""
+"""Prometheus metrics of a cluster, scraped from its frontend's /metrics.
+
+vLLM's scheme under Tandem's own prefix (`tandem:time_to_first_token_seconds`, ...), every
+series labelled with `model_name`; a worker's own series also with `pool` and `worker`.
+`METRICS` is the one list of what is exported: the frontend builds its registry from it,
+and tests and the Grafana dashboard check their names against it.
+
+Request metrics are the frontend's (it sees every request from arrival to its last token,
+so the counts match what clients got). Worker metrics come from the load reports the
+frontend polls (at every scrape too): gauges are the latest report, counters the growth of
+the totals each worker process reports, so a worker restart never runs a counter back.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import prometheus_client
 from prometheus_client import (
     CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the HTTP app)
     CollectorRegistry,
@@ -13,122 +28,273 @@ from prometheus_client import (
 
 from runtime.workers.load import WorkerLoad
 
-_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+# vLLM leaves the `_created` series out too: they double every counter and histogram.
+prometheus_client.disable_created_metrics()
+
+_LATENCY = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_PER_TOKEN = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_WORKER = ("pool", "worker")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric: its full name (a counter's ends in `_total`), its kind
+    ("counter", "gauge", "histogram"), help text, labels besides `model_name`, and a
+    histogram's buckets."""
+
+    name: str
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """The sample names it exposes (what a PromQL expression may name)."""
+        if self.kind == "histogram":
+            return tuple(f"{self.name}_{s}" for s in ("bucket", "sum", "count"))
+        return (self.name,)
+
+
+def _h(name: str, help: str, buckets: tuple[float, ...] = _LATENCY) -> MetricSpec:
+    return MetricSpec(name, "histogram", help, (), buckets)
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    # Per request, the frontend's (vLLM `bench serve` definitions).
+    _h("tandem:time_to_first_token_seconds", "Request arrival to its first token sent"),
+    _h(
+        "tandem:time_per_output_token_seconds",
+        "Per request: (latency - TTFT) / (output tokens - 1), requests of 2+ tokens",
+        _PER_TOKEN,
+    ),
+    _h(
+        "tandem:inter_token_latency_seconds",
+        "Every gap between a request's consecutive tokens (timed on the engine that sampled "
+        "both; across a KV handoff or a resume, between their arrivals at the frontend)",
+        _PER_TOKEN,
+    ),
+    _h("tandem:e2e_request_latency_seconds", "Request arrival to its last token"),
+    _h(
+        "tandem:request_queue_time_seconds",
+        "On the worker computing the prompt: arrival to first scheduled",
+    ),
+    _h(
+        "tandem:request_prefill_time_seconds",
+        "On the worker computing the prompt: first scheduled to first token",
+    ),
+    _h(
+        "tandem:request_decode_time_seconds",
+        "On the decoding worker: its start to the last token, requests of 2+ tokens",
+    ),
+    _h(
+        "tandem:kv_transfer_time_seconds",
+        "Per handed-off request: KV handoff call start to the decode side's ack",
+    ),
+    MetricSpec("tandem:kv_transfer_bytes_total", "counter", "Encoded KV bytes handed off"),
+    MetricSpec("tandem:prompt_tokens_total", "counter", "Prompt tokens of finished requests"),
+    MetricSpec(
+        "tandem:generation_tokens_total", "counter", "Generated tokens of finished requests"
+    ),
+    MetricSpec(
+        "tandem:request_success_total",
+        "counter",
+        "Finished requests by why they finished (stop, length, ...)",
+        ("finished_reason",),
+    ),
+    MetricSpec(
+        "tandem:request_errors_total",
+        "counter",
+        "Requests that ended with an error, by gRPC status name",
+        ("code",),
+    ),
+    MetricSpec(
+        "tandem:admission_refusals_total",
+        "counter",
+        "Requests refused at admission: ttft (predicted to miss the TTFT target), tpot (the "
+        "decode pool predicted past the TPOT target), queue (the prefill queue is full), "
+        "api_key (its in-flight limit)",
+        ("reason",),
+    ),
+    MetricSpec(
+        "tandem:balancer_actions_total",
+        "counter",
+        "Pool balancer actions (flip, scale_up, scale_down) by the pool they give to or "
+        "shrink, and whether they were carried out (done, failed)",
+        ("kind", "pool", "outcome"),
+    ),
+    MetricSpec("tandem:num_requests_in_flight", "gauge", "Requests the frontend is serving"),
+    MetricSpec("tandem:pool_size", "gauge", "Healthy workers per pool", ("pool",)),
+    # Per worker, from its load reports.
+    MetricSpec(
+        "tandem:num_requests_running", "gauge", "Sequences holding KV blocks and running", _WORKER
+    ),
+    MetricSpec(
+        "tandem:num_requests_waiting",
+        "gauge",
+        "Sequences waiting for a batch slot or blocks",
+        _WORKER,
+    ),
+    MetricSpec("tandem:kv_cache_usage_perc", "gauge", "KV cache blocks in use (1 = full)", _WORKER),
+    MetricSpec("tandem:num_free_kv_blocks", "gauge", "Free KV cache blocks", _WORKER),
+    MetricSpec(
+        "tandem:num_queued_prompt_tokens",
+        "gauge",
+        "Prompt tokens admitted but not yet computed",
+        _WORKER,
+    ),
+    MetricSpec(
+        "tandem:prefill_tokens_per_second",
+        "gauge",
+        "Prompt tokens per second the worker computed lately (what admission predicts by)",
+        _WORKER,
+    ),
+    MetricSpec(
+        "tandem:prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the worker's prefix cache",
+        _WORKER,
+    ),
+    MetricSpec(
+        "tandem:prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens found in the worker's prefix cache",
+        _WORKER,
+    ),
+    MetricSpec(
+        "tandem:kv_handoff_failures_total",
+        "counter",
+        "KV handoffs this prefill worker started that failed, by gRPC status name",
+        (*_WORKER, "code"),
+    ),
+    MetricSpec(
+        "tandem:num_preemptions_total",
+        "counter",
+        "Sequences preempted (their KV freed, to be recomputed)",
+        _WORKER,
+    ),
+)
+NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+_KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+
+
+class _ForModel:
+    """A labelled metric with `model_name` filled in: `.labels(*the other labels)`."""
+
+    def __init__(self, metric, model_name: str):
+        self._metric = metric
+        self._model_name = model_name
+
+    def labels(self, *values: str):
+        return self._metric.labels(self._model_name, *values)
 
 
 class FrontendMetrics:
-    """One registry per frontend (tests run several in one process)."""
+    """One registry per frontend (tests run several in one process), serving `model_name`.
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.ttft = Histogram(
-            "tandem_time_to_first_token_seconds",
-            "Request arrival to its first token sent",
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.tpot = Histogram(
-            "tandem_time_per_output_token_seconds",
-            "(latency - TTFT) / (output tokens - 1)",
-            buckets=_TPOT,
-            registry=r,
-        )
-        self.e2e = Histogram(
-            "tandem_e2e_request_latency_seconds",
-            "Request arrival to its last token",
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.kv_seconds = Histogram(
-            "tandem_kv_transfer_seconds",
-            "KV handoff call start to the decode side's ack",
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.kv_bytes = Counter(
-            "tandem_kv_transfer_bytes", "Encoded KV bytes handed off", registry=r
-        )
-        self.requests = Counter(
-            "tandem_requests", "Finished requests", ["finish_reason"], registry=r
-        )
-        self.errors = Counter("tandem_request_errors", "Requests that failed", ["code"], registry=r)
-        self.refused = Counter(
-            "tandem_requests_refused",
-            "Requests refused at admission: ttft (predicted to miss the TTFT target), tpot "
-            "(the decode pool predicted past the TPOT target), queue (the prefill queue is "
-            "full), api_key (its in-flight limit)",
-            ["reason"],
-            registry=r,
-        )
-        self.balancer_actions = Counter(
-            "tandem_balancer_actions",
-            "Pool balancer actions (flip, scale_up, scale_down) by the pool they give to or "
-            "shrink, and whether they were carried out",
-            ["kind", "role", "outcome"],
-            registry=r,
-        )
-        self.prefix_cache_queries = Counter(
-            "tandem_prefix_cache_queries", "Prompt tokens looked up in a prefix cache", registry=r
-        )
-        self.prefix_cache_hits = Counter(
-            "tandem_prefix_cache_hits", "Prompt tokens found in a prefix cache", registry=r
-        )
-        self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens", registry=r)
-        self.generation_tokens = Counter("tandem_generation_tokens", "Generated tokens", registry=r)
-        self.in_flight = Gauge("tandem_requests_in_flight", "Requests being served", registry=r)
-        self.pool_size = Gauge("tandem_pool_size", "Healthy workers per pool", ["role"], registry=r)
-        labels = ["worker", "role"]
-        self.queued_prompt_tokens = Gauge(
-            "tandem_worker_queued_prompt_tokens",
-            "Prompt tokens waiting to be computed",
-            labels,
-            registry=r,
-        )
-        self.running = Gauge(
-            "tandem_worker_running_sequences", "Sequences decoding", labels, registry=r
-        )
-        self.waiting = Gauge(
-            "tandem_worker_waiting_sequences", "Sequences queued", labels, registry=r
-        )
-        self.prefill_rate = Gauge(
-            "tandem_worker_prefill_tokens_per_second",
-            "Prompt tokens per second the worker computed lately (what admission predicts by)",
-            labels,
-            registry=r,
-        )
-        self.free_blocks = Gauge(
-            "tandem_worker_free_kv_blocks", "Free KV cache blocks", labels, registry=r
-        )
+    `errors`, `refused` and `balancer_actions` take `.labels(code)`, `.labels(reason)` and
+    `.labels(kind, pool, outcome)`; the `observe_*` methods do the rest."""
+
+    def __init__(self, model_name: str = ""):
+        self.registry = CollectorRegistry()
+        self.model_name = model_name
+        self._metrics = {}
+        for m in METRICS:
+            extra = {"buckets": m.buckets} if m.buckets else {}
+            labels = ("model_name", *m.labels)
+            self._metrics[m.name] = _KINDS[m.kind](
+                m.name, m.help, labels, registry=self.registry, **extra
+            )
+        self.errors = self._for_model("tandem:request_errors_total")
+        self.refused = self._for_model("tandem:admission_refusals_total")
+        self.balancer_actions = self._for_model("tandem:balancer_actions_total")
+        for m in METRICS:  # series without other labels show from the start, at 0
+            if not m.labels and m.kind != "gauge":
+                self._of(m.name)
+        # Per worker: (incarnation, the totals last seen), to count their growth.
+        self._totals: dict[str, tuple[str, dict[tuple, int]]] = {}
+        self._worker_gauges: set[tuple[str, str]] = set()  # (pool, worker) labels in use
+
+    def _for_model(self, name: str) -> _ForModel:
+        return _ForModel(self._metrics[name], self.model_name)
+
+    def _of(self, name: str, *labels: str):
+        return self._metrics[name].labels(self.model_name, *labels)
+
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        """Read the in-flight gauge from `count` at every scrape."""
+        self._of("tandem:num_requests_in_flight").set_function(count)
 
     def observe_finished(self, timings, usage, finish_reason: str) -> None:
-        self.requests.labels(finish_reason or "unknown").inc()
-        self.prompt_tokens.inc(usage.prompt_tokens)
-        self.prefix_cache_queries.inc(usage.prompt_tokens)
-        self.prefix_cache_hits.inc(usage.cached_prompt_tokens)
-        self.generation_tokens.inc(usage.completion_tokens)
-        self.ttft.observe(timings.ttft_s)
-        self.e2e.observe(timings.e2e_s)
+        """A request finished (`Timings`, `Usage` of runtime.frontend.results)."""
+        self._of("tandem:request_success_total", finish_reason or "unknown").inc()
+        self._of("tandem:prompt_tokens_total").inc(usage.prompt_tokens)
+        self._of("tandem:generation_tokens_total").inc(usage.completion_tokens)
+        self._of("tandem:time_to_first_token_seconds").observe(timings.ttft_s)
+        self._of("tandem:e2e_request_latency_seconds").observe(timings.e2e_s)
+        self._of("tandem:request_queue_time_seconds").observe(timings.queue_s)
+        self._of("tandem:request_prefill_time_seconds").observe(timings.prefill_s)
         if usage.completion_tokens > 1:
-            self.tpot.observe((timings.e2e_s - timings.ttft_s) / (usage.completion_tokens - 1))
+            tpot = (timings.e2e_s - timings.ttft_s) / (usage.completion_tokens - 1)
+            self._of("tandem:time_per_output_token_seconds").observe(tpot)
+            self._of("tandem:request_decode_time_seconds").observe(timings.decode_s)
         if timings.kv_transfer_bytes:
-            self.kv_seconds.observe(timings.kv_transfer_s)
-            self.kv_bytes.inc(timings.kv_transfer_bytes)
+            self._of("tandem:kv_transfer_time_seconds").observe(timings.kv_transfer_s)
+            self._of("tandem:kv_transfer_bytes_total").inc(timings.kv_transfer_bytes)
+
+    def observe_inter_token(self, gaps_s: Iterable[float]) -> None:
+        """Inter-token latencies of tokens just streamed."""
+        itl = self._of("tandem:inter_token_latency_seconds")
+        for gap in gaps_s:
+            itl.observe(gap)
 
     def observe_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()
 
     def observe_loads(self, loads: list[WorkerLoad]) -> None:
+        """The workers' latest load reports: set the gauges, count the totals' growth."""
         sizes: dict[str, int] = {}
+        current = {(w.role, w.name) for w in loads}
+        for gone in self._worker_gauges - current:  # a worker stopped or changed pools
+            for m in METRICS:
+                if m.kind == "gauge" and m.labels == _WORKER:
+                    self._metrics[m.name].remove(self.model_name, *gone)
+        self._worker_gauges = current
         for w in loads:
             sizes[w.role] = sizes.get(w.role, 0) + int(w.healthy)
-            self.queued_prompt_tokens.labels(w.name, w.role).set(w.num_queued_prompt_tokens)
-            self.running.labels(w.name, w.role).set(w.num_running)
-            self.waiting.labels(w.name, w.role).set(w.num_waiting)
-            self.free_blocks.labels(w.name, w.role).set(w.num_free_blocks)
-            self.prefill_rate.labels(w.name, w.role).set(w.prefill_tokens_per_s)
+            labels = (w.role, w.name)
+            self._of("tandem:num_requests_running", *labels).set(w.num_running)
+            self._of("tandem:num_requests_waiting", *labels).set(w.num_waiting)
+            self._of("tandem:num_free_kv_blocks", *labels).set(w.num_free_blocks)
+            self._of("tandem:num_queued_prompt_tokens", *labels).set(w.num_queued_prompt_tokens)
+            self._of("tandem:prefill_tokens_per_second", *labels).set(w.prefill_tokens_per_s)
+            used = 1 - w.num_free_blocks / w.num_total_blocks if w.num_total_blocks else 0.0
+            self._of("tandem:kv_cache_usage_perc", *labels).set(used)
+            self._count_totals(w)
         for role, n in sizes.items():
-            self.pool_size.labels(role).set(n)
+            self._of("tandem:pool_size", role).set(n)
+
+    def _count_totals(self, w: WorkerLoad) -> None:
+        """Add what `w`'s totals grew by since its last report. A new incarnation (the
+        worker restarted) counts from 0; a report below the last (one the frontend made up
+        for a silent worker) adds nothing."""
+        totals = {
+            ("tandem:prefix_cache_queries_total",): w.num_prefix_cache_queries,
+            ("tandem:prefix_cache_hits_total",): w.num_prefix_cache_hits,
+            ("tandem:num_preemptions_total",): w.num_preemptions,
+        }
+        for code, n in w.handoff_failures:
+            totals[("tandem:kv_handoff_failures_total", code)] = n
+        incarnation, last = self._totals.get(w.name, ("", {}))
+        if incarnation != w.incarnation:
+            last = {}
+        for (name, *rest), n in totals.items():
+            seen = last.get((name, *rest), 0)
+            counter = self._of(name, w.role, w.name, *rest)  # shows at 0 until it counts
+            if n > seen:
+                counter.inc(n - seen)
+                last[(name, *rest)] = n
+        self._totals[w.name] = (w.incarnation, last)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,7 +59,7 @@ class Frontend:
         preparer: RequestPreparer | None = None,
     ):
         self.config = config
-        self.metrics = FrontendMetrics()
+        self.metrics = FrontendMetrics(config.model_name)
         s = config.server
         # Who else hears of each finished or refused request (the pool balancer).
         self.on_finished: list[Callable[[Timings, Usage, str], None]] = [
@@ -74,7 +74,9 @@ class Frontend:
             recovery_timeout_s=s.recovery_timeout_s,
             max_streams_per_key=s.max_streams_per_key,
             on_refused=lambda reason: [f(reason) for f in self.on_refused],
+            on_inter_token=self.metrics.observe_inter_token,
         )
+        self.metrics.track_in_flight(lambda: self.dispatcher.num_in_flight)
         max_len = min(w.max_model_len for w in workers)
         self.preparer = preparer or RequestPreparer.for_model(
             config.model_name, config.model_path, max_len, config.limits

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from cluster_helpers import PROMPTS, colocated_greedy, transformers_greedy, wait_for_free_blocks
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_text import samples, value
 
 from runtime.client import AsyncClient, Client, InvalidArgumentError
 
@@ -173,13 +174,15 @@ def test_metrics_and_health_over_http(server):
     import httpx
 
     assert httpx.get(f"{server.http_url}/health").status_code == 200
-    text = httpx.get(f"{server.http_url}/metrics").text
+    scraped = samples(httpx.get(f"{server.http_url}/metrics").text)
     for name in (
-        "tandem_time_to_first_token_seconds_count",
-        "tandem_time_per_output_token",
-        "tandem_kv_transfer_seconds_count",
-        "tandem_kv_transfer_bytes_total",
-        'tandem_pool_size{role="decode"} 1.0',
-        'tandem_worker_free_kv_blocks{role="prefill",worker="prefill-0"}',
+        "tandem:time_to_first_token_seconds_count",
+        "tandem:time_per_output_token_seconds_count",
+        "tandem:kv_transfer_time_seconds_count",
+        "tandem:kv_transfer_bytes_total",
     ):
-        assert name in text, name
+        assert value(scraped, name) > 0, name
+    assert value(scraped, "tandem:pool_size", pool="decode") == 1
+    assert ("tandem:num_free_kv_blocks", "prefill-0") in {
+        (n, dict(ls).get("worker")) for n, ls in scraped
+    }

@@ -58,7 +58,7 @@ def test_sdk_and_https_over_tls_with_the_key(tls_server, caplog):
         assert http.get("/health").status_code == 200  # open for load balancers
         assert http.get("/metrics").status_code == 401
         assert http.get("/v1/models").status_code == 401
-        assert "tandem_time_to_first_token_seconds" in http.get("/metrics", headers=auth).text
+        assert "tandem:time_to_first_token_seconds" in http.get("/metrics", headers=auth).text
         r = http.post(
             "/v1/completions",
             headers=auth,
