@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -37,7 +36,30 @@ def add_serve_parser(sub) -> None:
         "--port", type=int, default=None, help="override server.http_port (the OpenAI HTTP port)"
     )
     serve.add_argument("--grpc-port", type=int, default=None, help="override server.grpc_port")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="override observability.log_level (default info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="override observability.log_format: json writes one object per line with "
+        "timestamp, level, logger, message and request_id",
+    )
+    serve.add_argument(
+        "--disable-access-log",
+        action="store_true",
+        help="no access-log line per HTTP/gRPC call (observability.access_log: false)",
+    )
+    serve.add_argument(
+        "--otlp-traces-endpoint",
+        default=None,
+        help="override observability.otlp_traces_endpoint: export OpenTelemetry spans "
+        "over OTLP/gRPC there (e.g. http://localhost:4317)",
+    )
     serve.add_argument(
         "--print-config",
         action="store_true",
@@ -79,6 +101,12 @@ def flag_overrides(args: argparse.Namespace) -> dict:
         "engine": {"dtype": args.dtype},
         "server": {"host": args.host, "http_port": args.port, "grpc_port": args.grpc_port},
         "ray": {"address": args.address},
+        "observability": {
+            "log_level": args.log_level,
+            "log_format": args.log_format,
+            "access_log": False if args.disable_access_log else None,
+            "otlp_traces_endpoint": args.otlp_traces_endpoint,
+        },
     }
     return {
         section: given
@@ -94,8 +122,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from runtime.cluster.launch import serve_until_signalled
     from runtime.cluster.overrides import resolved_view
     from runtime.model_store import DEFAULT_MODEL_NAME
+    from runtime.observability import ObservabilityConfig, configure_logging
 
-    logging.basicConfig(level=args.log_level.upper(), format="tandem: %(message)s")
+    # The flags' logging until the file is read; then the resolved section's.
+    configure_logging(
+        ObservabilityConfig(
+            log_level=args.log_level or "info", log_format=args.log_format or "text"
+        )
+    )
     try:
         # Reviewing a deployment must not fetch or open its model: the path stays as given.
         config = load_cluster_config(
@@ -109,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(resolved_view(config), sort_keys=False), end="")
         return 0
+    configure_logging(config.observability)
 
     async def ready(frontend) -> None:
         grpc_url, http_url = frontend.grpc_url, frontend.http_url

@@ -22,8 +22,13 @@ ORDER = [
     "kernels",
 ]
 # Beside the chain, usable from it, each importing only what is listed: the scheduler's
-# policies, the client SDK and the generated API stubs.
-BESIDE = {"scheduler": set(), "runtime.client": {"runtime.api"}, "runtime.api": set()}
+# policies, the client SDK, the generated API stubs, and logs and traces.
+BESIDE = {
+    "scheduler": set(),
+    "runtime.client": {"runtime.api"},
+    "runtime.api": set(),
+    "runtime.observability": set(),
+}
 
 
 def modules() -> dict[str, Path]:

@@ -20,6 +20,7 @@ def worker_config(cluster: ClusterConfig, role: str, name: str) -> WorkerConfig:
         kv_bind_host=cluster.kv_bind_host,
         kv_advertise_host=cluster.kv_advertise_host,
         faults=cluster.faults,
+        observability=cluster.observability,
     )
 
 

@@ -9,6 +9,7 @@ from runtime.faults import FaultConfig
 from runtime.frontend.config import FrontendConfig, ServerConfig
 from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig
+from runtime.observability import ObservabilityConfig
 from scheduler import SchedulerConfig
 
 POOL_ROLES = ("prefill", "decode", "colocated")
@@ -78,7 +79,8 @@ class ClusterConfig:
     `engine` holds the engine settings every pool shares (each pool may override them).
     `faults` are injected into every worker (chaos tests and drills; none by default).
     `limits` bound what one request may carry (see `RequestLimits`); `scheduler` says how
-    requests are admitted and routed (see `SchedulerConfig`).
+    requests are admitted and routed (see `SchedulerConfig`). `observability`: logs and
+    traces of the frontend and every worker (see `ObservabilityConfig`).
     """
 
     model: ModelConfig
@@ -94,6 +96,7 @@ class ClusterConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
     def __post_init__(self) -> None:
         sizes = {p.role: p.replicas for p in self.pools}

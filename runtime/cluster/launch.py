@@ -15,6 +15,7 @@ from runtime.cluster.actors import start_workers, stop_workers
 from runtime.cluster.balancing import start_balancer
 from runtime.cluster.config import ClusterConfig
 from runtime.frontend.server import Frontend
+from runtime.observability import configure_tracing, shutdown_tracing
 from runtime.workers.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Cluster:
         self._owns_ray = init_ray(self.config) or self._owns_ray
 
     def start(self) -> list[WorkerHandle]:
+        """Ray and the workers; this process (the frontend's) exports its spans as the
+        config's `observability` says."""
+        configure_tracing(self.config.observability, "frontend")
         self.connect()
         try:
             self.workers = start_workers(self.config)
@@ -80,6 +84,7 @@ class Cluster:
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
+        shutdown_tracing()
 
 
 async def serve_until_signalled(

@@ -24,6 +24,7 @@ from runtime.frontend.requests import RequestLimits
 from runtime.kv_transfer import KVTransferConfig, TLSConfig
 from runtime.model_store import DEFAULT_MODEL_NAME
 from runtime.model_store import resolve_model as resolve_default_model
+from runtime.observability import ObservabilityConfig
 from scheduler import SchedulerConfig
 
 
@@ -133,6 +134,7 @@ class ClusterFile(_Strict):
     # The frozen configs themselves: pydantic checks their field names and types.
     limits: RequestLimits = RequestLimits()
     scheduler: SchedulerConfig = SchedulerConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
 
 class ConfigError(ValueError):
@@ -186,6 +188,7 @@ def to_cluster_config(f: ClusterFile, model_path: str, served_name: str) -> Clus
         faults=FaultConfig(**f.faults.model_dump()),
         limits=f.limits,
         scheduler=f.scheduler,
+        observability=f.observability,
     )
 
 

@@ -15,8 +15,10 @@ from dataclasses import replace
 from ray.exceptions import RayActorError, RayTaskError
 
 from runtime.frontend.registry import WorkerRegistry
+from runtime.frontend.request_spans import record_stage_spans
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import GenerationChunk, ServingError, Timings, Usage
+from runtime.observability.tracing import current_traceparent
 from runtime.workers.events import HandoffEvent, TokenEvent
 from runtime.workers.handle import WorkerHandle
 from runtime.workers.load import WorkerLoad
@@ -58,6 +60,8 @@ class _Attempt:
         self.timings = Timings()
         self.usage = Usage(prompt_tokens=len(req.prompt_token_ids))
         self.finish_reason: str | None = None
+        self.handoff: HandoffEvent | None = None  # the last good one, for its trace span
+        self.handoff_at = 0.0  # when it reached the frontend
 
     def chunk(self, ev: TokenEvent) -> GenerationChunk:
         now = time.monotonic()
@@ -198,6 +202,9 @@ class Dispatcher:
                 yield chunk
             if self._on_finished and attempt.finish_reason:
                 self._on_finished(attempt.timings, attempt.usage, attempt.finish_reason)
+            if attempt.finish_reason:
+                a = attempt
+                record_stage_spans(a.arrival, a.timings, a.usage, a.handoff, a.handoff_at)
         finally:
             self.num_in_flight -= 1
             del self._attempts[attempt.key]
@@ -365,8 +372,9 @@ class Dispatcher:
         decode_gen = decode.actor.stream.remote(rid)
         prefill_open = decode_open = True
         try:
+            # The trace context crosses the actor call: the handoff's spans join the trace.
             prefill_gen = prefill.actor.prefill.remote(
-                rid, sub.prompt_token_ids, sub.params, decode.kv_address
+                rid, sub.prompt_token_ids, sub.params, decode.kv_address, current_traceparent()
             )
             handoff, finished = None, False
             async for ev in _events(prefill_gen, prefill, a):
@@ -377,6 +385,7 @@ class Dispatcher:
                     yield a.chunk(ev)
             prefill_open = False
             if handoff is not None and handoff.ok:
+                a.handoff, a.handoff_at = handoff, time.monotonic()
                 a.timings.kv_transfer_s += handoff.seconds
                 a.timings.kv_transfer_bytes += handoff.num_bytes
             if finished or handoff is None or not handoff.ok or handoff.finished_on_prefill:

@@ -18,6 +18,7 @@ from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPr
 from runtime.frontend.results import ServingError
 from runtime.kv_transfer import TLSConfig
 from runtime.kv_transfer.auth import server_credentials
+from runtime.observability.grpc_interceptor import GrpcObservability
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tandem"].full_name
 _FINISH = {"stop": pb.STOP, "length": pb.LENGTH, "abort": pb.ABORT}
@@ -247,7 +248,9 @@ async def start_grpc_server(
     over TLS when `tls` is given. Returns the server, its bound port (port 0: ephemeral) and
     the health servicer.
     A message past the preparer's `limits.max_request_bytes` gets RESOURCE_EXHAUSTED."""
-    interceptors = [RejectUndecodable()] + ([ApiKeyCheck(api_key)] if api_key else [])
+    interceptors = [GrpcObservability(), RejectUndecodable()] + (
+        [ApiKeyCheck(api_key)] if api_key else []
+    )
     options = [("grpc.max_receive_message_length", service.preparer.limits.max_request_bytes)]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_TandemServicer_to_server(service, server)

@@ -21,6 +21,7 @@ from runtime.frontend.metrics import CONTENT_TYPE_LATEST
 from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import ServingError
+from runtime.observability.http_middleware import ObservabilityMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,13 @@ def build_app(
     dispatcher, preparer, metrics, api_key: str | None = None, is_ready=lambda: True
 ) -> FastAPI:
     """The app over a `Dispatcher`, a `RequestPreparer` and `FrontendMetrics`."""
-    app = FastAPI(title="Tandem", docs_url=None, redoc_url=None)
+    # The request's span is ours (ObservabilityMiddleware): FastAPI's own would repeat it.
+    app = FastAPI(
+        title="Tandem",
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "operation_spans": False},
+    )
     expected = f"Bearer {api_key}".encode() if api_key else None
 
     # /health stays open for load balancers; the API and /metrics need the key when one is set.
@@ -96,6 +103,9 @@ def build_app(
                     "authentication_error",
                 )
         return await call_next(request)
+
+    # Added last, so outermost: the request's span, request id and access log cover the rest.
+    app.add_middleware(ObservabilityMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request, exc: RequestValidationError):

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from opentelemetry.trace import SpanKind
 
 from runtime.engine import Engine, EngineThread, NoFreeBlocksError
 from runtime.faults import Faults
@@ -18,7 +19,13 @@ from runtime.kv_transfer.auth import SecretCheck, server_credentials
 from runtime.kv_transfer.config import KVTransferConfig
 from runtime.kv_transfer.errors import KVTransferError
 from runtime.kv_transfer.fingerprint import model_fingerprint
-from runtime.kv_transfer.wire import CONTRACT_VERSION, parse_message, spec_from_header
+from runtime.kv_transfer.wire import (
+    CONTRACT_VERSION,
+    encoding_name,
+    parse_message,
+    spec_from_header,
+)
+from runtime.observability.tracing import end_span, start_span
 
 _ABORTED = object()
 _NO_DEADLINE_S = 365 * 86400  # gRPC reports a call without a deadline as ~infinitely far off
@@ -139,6 +146,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
     # -- the call -------------------------------------------------------------------------
     def Handoff(self, request_iterator, context):
         assembly, reserved, committed = None, False, False
+        span, error = None, None
         try:
             remaining = context.time_remaining()
             if remaining is None or remaining > _NO_DEADLINE_S:
@@ -155,6 +163,7 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                             "a second header in one handoff",
                             assembly.request_id,
                         )
+                    span = _receive_span(header)
                     assembly = self._open(header)
                     self.faults.at("kv.header_received")
                     self._reserve(assembly, context)
@@ -180,14 +189,24 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                 assembly.request_id if assembly else None,
             )
         except KVTransferError as e:
+            error = f"{e.code.name}: {e.message}"
             self._close(assembly, reserved and not committed)
             context.abort(e.code, e.message)
         except grpc.RpcError:
             # The call ended under us (deadline, cancellation, dead sender): nothing to answer.
+            error = "CANCELLED: the handoff call ended before its trailer"
             self._close(assembly, reserved and not committed)
             context.abort(grpc.StatusCode.CANCELLED, "the handoff call ended before its trailer")
         finally:  # also after an unexpected error (a bug: gRPC answers UNKNOWN)
             self._close(assembly, reserved and not committed)
+            if span is not None:
+                end_span(
+                    span,
+                    None if committed else error or "the handoff failed",
+                    {"tandem.kv.bytes": assembly.num_bytes, "tandem.kv.chunks": assembly.num_chunks}
+                    if assembly is not None
+                    else None,
+                )
 
     def _open(self, header: pb.Header) -> KVAssembly:
         rid = header.request_id
@@ -335,3 +354,18 @@ class KVReceiver(pb_grpc.KVTransferServicer):
                 self.engine_thread.call(self.engine.abort, assembly.request_id)
             except RuntimeError:
                 pass  # the engine thread is shut down: the engine and its blocks are gone
+
+
+def _receive_span(header: pb.Header):
+    """The `kv_receive` span of a handoff, a child of the sender's span named in `header`."""
+    return start_span(
+        "kv_receive",
+        header.traceparent,
+        header.tracestate,
+        attributes={
+            "tandem.request_id": header.request_id,
+            "tandem.kv.encoding": encoding_name(header.encoding),
+            "tandem.kv.num_tokens": header.num_tokens,
+        },
+        kind=SpanKind.CONSUMER,
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import torch
+from opentelemetry.trace import Span, SpanKind
 
 from kernels.kv_pack import pack_kv
 from runtime.engine import Engine, EngineThread, KVHandle, RequestOutput
@@ -29,6 +30,7 @@ from runtime.kv_transfer.wire import (
     make_header,
     token_splits,
 )
+from runtime.observability.tracing import end_span, start_span, traceparent_of
 
 # Layer-wise streaming from this prompt length up on GPU prefill engines: a placeholder
 # until the crossover is measured on a GPU (`make bench-kv` prints it).
@@ -47,6 +49,7 @@ class HandoffResult:
     layerwise: bool = False
     seconds: float = 0.0
     finished_on_prefill: bool = False
+    encoding: str = ""  # the wire encoding the KV went in ("raw", "int8", "fp8")
 
 
 @dataclass(eq=False)
@@ -66,6 +69,7 @@ class _Handoff:
     started: float = 0.0
     outcome: HandoffResult | None = None  # set when settled without the call's verdict
     resolved: bool = False
+    span: Span | None = None  # the handoff's `kv_send` span, its context sent in the header
 
     @property
     def wire(self) -> WireSpec:
@@ -128,9 +132,17 @@ class KVSender:
             self.layerwise_min_tokens = GPU_LAYERWISE_MIN_TOKENS
 
     # -- the API --------------------------------------------------------------------------
-    def route(self, request_id: str, target: str) -> Future:
-        """Hand off `request_id`'s KV to the receiver at `target` once it is computed."""
+    def route(self, request_id: str, target: str, traceparent: str = "") -> Future:
+        """Hand off `request_id`'s KV to the receiver at `target` once it is computed.
+        `traceparent`: the request's trace context; the handoff's `kv_send` span joins it
+        and the receiver's span joins that one (through the stream's header)."""
         h = _Handoff(request_id, target)
+        h.span = start_span(
+            "kv_send",
+            traceparent,
+            attributes={"tandem.request_id": request_id, "tandem.kv.target": target},
+            kind=SpanKind.PRODUCER,
+        )
         with self._lock:
             if request_id in self._handoffs:
                 raise ValueError(f"request {request_id!r} is already routed")
@@ -260,6 +272,8 @@ class KVSender:
     # Messages go out serialized (bytes): chunks skip protobuf's copies (wire.chunk_message).
     def _header(self, h: _Handoff) -> bytes:
         header = make_header(h.request_id, self.fingerprint, h.wire, self.engine.kv.block_size)
+        if h.span is not None:
+            header.traceparent, header.tracestate = traceparent_of(h.span)
         return pb.HandoffMessage(header=header).SerializeToString()
 
     def _encode_staged(
@@ -375,6 +389,7 @@ class KVSender:
             ack.num_bytes,
             h.layerwise,
             time.perf_counter() - h.started,
+            encoding=h.wire.encoding,
         )
 
         def release():
@@ -409,6 +424,8 @@ class KVSender:
             if h.resolved:
                 return
             h.resolved = True
+        if h.span is not None:
+            end_span(h.span, _span_error(error), _span_attributes(h, result))
         if error is not None:  # outside the lock: callbacks run here and may call route()
             h.future.set_exception(error)
         else:
@@ -422,3 +439,25 @@ class KVSender:
         with self._lock:
             if self._handoffs.get(h.request_id) is h:
                 del self._handoffs[h.request_id]
+
+
+def _span_error(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    return (
+        f"{error.code.name}: {error.message}" if isinstance(error, KVTransferError) else str(error)
+    )
+
+
+def _span_attributes(h: _Handoff, result: HandoffResult | None) -> dict:
+    """What the `kv_send` span reports: bytes and encoding moved, or that nothing moved."""
+    if result is None:
+        return {}
+    if result.finished_on_prefill:
+        return {"tandem.kv.finished_on_prefill": True}
+    return {
+        "tandem.kv.bytes": result.num_bytes,
+        "tandem.kv.chunks": result.num_chunks,
+        "tandem.kv.encoding": result.encoding,
+        "tandem.kv.layerwise": result.layerwise,
+    }

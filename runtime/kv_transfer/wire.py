@@ -85,6 +85,11 @@ def make_header(
     )
 
 
+def encoding_name(encoding: int) -> str:
+    """A header's `WireEncoding` by its config name ("raw", "int8", "fp8")."""
+    return next((k for k, v in _ENCODINGS.items() if v == encoding), "unspecified")
+
+
 def spec_from_header(header: pb.Header) -> WireSpec:
     """The header's WireSpec; INVALID_ARGUMENT when a field is missing or unknown."""
     dtypes = {v: k for k, v in _DTYPES.items()}

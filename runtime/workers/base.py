@@ -13,6 +13,7 @@ import ray
 
 from runtime.engine import Engine, EngineThread
 from runtime.faults import FaultConfig, Faults
+from runtime.observability import configure_logging, configure_tracing, shutdown_tracing
 from runtime.workers.config import WorkerConfig
 from runtime.workers.events import TokenEvent
 from runtime.workers.load import WorkerLoad
@@ -39,6 +40,9 @@ class Worker:
             )
         self.config = config
         self.name = config.name
+        if _in_ray_actor():  # its own process: in-process (tests) the host's logging stays
+            configure_logging(config.observability)
+        configure_tracing(config.observability, self.name)
         self.engine = engine or Engine(config.engine)
         self.incarnation = uuid.uuid4().hex[:12]
         self.faults = Faults(config.faults, first_process=not _restarted_by_ray())
@@ -113,6 +117,7 @@ class Worker:
 
     def close(self) -> None:
         self.loop.close()
+        shutdown_tracing()
 
     # -- the loop thread ------------------------------------------------------------------
     def _step(self) -> list:
@@ -177,6 +182,10 @@ class Worker:
             handoff_failures=tuple(sorted(self.handoff_failures.items())),
             num_preemptions=s.num_preemptions,
         )
+
+
+def _in_ray_actor() -> bool:
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def _restarted_by_ray() -> bool:

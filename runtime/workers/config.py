@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from runtime.config import EngineConfig
 from runtime.faults import FaultConfig
 from runtime.kv_transfer import KVTransferConfig
+from runtime.observability import ObservabilityConfig
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class WorkerConfig:
     Decode workers bind their KV receiver on `kv_bind_host:kv_port` (port 0: ephemeral) and
     advertise `kv_advertise_host` (None: the bind host, or the node's IP when binding all
     interfaces). `stream_idle_timeout_s` closes a stream that sees no event for that long.
-    `faults`: injected faults (chaos tests; none by default).
+    `faults`: injected faults (chaos tests; none by default). `observability`: how the
+    worker logs (when it runs as a Ray actor: its own process) and where it exports spans.
     """
 
     name: str
@@ -27,6 +29,7 @@ class WorkerConfig:
     kv_advertise_host: str | None = None
     stream_idle_timeout_s: float = 600.0
     faults: FaultConfig = FaultConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     def __post_init__(self) -> None:
         if self.engine.role in ("prefill", "decode") and self.kv is None:

@@ -74,3 +74,4 @@ class HandoffEvent:
     finished_on_prefill: bool = False
     code: str | None = None
     message: str = ""
+    encoding: str = ""  # the KV's wire encoding ("raw", "int8", "fp8") when it moved

@@ -32,9 +32,16 @@ class PrefillWorker(Worker):
         return {"prefilled": self.num_prefilled}
 
     def prefill(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, target: str
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        target: str,
+        traceparent: str = "",
     ) -> Iterator[list]:
         """Prefill one request and hand its KV to the decode worker's receiver at `target`.
+        `traceparent`: the request's W3C trace context (the frontend's span), which the
+        handoff's spans on both workers join.
 
         Streams a `TokenEvent` with the first token (and the worker's queue and prefill
         times), then ends with a `HandoffEvent` saying how the handoff went. Raises
@@ -47,7 +54,7 @@ class PrefillWorker(Worker):
                 params=params, prompt_token_ids=list(prompt_token_ids), request_id=request_id
             )
             try:
-                future = self.sender.route(request_id, target)
+                future = self.sender.route(request_id, target, traceparent)
             except BaseException:
                 self.engine.abort(request_id)
                 raise
@@ -85,7 +92,9 @@ class PrefillWorker(Worker):
         error = future.exception()
         if error is None:
             r = future.result()
-            event = HandoffEvent(request_id, True, r.seconds, r.num_bytes, r.finished_on_prefill)
+            event = HandoffEvent(
+                request_id, True, r.seconds, r.num_bytes, r.finished_on_prefill, encoding=r.encoding
+            )
         elif isinstance(error, KVTransferError):
             event = HandoffEvent(request_id, False, code=error.code.name, message=error.message)
         else:

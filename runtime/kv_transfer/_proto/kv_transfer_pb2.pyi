@@ -39,7 +39,7 @@ INT8: WireEncoding
 FP8_E4M3: WireEncoding
 
 class Header(_message.Message):
-    __slots__ = ("version", "request_id", "model_fingerprint", "dtype", "cache_layout", "block_size", "num_layers", "num_kv_heads", "head_dim", "num_tokens", "encoding", "group_tokens")
+    __slots__ = ("version", "request_id", "model_fingerprint", "dtype", "cache_layout", "block_size", "num_layers", "num_kv_heads", "head_dim", "num_tokens", "encoding", "group_tokens", "traceparent", "tracestate")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class Header(_message.Message):
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     GROUP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
     version: int
     request_id: str
     model_fingerprint: str
@@ -64,7 +66,9 @@ class Header(_message.Message):
     num_tokens: int
     encoding: WireEncoding
     group_tokens: int
-    def __init__(self, version: _Optional[int] = ..., request_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dtype: _Optional[_Union[KVDType, str]] = ..., cache_layout: _Optional[_Union[CacheLayout, str]] = ..., block_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., num_tokens: _Optional[int] = ..., encoding: _Optional[_Union[WireEncoding, str]] = ..., group_tokens: _Optional[int] = ...) -> None: ...
+    traceparent: str
+    tracestate: str
+    def __init__(self, version: _Optional[int] = ..., request_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., dtype: _Optional[_Union[KVDType, str]] = ..., cache_layout: _Optional[_Union[CacheLayout, str]] = ..., block_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., num_tokens: _Optional[int] = ..., encoding: _Optional[_Union[WireEncoding, str]] = ..., group_tokens: _Optional[int] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "layer_start", "layer_end", "token_start", "token_end", "data", "scales", "xxh3")
