@@ -45,9 +45,11 @@ def error_response(
     message: str,
     kind: str = "invalid_request_error",
     headers: Mapping[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
+    """An OpenAI error object; `param` names the body field at fault, when one is."""
     return _AsciiJSON(
-        {"error": {"message": message, "type": kind, "param": None, "code": status}},
+        {"error": {"message": message, "type": kind, "param": param, "code": status}},
         status_code=status,
         headers=headers,
     )
@@ -108,7 +110,7 @@ def build_app(
     @app.exception_handler(InvalidRequest)
     async def on_invalid(request, exc: InvalidRequest):
         metrics.errors.labels("INVALID_ARGUMENT").inc()
-        return error_response(400, str(exc))
+        return error_response(400, str(exc), param=getattr(exc, "param", None))
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, exc: HTTPException):
@@ -209,6 +211,7 @@ def build_app(
                 stream,
                 choice,
                 body.include_usage,
+                len(req.prompt_token_ids) if body.continuous_usage else None,
             ),
             media_type="text/event-stream",
         )
@@ -216,8 +219,16 @@ def build_app(
     return app
 
 
-async def _sse(head, obj, first, stream, choice, include_usage):
-    def event(payload) -> str:
+async def _sse(head, obj, first, stream, choice, include_usage, continuous_prompt_tokens=None):
+    """The SSE events of a stream; `continuous_prompt_tokens` set: each chunk carries the
+    usage so far (the last one the workers' own count, cached tokens included)."""
+    num_generated = 0
+
+    def event(payload, usage=None) -> str:
+        if continuous_prompt_tokens is not None and "error" not in payload:
+            payload["usage"] = (
+                _usage(usage) if usage else _usage_so_far(continuous_prompt_tokens, num_generated)
+            )
         return f"data: {json.dumps(payload)}\n\n"
 
     if obj == "chat.completion.chunk":  # OpenAI sends the role alone first
@@ -226,8 +237,10 @@ async def _sse(head, obj, first, stream, choice, include_usage):
     try:
         while chunk is not None:
             last = chunk
+            num_generated += len(chunk.token_ids)
             yield event(
-                {**head, "object": obj, "choices": [choice(chunk.text, chunk.finish_reason)]}
+                {**head, "object": obj, "choices": [choice(chunk.text, chunk.finish_reason)]},
+                chunk.usage,
             )
             chunk = await anext(stream, None)
     except (InvalidRequest, ServingError) as e:  # headers are gone: report in the stream
@@ -238,8 +251,16 @@ async def _sse(head, obj, first, stream, choice, include_usage):
     finally:  # a client that went away cancels us here: abort the request on the workers
         await stream.aclose()
     if include_usage and last is not None and last.usage is not None:
-        yield event({**head, "object": obj, "choices": [], "usage": _usage(last.usage)})
+        yield event({**head, "object": obj, "choices": [], "usage": _usage(last.usage)}, last.usage)
     yield "data: [DONE]\n\n"
+
+
+def _usage_so_far(num_prompt_tokens: int, num_generated: int) -> dict:
+    return {
+        "prompt_tokens": num_prompt_tokens,
+        "completion_tokens": num_generated,
+        "total_tokens": num_prompt_tokens + num_generated,
+    }
 
 
 def _usage(u) -> dict:
