@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -16,9 +15,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from runtime.frontend.disconnect import ClientGone, unless_disconnected
 from runtime.frontend.dispatch import client_key
+from runtime.frontend.health import add_health_routes
 from runtime.frontend.metrics import CONTENT_TYPE_LATEST
 from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
+from runtime.frontend.request_id import RequestIdMiddleware
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import ServingError
 
@@ -79,13 +81,19 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def build_app(
-    dispatcher, preparer, metrics, api_key: str | None = None, is_ready=lambda: True
+    dispatcher,
+    preparer,
+    metrics,
+    api_key: str | None = None,
+    is_ready=lambda: True,
+    missing_pools=lambda: [],
 ) -> FastAPI:
-    """The app over a `Dispatcher`, a `RequestPreparer` and `FrontendMetrics`."""
+    """The app over a `Dispatcher`, a `RequestPreparer` and `FrontendMetrics`; `is_ready()`
+    and `missing_pools()` drive the health endpoints (runtime/frontend/health.py)."""
     app = FastAPI(title="Tandem", docs_url=None, redoc_url=None)
     expected = f"Bearer {api_key}".encode() if api_key else None
 
-    # /health stays open for load balancers; the API and /metrics need the key when one is set.
+    # Health stays open for load balancers; the API and /metrics need the key when one is set.
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
         path = request.url.path
@@ -136,9 +144,13 @@ def build_app(
             response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
 
-    @app.get("/health")
-    async def healthz():
-        return Response(status_code=200 if is_ready() else 503)
+    add_health_routes(app, is_ready, missing_pools)
+    # Outermost: every answer, a refused API key's included, carries the request id.
+    app.add_middleware(
+        RequestIdMiddleware,
+        check=preparer.check_request_id,
+        refuse=lambda message: error_response(400, message),
+    )
 
     @app.get("/metrics")
     async def prometheus():
@@ -166,42 +178,35 @@ def build_app(
     @app.post("/v1/completions")
     async def completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
-        body, req = await preparer.run(_prepare, raw, CompletionRequest)
+        body, req = await preparer.run(_prepare, raw, CompletionRequest, request.state.request_id)
         return await _respond(request, body, req, "cmpl", "text_completion", _completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
-        body, req = await preparer.run(_prepare, raw, ChatCompletionRequest)
+        body, req = await preparer.run(
+            _prepare, raw, ChatCompletionRequest, request.state.request_id
+        )
         return await _respond(request, body, req, "chatcmpl", "chat.completion", _chat_choice)
 
-    def _prepare(raw: bytes, schema) -> tuple:
+    def _prepare(raw: bytes, schema, request_id: str) -> tuple:
         body = parse_body(raw, schema)
         preparer.check_model(body.model)
         if body.n != 1:
             raise InvalidRequest("n must be 1")
         ids = preparer.prompt_ids(**body.prompt_inputs())
         params = preparer.sampling_params(len(ids), **body.sampling_fields())
-        return body, PreparedRequest(f"{uuid.uuid4().hex}", tuple(ids), params)
+        return body, PreparedRequest(request_id, tuple(ids), params)
 
     async def _respond(request: Request, body, req: PreparedRequest, prefix: str, obj: str, choice):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
         head = {"id": rid, "created": created, "model": preparer.model_name}
         stream = dispatcher.generate(req, client_key(request.headers.get("authorization", "")))
         if not body.stream:
-            text, last = [], None
-            async for chunk in stream:
-                text.append(chunk.text)
-                last = chunk
-            if last is None:  # the dispatcher ends every request with a chunk or an error
-                raise ServingError("INTERNAL", "the request ended without a result")
-            return {
-                **head,
-                "object": obj,
-                "choices": [choice("".join(text), last.finish_reason, final=True)],
-                "usage": _usage(last.usage),
-                "timings": last.timings.__dict__,
-            }
+            try:
+                return await unless_disconnected(request, _whole(head, obj, stream, choice), stream)
+            except ClientGone:
+                return Response(status_code=499)  # nginx's "client closed": nobody reads it
         first = await anext(stream, None)  # errors before the first token stay HTTP errors
         return StreamingResponse(
             _sse(
@@ -217,6 +222,22 @@ def build_app(
         )
 
     return app
+
+
+async def _whole(head, obj, stream, choice) -> dict:
+    text, last = [], None
+    async for chunk in stream:
+        text.append(chunk.text)
+        last = chunk
+    if last is None:  # the dispatcher ends every request with a chunk or an error
+        raise ServingError("INTERNAL", "the request ended without a result")
+    return {
+        **head,
+        "object": obj,
+        "choices": [choice("".join(text), last.finish_reason, final=True)],
+        "usage": _usage(last.usage),
+        "timings": last.timings.__dict__,
+    }
 
 
 async def _sse(head, obj, first, stream, choice, include_usage, continuous_prompt_tokens=None):
