@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from runtime.frontend.disconnect import ClientGone, unless_disconnected
 from runtime.frontend.dispatch import client_key
 from runtime.frontend.health import add_health_routes
+from runtime.frontend.http_routes import KEYED_PATHS, add_api_routes
 from runtime.frontend.metrics import CONTENT_TYPE_LATEST
 from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from runtime.frontend.request_id import RequestIdMiddleware
@@ -97,7 +98,7 @@ def build_app(
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
         path = request.url.path
-        if expected and (path.startswith("/v1/") or path == "/metrics"):
+        if expected and (path.startswith("/v1/") or path in ("/metrics", *KEYED_PATHS)):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return error_response(
@@ -145,6 +146,7 @@ def build_app(
         return response
 
     add_health_routes(app, is_ready, missing_pools)
+    add_api_routes(app, preparer, read_body)
     # Outermost: every answer, a refused API key's included, carries the request id.
     app.add_middleware(
         RequestIdMiddleware,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -143,7 +143,10 @@ class ChatCompletionRequest(_Sampling):
         return {"messages": self.messages}
 
 
-def parse_body(raw: bytes, schema: type[_Sampling]) -> _Sampling:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(raw: bytes, schema: type[Body]) -> Body:
     """The request body as `schema`, or InvalidRequest saying what to fix.
 
     The body must be one JSON object (UTF-8, -16 or -32); NaN and Infinity, which Python's
