@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -16,9 +15,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from runtime.frontend.disconnect import ClientGone, unless_disconnected
 from runtime.frontend.dispatch import client_key
+from runtime.frontend.health import add_health_routes
+from runtime.frontend.http_routes import KEYED_PATHS, add_api_routes
 from runtime.frontend.metrics import CONTENT_TYPE_LATEST
 from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
+from runtime.frontend.request_id import RequestIdMiddleware
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import ServingError
 from runtime.observability.http_middleware import ObservabilityMiddleware
@@ -46,9 +49,11 @@ def error_response(
     message: str,
     kind: str = "invalid_request_error",
     headers: Mapping[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
+    """An OpenAI error object; `param` names the body field at fault, when one is."""
     return _AsciiJSON(
-        {"error": {"message": message, "type": kind, "param": None, "code": status}},
+        {"error": {"message": message, "type": kind, "param": param, "code": status}},
         status_code=status,
         headers=headers,
     )
@@ -78,9 +83,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def build_app(
-    dispatcher, preparer, metrics, api_key: str | None = None, is_ready=lambda: True
+    dispatcher,
+    preparer,
+    metrics,
+    api_key: str | None = None,
+    is_ready=lambda: True,
+    missing_pools=lambda: [],
 ) -> FastAPI:
-    """The app over a `Dispatcher`, a `RequestPreparer` and `FrontendMetrics`."""
+    """The app over a `Dispatcher`, a `RequestPreparer` and `FrontendMetrics`; `is_ready()`
+    and `missing_pools()` drive the health endpoints (runtime/frontend/health.py)."""
     # The request's span is ours (ObservabilityMiddleware): FastAPI's own would repeat it.
     app = FastAPI(
         title="Tandem",
@@ -90,11 +101,11 @@ def build_app(
     )
     expected = f"Bearer {api_key}".encode() if api_key else None
 
-    # /health stays open for load balancers; the API and /metrics need the key when one is set.
+    # Health stays open for load balancers; the API and /metrics need the key when one is set.
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
         path = request.url.path
-        if expected and (path.startswith("/v1/") or path == "/metrics"):
+        if expected and (path.startswith("/v1/") or path in ("/metrics", *KEYED_PATHS)):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return error_response(
@@ -118,7 +129,7 @@ def build_app(
     @app.exception_handler(InvalidRequest)
     async def on_invalid(request, exc: InvalidRequest):
         metrics.errors.labels("INVALID_ARGUMENT").inc()
-        return error_response(400, str(exc))
+        return error_response(400, str(exc), param=getattr(exc, "param", None))
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, exc: HTTPException):
@@ -144,9 +155,14 @@ def build_app(
             response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
 
-    @app.get("/health")
-    async def healthz():
-        return Response(status_code=200 if is_ready() else 503)
+    add_health_routes(app, is_ready, missing_pools)
+    add_api_routes(app, preparer, read_body)
+    # Outermost: every answer, a refused API key's included, carries the request id.
+    app.add_middleware(
+        RequestIdMiddleware,
+        check=preparer.check_request_id,
+        refuse=lambda message: error_response(400, message),
+    )
 
     @app.get("/metrics")
     async def prometheus():
@@ -174,42 +190,35 @@ def build_app(
     @app.post("/v1/completions")
     async def completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
-        body, req = await preparer.run(_prepare, raw, CompletionRequest)
+        body, req = await preparer.run(_prepare, raw, CompletionRequest, request.state.request_id)
         return await _respond(request, body, req, "cmpl", "text_completion", _completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
-        body, req = await preparer.run(_prepare, raw, ChatCompletionRequest)
+        body, req = await preparer.run(
+            _prepare, raw, ChatCompletionRequest, request.state.request_id
+        )
         return await _respond(request, body, req, "chatcmpl", "chat.completion", _chat_choice)
 
-    def _prepare(raw: bytes, schema) -> tuple:
+    def _prepare(raw: bytes, schema, request_id: str) -> tuple:
         body = parse_body(raw, schema)
         preparer.check_model(body.model)
         if body.n != 1:
             raise InvalidRequest("n must be 1")
         ids = preparer.prompt_ids(**body.prompt_inputs())
         params = preparer.sampling_params(len(ids), **body.sampling_fields())
-        return body, PreparedRequest(f"{uuid.uuid4().hex}", tuple(ids), params)
+        return body, PreparedRequest(request_id, tuple(ids), params)
 
     async def _respond(request: Request, body, req: PreparedRequest, prefix: str, obj: str, choice):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
         head = {"id": rid, "created": created, "model": preparer.model_name}
         stream = dispatcher.generate(req, client_key(request.headers.get("authorization", "")))
         if not body.stream:
-            text, last = [], None
-            async for chunk in stream:
-                text.append(chunk.text)
-                last = chunk
-            if last is None:  # the dispatcher ends every request with a chunk or an error
-                raise ServingError("INTERNAL", "the request ended without a result")
-            return {
-                **head,
-                "object": obj,
-                "choices": [choice("".join(text), last.finish_reason, final=True)],
-                "usage": _usage(last.usage),
-                "timings": last.timings.__dict__,
-            }
+            try:
+                return await unless_disconnected(request, _whole(head, obj, stream, choice), stream)
+            except ClientGone:
+                return Response(status_code=499)  # nginx's "client closed": nobody reads it
         first = await anext(stream, None)  # errors before the first token stay HTTP errors
         return StreamingResponse(
             _sse(
@@ -219,6 +228,7 @@ def build_app(
                 stream,
                 choice,
                 body.include_usage,
+                len(req.prompt_token_ids) if body.continuous_usage else None,
             ),
             media_type="text/event-stream",
         )
@@ -226,8 +236,32 @@ def build_app(
     return app
 
 
-async def _sse(head, obj, first, stream, choice, include_usage):
-    def event(payload) -> str:
+async def _whole(head, obj, stream, choice) -> dict:
+    text, last = [], None
+    async for chunk in stream:
+        text.append(chunk.text)
+        last = chunk
+    if last is None:  # the dispatcher ends every request with a chunk or an error
+        raise ServingError("INTERNAL", "the request ended without a result")
+    return {
+        **head,
+        "object": obj,
+        "choices": [choice("".join(text), last.finish_reason, final=True)],
+        "usage": _usage(last.usage),
+        "timings": last.timings.__dict__,
+    }
+
+
+async def _sse(head, obj, first, stream, choice, include_usage, continuous_prompt_tokens=None):
+    """The SSE events of a stream; `continuous_prompt_tokens` set: each chunk carries the
+    usage so far (the last one the workers' own count, cached tokens included)."""
+    num_generated = 0
+
+    def event(payload, usage=None) -> str:
+        if continuous_prompt_tokens is not None and "error" not in payload:
+            payload["usage"] = (
+                _usage(usage) if usage else _usage_so_far(continuous_prompt_tokens, num_generated)
+            )
         return f"data: {json.dumps(payload)}\n\n"
 
     if obj == "chat.completion.chunk":  # OpenAI sends the role alone first
@@ -236,8 +270,10 @@ async def _sse(head, obj, first, stream, choice, include_usage):
     try:
         while chunk is not None:
             last = chunk
+            num_generated += len(chunk.token_ids)
             yield event(
-                {**head, "object": obj, "choices": [choice(chunk.text, chunk.finish_reason)]}
+                {**head, "object": obj, "choices": [choice(chunk.text, chunk.finish_reason)]},
+                chunk.usage,
             )
             chunk = await anext(stream, None)
     except (InvalidRequest, ServingError) as e:  # headers are gone: report in the stream
@@ -248,8 +284,16 @@ async def _sse(head, obj, first, stream, choice, include_usage):
     finally:  # a client that went away cancels us here: abort the request on the workers
         await stream.aclose()
     if include_usage and last is not None and last.usage is not None:
-        yield event({**head, "object": obj, "choices": [], "usage": _usage(last.usage)})
+        yield event({**head, "object": obj, "choices": [], "usage": _usage(last.usage)}, last.usage)
     yield "data: [DONE]\n\n"
+
+
+def _usage_so_far(num_prompt_tokens: int, num_generated: int) -> dict:
+    return {
+        "prompt_tokens": num_prompt_tokens,
+        "completion_tokens": num_generated,
+        "total_tokens": num_prompt_tokens + num_generated,
+    }
 
 
 def _usage(u) -> dict:

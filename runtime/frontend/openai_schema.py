@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from runtime.frontend.requests import InvalidRequest
+from runtime.frontend.requests import InvalidRequest, quoted
 
 MAX_LISTED_ERRORS = 5
+# OpenAI fields with no meaning on a self-hosted server (billing, retention, abuse tracking,
+# OpenAI's own cache routing): accepted and dropped before validation, as OpenAI's clients
+# send them. Everything else not declared below is refused (`UnknownParameter`).
+IGNORED_FIELDS = frozenset(
+    {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}
+)
 # Union fields whose per-branch errors would read as noise: one line says what is allowed.
 _UNION_HINTS = {
     "prompt": "must be a string, a list of token ids, or a list holding one of those",
@@ -20,12 +26,41 @@ _UNION_HINTS = {
 class _Body(BaseModel):
     # Strict: JSON true is no max_tokens and "yes" no stream flag (float fields still take
     # ints, as JSON has one number type); NaN and Infinity are no sampling values.
-    # Unknown OpenAI fields (user, logit_bias, ...) are accepted and ignored, as vLLM does.
-    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+    # A field Tandem does not implement is refused, naming it, as OpenAI's API refuses one it
+    # does not know: silently dropping it would answer a different request than was sent.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class UnknownParameter(InvalidRequest):
+    """A body field Tandem does not implement (HTTP 400, the error's `param` naming it)."""
+
+    def __init__(self, names: list[str]):
+        self.param = names[0]
+        listed = ", ".join(quoted(n) for n in names[:MAX_LISTED_ERRORS])
+        them = "them" if len(names) > 1 else "it"
+        super().__init__(
+            f"Unknown parameter{'s' if len(names) > 1 else ''}: {listed}. "
+            f"Tandem does not implement {them}: remove {them} from the request"
+        )
+
+
+def strip_ignored(data: dict) -> dict:
+    """`data` without the top-level `IGNORED_FIELDS`."""
+    return {k: v for k, v in data.items() if k not in IGNORED_FIELDS}
+
+
+def unknown_fields(e: ValidationError) -> list[str]:
+    """The dotted paths of the fields pydantic refused as undeclared, in body order."""
+    return [
+        ".".join(str(x) for x in err["loc"])
+        for err in e.errors(include_url=False, include_input=False, include_context=False)
+        if err["type"] == "extra_forbidden"
+    ]
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM: usage so far on every chunk
 
 
 class _Sampling(_Body):
@@ -69,6 +104,12 @@ class _Sampling(_Body):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage so far on every streamed chunk: `continuous_usage_stats` with
+        `include_usage`, as vLLM reads them."""
+        return self.include_usage and self.stream_options.continuous_usage_stats
+
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -102,7 +143,10 @@ class ChatCompletionRequest(_Sampling):
         return {"messages": self.messages}
 
 
-def parse_body(raw: bytes, schema: type[_Sampling]) -> _Sampling:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(raw: bytes, schema: type[Body]) -> Body:
     """The request body as `schema`, or InvalidRequest saying what to fix.
 
     The body must be one JSON object (UTF-8, -16 or -32); NaN and Infinity, which Python's
@@ -123,8 +167,11 @@ def parse_body(raw: bytes, schema: type[_Sampling]) -> _Sampling:
     if not isinstance(data, dict):
         raise InvalidRequest(f"the body must be a JSON object, got a JSON {_json_type(data)}")
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(strip_ignored(data))
     except ValidationError as e:
+        unknown = unknown_fields(e)
+        if unknown:
+            raise UnknownParameter(unknown) from None
         raise InvalidRequest(describe(e)) from None
 
 

@@ -115,6 +115,7 @@ class Frontend:
             self.metrics,
             self.config.api_key,
             is_ready=lambda: self.dispatcher.serving and not self._stopping,
+            missing_pools=self.dispatcher.registry.missing_roles,
         )
         # The dispatcher has ended every request before uvicorn is told to exit; its own
         # timeout only bounds connections that are slow to close.

@@ -28,7 +28,12 @@ class ObservabilityMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
-        request_id = headers.get(REQUEST_ID_HEADER) or new_request_id()
+        # The frontend's RequestIdMiddleware, outside this one, may have settled the id already.
+        request_id = (
+            scope.get("state", {}).get("request_id")
+            or headers.get(REQUEST_ID_HEADER)
+            or new_request_id()
+        )
         started, status = time.monotonic(), [500]
 
         async def send_recording_status(message) -> None:
