@@ -29,7 +29,8 @@ class Client:
     `TandemError` subclass carrying the gRPC status on failure, and retries UNAVAILABLE with
     backoff per `retry`. Inputs: a text `prompt`, chat `messages` ([{role, content}], the
     model's chat template applied server-side) or `prompt_token_ids`; sampling keywords use
-    vLLM's names (max_tokens, temperature, top_p, top_k, min_p, seed, stop, ...).
+    vLLM's names (max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty,
+    frequency_penalty, repetition_penalty, logit_bias {token id: bias}, min_tokens, ...).
     Breaking out of `stream()` cancels the request, which frees its KV blocks on the cluster.
     TLS: a grpcs:// URL, `tls=True` or a `ca_file` (PEM roots for a private CA; default the
     system's); `server_name` overrides the name checked against the server's certificate.

@@ -19,6 +19,11 @@ _SAMPLING = (
     "ignore_eos",
     "include_stop_str_in_output",
     "skip_special_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "min_tokens",
 )
 
 
@@ -109,6 +114,8 @@ def build_request(
             p.stop.extend([value] if isinstance(value, str) else list(value))
         elif name == "stop_token_ids":
             p.stop_token_ids.extend(value)
+        elif name == "logit_bias":  # {token id: bias}; OpenAI-style "123" keys work too
+            p.logit_bias.update({int(k): v for k, v in value.items()})
         else:
             setattr(p, name, value)
     return req

@@ -97,8 +97,8 @@ class Engine:
             self.runner.num_blocks, config.cache.block_size, config.cache.enable_prefix_caching
         )
         self.scheduler = BatchScheduler(config.scheduler, self.block_manager)
-        self.sampler = Sampler(config.seed)
         self.eos_token_ids = read_generation_eos(config.model.path, self.runner.hf_config)
+        self.sampler = Sampler(config.seed, self.eos_token_ids)
         self.requests: dict[str, _Request] = {}
         self._imports: dict[str, _Import] = {}  # KV imports being received (decode role)
         self._ids = itertools.count()
@@ -122,6 +122,7 @@ class Engine:
                 raise ValueError("prompt is empty: give a non-empty prompt or prompt_token_ids")
             prompt_token_ids = self.tokenizer.encode(prompt)
         ids = self._validate_prompt(list(prompt_token_ids))
+        self._validate_params(params, len(ids))
         request_id = self._new_id(request_id)
         seq = Sequence(request_id, ids, params)
         self.requests[request_id] = self._track(seq)
@@ -154,6 +155,18 @@ class Engine:
                 f"{sc.max_num_batched_tokens} and chunked prefill is off"
             )
         return ids
+
+    def _validate_params(self, params: SamplingParams, num_prompt_tokens: int) -> None:
+        # What SamplingParams cannot check alone: the vocabulary and the prompt's length.
+        vocab = self.runner.geometry.vocab_size
+        bad = [t for t, _ in params.logit_bias if t >= vocab]
+        if bad:
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab}); got {bad[:5]}")
+        if params.num_prior_output_tokens > num_prompt_tokens:
+            raise ValueError(
+                f"num_prior_output_tokens={params.num_prior_output_tokens} exceeds the "
+                f"prompt's {num_prompt_tokens} tokens"
+            )
 
     def _new_id(self, request_id: str | None) -> str:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -215,7 +228,10 @@ class Engine:
         if not sampled:
             return []
         result = self.sampler(
-            logits, [s.params for s in sampled], [s.num_output_tokens for s in sampled]
+            logits,
+            [s.params for s in sampled],
+            [s.num_output_tokens for s in sampled],
+            [s.token_ids for s in sampled],
         )
         outputs = []
         for i, seq in enumerate(sampled):
@@ -474,6 +490,7 @@ class Engine:
         if imp is None:
             raise KeyError(f"no KV import {rid!r} in progress")
         prompt = self._validate_prompt(list(handle.prompt_token_ids))
+        self._validate_params(handle.params, len(prompt))
         if not handle.output_token_ids or handle.num_kv_tokens != len(prompt):
             raise ValueError("a KV handle carries the prompt's KV and at least the first token")
         if len(prompt) != imp.num_tokens:

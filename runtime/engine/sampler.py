@@ -1,12 +1,14 @@
-"""Turns one step's logits into tokens: greedy, temperature, top-k, top-p, min-p, logprobs."""
+"""Turns one step's logits into tokens: penalties, greedy, temperature, top-k, top-p, min-p,
+logprobs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from runtime.engine.logits_processors import apply_logits_processors
 from runtime.engine.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -46,11 +48,13 @@ class Sampler:
     the batch or on earlier calls, so a request moved between engines (prefill here, decode
     there) or recomputed after preemption draws the same tokens. Its noise is drawn on the CPU
     so that this holds across device types too. Unseeded rows share the engine-wide
-    generator, seeded once with `seed`.
+    generator, seeded once with `seed`. `eos_token_ids` are what `min_tokens` holds back
+    (with each request's stop_token_ids) unless the request ignores EOS.
     """
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, eos_token_ids: Collection[int] = ()):
         self.seed = seed
+        self.eos_token_ids = frozenset(eos_token_ids)
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -63,31 +67,38 @@ class Sampler:
         logits: torch.Tensor,
         params: Sequence[SamplingParams],
         output_indices: Sequence[int],
+        token_ids: Sequence[Sequence[int]] | None = None,
     ) -> SampleResult:
         """Sample `logits[i]` under `params[i]`; `output_indices[i]` counts request i's
-        output tokens before this one (0 for the first)."""
+        output tokens before this one (0 for the first), and `token_ids[i]` holds its prompt +
+        output ids so far (needed only by rows with a repetition, presence or frequency
+        penalty). Logprobs are taken from the raw `logits`, before any penalty."""
         num_rows = logits.shape[0]
         if len(params) != num_rows or len(output_indices) != num_rows:
             raise ValueError(
                 f"need one SamplingParams and output index per logits row: {num_rows} rows, "
                 f"{len(params)} params, {len(output_indices)} output indices"
             )
+        raw = logits
+        logits = apply_logits_processors(
+            logits, params, output_indices, token_ids, self.eos_token_ids
+        )
         random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if not random_rows:
-            token_ids = logits.argmax(dim=-1)
+            sampled = logits.argmax(dim=-1)
         else:
-            token_ids = torch.empty(num_rows, dtype=torch.long, device=logits.device)
+            sampled = torch.empty(num_rows, dtype=torch.long, device=logits.device)
             greedy_rows = [i for i, p in enumerate(params) if p.is_greedy]
             if greedy_rows:
                 greedy = torch.tensor(greedy_rows, device=logits.device)
-                token_ids[greedy] = logits[greedy].argmax(dim=-1)
+                sampled[greedy] = logits[greedy].argmax(dim=-1)
             rows = torch.tensor(random_rows, device=logits.device)
-            token_ids[rows] = self._sample(
+            sampled[rows] = self._sample(
                 logits[rows].float(),
                 [params[i] for i in random_rows],
                 [output_indices[i] for i in random_rows],
             )
-        return _with_logprobs(logits, params, token_ids)
+        return _with_logprobs(raw, params, sampled)
 
     def _sample(
         self, logits: torch.Tensor, params: list[SamplingParams], output_indices: list[int]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 # Temperatures below this are treated as greedy, as in vLLM: dividing by them would overflow.
 SAMPLING_EPS = 1e-5
@@ -13,6 +14,9 @@ MAX_LOGPROBS = 20
 UINT32_MAX = 2**32 - 1  # max_tokens, stop_token_ids
 INT32_MAX = 2**31 - 1  # top_k (past the vocabulary it filters nothing anyway)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed
+# OpenAI's ranges: presence/frequency penalties in [-2, 2], a logit bias in [-100, 100].
+MAX_ABS_PENALTY = 2.0
+MAX_ABS_LOGIT_BIAS = 100.0
 
 
 def _is_int(value: object) -> bool:
@@ -21,6 +25,11 @@ def _is_int(value: object) -> bool:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _quoted(value: object, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def lone_surrogate_at(text: str) -> int | None:
@@ -46,6 +55,17 @@ class SamplingParams:
     - `stop` strings end generation when they appear in the output text; `stop_token_ids`
       end it when sampled (the token is kept in the output ids). `ignore_eos` keeps going
       past the model's EOS token.
+    - Penalties (OpenAI/vLLM semantics) change the logits before temperature and filters:
+      `presence_penalty` p and `frequency_penalty` f (each in [-2, 2]) subtract
+      `f * count + p * (count > 0)` from each token's logit, counting the token in the output
+      so far; `repetition_penalty` r (> 0, 1 is off) divides the positive logits and multiplies
+      the negative ones of every token in the prompt or the output; `logit_bias` adds a bias
+      in [-100, 100] to the logit of each token id it names (given as a mapping or (id, bias)
+      pairs, stored as pairs sorted by id). `min_tokens` (<= max_tokens) keeps EOS (unless
+      `ignore_eos`) and `stop_token_ids` from being sampled until that many tokens were
+      generated. `num_prior_output_tokens` N says the prompt's last N tokens were generated
+      by an earlier attempt of this request (a resumed one): the presence and frequency
+      penalties count them as output too.
     - `logprobs` N returns the sampled token's logprob and the top-N logprobs per token,
       taken from the raw logits (before temperature and filters).
 
@@ -67,6 +87,12 @@ class SamplingParams:
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    num_prior_output_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= UINT32_MAX:
@@ -104,6 +130,8 @@ class SamplingParams:
             raise ValueError(
                 f"logprobs must be None or an int in [0, {MAX_LOGPROBS}], got {self.logprobs!r}"
             )
+        self._check_penalties()
+        self._normalise_logit_bias()
 
     def _normalise_stop(self) -> None:
         stop = self.stop
@@ -133,6 +161,77 @@ class SamplingParams:
                     f"{UINT32_MAX}, got {t!r} in {ids!r}"
                 )
         object.__setattr__(self, "stop_token_ids", tuple(ids))
+
+    def _check_penalties(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_real(value) or not -MAX_ABS_PENALTY <= value <= MAX_ABS_PENALTY:
+                raise ValueError(
+                    f"{name} must be a number in [{-MAX_ABS_PENALTY}, {MAX_ABS_PENALTY}], "
+                    f"got {value!r}"
+                )
+        r = self.repetition_penalty
+        if not _is_real(r) or not math.isfinite(r) or r <= 0:
+            raise ValueError(
+                f"repetition_penalty must be a finite number > 0 (1 is off), got {r!r}"
+            )
+        if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(
+                f"min_tokens must be an int >= 0 and <= max_tokens ({self.max_tokens}), "
+                f"got {self.min_tokens!r}"
+            )
+        n = self.num_prior_output_tokens
+        if not _is_int(n) or not 0 <= n <= UINT32_MAX:
+            raise ValueError(
+                f"num_prior_output_tokens must be an int >= 0 and <= {UINT32_MAX}, got {n!r}"
+            )
+
+    def _normalise_logit_bias(self) -> None:
+        bias = self.logit_bias
+        pairs = list(bias.items()) if isinstance(bias, Mapping) else bias
+        if not isinstance(pairs, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs
+        ):
+            raise ValueError(f"logit_bias must map token ids to biases, got {_quoted(bias)}")
+        for token, value in pairs:
+            if not _is_int(token) or not 0 <= token <= UINT32_MAX:
+                raise ValueError(
+                    f"logit_bias keys must be token ids (ints >= 0 and <= {UINT32_MAX}), "
+                    f"got {token!r}"
+                )
+            if not _is_real(value) or not -MAX_ABS_LOGIT_BIAS <= value <= MAX_ABS_LOGIT_BIAS:
+                raise ValueError(
+                    f"logit_bias values must be numbers in [{-MAX_ABS_LOGIT_BIAS}, "
+                    f"{MAX_ABS_LOGIT_BIAS}], got {value!r} for token {token}"
+                )
+        normalised = tuple(sorted((int(t), float(v)) for t, v in pairs))
+        if len({t for t, _ in normalised}) != len(normalised):
+            raise ValueError("logit_bias names a token id more than once")
+        object.__setattr__(self, "logit_bias", normalised)
+
+    def resumed(self, num_sent: int) -> SamplingParams:
+        """These params for what is left of the request after `num_sent` output tokens went
+        out, when it resumes with them appended to its prompt: max_tokens (to 1 at least) and
+        min_tokens shrink by as many, and the presence and frequency penalties go on counting
+        them as output."""
+        max_tokens = max(self.max_tokens - num_sent, 1)
+        return replace(
+            self,
+            max_tokens=max_tokens,
+            min_tokens=min(max(self.min_tokens - num_sent, 0), max_tokens),
+            num_prior_output_tokens=self.num_prior_output_tokens + num_sent,
+        )
+
+    @property
+    def has_penalties(self) -> bool:
+        """True when some penalty, bias or min_tokens changes this request's logits."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+            or self.min_tokens
+        )
 
     @property
     def is_greedy(self) -> bool:

@@ -351,14 +351,12 @@ class Dispatcher:
     @staticmethod
     def _continuation(a: _Attempt, number: int) -> PreparedRequest:
         """The request itself, or on a later try what is left of it: the tokens already sent
-        join the prompt and max_tokens shrinks by as many."""
+        join the prompt, max_tokens and min_tokens shrink by as many, and the presence and
+        frequency penalties go on counting them as output."""
         if not number:
             return replace(a.req, request_id=a.key)
         ids = a.req.prompt_token_ids + tuple(a.token_ids)
-        left = a.req.params.max_tokens - len(a.token_ids)
-        return PreparedRequest(
-            f"{a.key}~{number}", ids, replace(a.req.params, max_tokens=max(left, 1))
-        )
+        return PreparedRequest(f"{a.key}~{number}", ids, a.req.params.resumed(len(a.token_ids)))
 
     async def _run_pair(
         self, a: _Attempt, sub: PreparedRequest, prefill: WorkerHandle, decode: WorkerHandle

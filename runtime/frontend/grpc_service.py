@@ -47,6 +47,11 @@ def params_fields(p: pb.SamplingParams) -> dict:
         "ignore_eos": p.ignore_eos,
         "include_stop_str_in_output": p.include_stop_str_in_output,
         "skip_special_tokens": opt("skip_special_tokens"),
+        "presence_penalty": opt("presence_penalty"),
+        "frequency_penalty": opt("frequency_penalty"),
+        "repetition_penalty": opt("repetition_penalty"),
+        "logit_bias": dict(p.logit_bias) or None,
+        "min_tokens": opt("min_tokens"),
     }
 
 

@@ -73,7 +73,12 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token ids as strings, as JSON keys are
     # vLLM extensions
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
     top_k: int | None = None
     min_p: float | None = None
     ignore_eos: bool = False
@@ -94,6 +99,11 @@ class _Sampling(_Body):
             "ignore_eos": self.ignore_eos,
             "include_stop_str_in_output": self.include_stop_str_in_output,
             "skip_special_tokens": self.skip_special_tokens,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "logit_bias": self.logit_bias,
+            "min_tokens": self.min_tokens,
         }
 
     def prompt_inputs(self) -> dict:

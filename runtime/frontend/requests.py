@@ -11,6 +11,7 @@ from pathlib import Path
 
 from runtime.engine import SamplingParams
 from runtime.engine.sampling_params import lone_surrogate_at
+from runtime.frontend.logit_bias import parse_logit_bias
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 # One thread, as vLLM's tokenizer executor: a fast tokenizer's settings live behind a Rust
@@ -31,6 +32,7 @@ class RequestLimits:
       in characters, the most a prompt that fits the context can hold (SmolLM2: 8192 x 81).
     - `max_chat_messages`, `max_stop_strings`, `max_stop_chars` (each stop string),
       `max_stop_token_ids`, `max_request_id_chars` (a client-given gRPC request id).
+    - `max_logit_bias`: the entries of a request's logit_bias map.
     - `max_request_bytes`: an HTTP body (413 past it) and a gRPC message (the server's
       `grpc.max_receive_message_length`, RESOURCE_EXHAUSTED past it).
     """
@@ -42,6 +44,7 @@ class RequestLimits:
     max_stop_token_ids: int = 256
     max_request_id_chars: int = 128
     max_request_bytes: int = 8 << 20
+    max_logit_bias: int = 300
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -245,6 +248,10 @@ class RequestPreparer:
         fields.setdefault("max_tokens", room)
         self._check_stops(fields.get("stop", ()), fields.get("stop_token_ids", ()))
         try:
+            if "logit_bias" in fields:
+                fields["logit_bias"] = (
+                    parse_logit_bias(fields["logit_bias"], self.limits.max_logit_bias) or ()
+                )
             params = SamplingParams(**fields)
         except (TypeError, ValueError) as e:
             raise InvalidRequest(str(e)) from None
@@ -258,6 +265,11 @@ class RequestPreparer:
         if bad:
             raise InvalidRequest(
                 f"stop_token_ids must be token ids in [0, {self.vocab_size}), got {bad[:5]}"
+            )
+        bad = [t for t, _ in params.logit_bias if t >= self.vocab_size]
+        if bad:
+            raise InvalidRequest(
+                f"logit_bias keys must be token ids in [0, {self.vocab_size}), got {bad[:5]}"
             )
         return params
 

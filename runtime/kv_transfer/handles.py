@@ -18,6 +18,13 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
         ignore_eos=p.ignore_eos,
         include_stop_str_in_output=p.include_stop_str_in_output,
         skip_special_tokens=p.skip_special_tokens,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        repetition_penalty=p.repetition_penalty,
+        logit_bias=dict(p.logit_bias),
+        output_counts=pb.OutputCounts(
+            min_tokens=p.min_tokens, num_prior_output_tokens=p.num_prior_output_tokens
+        ),
     )
     if p.seed is not None:
         msg.seed = p.seed
@@ -41,6 +48,12 @@ def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
         logprobs=m.logprobs if m.HasField("logprobs") else None,
         include_stop_str_in_output=m.include_stop_str_in_output,
         skip_special_tokens=m.skip_special_tokens,
+        presence_penalty=m.presence_penalty,
+        frequency_penalty=m.frequency_penalty,
+        repetition_penalty=m.repetition_penalty if m.HasField("repetition_penalty") else 1.0,
+        logit_bias=dict(m.logit_bias),
+        min_tokens=m.output_counts.min_tokens,
+        num_prior_output_tokens=m.output_counts.num_prior_output_tokens,
     )
 
 
