@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.engine.sampling_params import SamplingParams
+from runtime.engine.structured_output import GrammarMatcher, apply_grammar
 
 _MASK64 = (1 << 64) - 1
 
@@ -63,15 +64,21 @@ class Sampler:
         logits: torch.Tensor,
         params: Sequence[SamplingParams],
         output_indices: Sequence[int],
+        matchers: Sequence[GrammarMatcher | None] | None = None,
     ) -> SampleResult:
         """Sample `logits[i]` under `params[i]`; `output_indices[i]` counts request i's
-        output tokens before this one (0 for the first)."""
+        output tokens before this one (0 for the first). `matchers[i]`, when given and not
+        None, restricts row i to the tokens its grammar allows (before every other filter;
+        logprobs stay those of the raw logits)."""
         num_rows = logits.shape[0]
         if len(params) != num_rows or len(output_indices) != num_rows:
             raise ValueError(
                 f"need one SamplingParams and output index per logits row: {num_rows} rows, "
                 f"{len(params)} params, {len(output_indices)} output indices"
             )
+        raw = logits
+        if matchers is not None:
+            logits = apply_grammar(logits, matchers)
         random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if not random_rows:
             token_ids = logits.argmax(dim=-1)
@@ -87,7 +94,7 @@ class Sampler:
                 [params[i] for i in random_rows],
                 [output_indices[i] for i in random_rows],
             )
-        return _with_logprobs(logits, params, token_ids)
+        return _with_logprobs(raw, params, token_ids)
 
     def _sample(
         self, logits: torch.Tensor, params: list[SamplingParams], output_indices: list[int]
