@@ -324,9 +324,11 @@ class Dispatcher:
             return replace(a.req, request_id=a.key)
         ids = a.req.prompt_token_ids + tuple(a.token_ids)
         left = a.req.params.max_tokens - len(a.token_ids)
-        return PreparedRequest(
-            f"{a.key}~{number}", ids, replace(a.req.params, max_tokens=max(left, 1))
-        )
+        params = replace(a.req.params, max_tokens=max(left, 1))
+        if params.grammar is not None:  # the matcher replays the tokens already sent
+            replayed = params.grammar.num_replayed_tokens + len(a.token_ids)
+            params = replace(params, grammar=replace(params.grammar, num_replayed_tokens=replayed))
+        return PreparedRequest(f"{a.key}~{number}", ids, params)
 
     async def _run_pair(
         self, a: _Attempt, sub: PreparedRequest, prefill: WorkerHandle, decode: WorkerHandle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime.engine import KVHandle, SamplingParams
+from runtime.engine.grammar import GrammarSpec
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 
 
@@ -23,6 +24,10 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
         msg.seed = p.seed
     if p.logprobs is not None:
         msg.logprobs = p.logprobs
+    if p.grammar is not None:
+        msg.grammar_kind = p.grammar.kind
+        msg.grammar = p.grammar.spec
+        msg.grammar_replayed_tokens = p.grammar.num_replayed_tokens
     return msg
 
 
@@ -41,6 +46,11 @@ def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
         logprobs=m.logprobs if m.HasField("logprobs") else None,
         include_stop_str_in_output=m.include_stop_str_in_output,
         skip_special_tokens=m.skip_special_tokens,
+        grammar=(
+            GrammarSpec(m.grammar_kind, m.grammar, m.grammar_replayed_tokens)
+            if m.grammar_kind
+            else None
+        ),
     )
 
 
