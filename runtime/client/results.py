@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from runtime.api._proto import tandem_pb2 as pb
@@ -19,6 +20,10 @@ _SAMPLING = (
     "ignore_eos",
     "include_stop_str_in_output",
     "skip_special_tokens",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "json_object",
 )
 
 
@@ -86,7 +91,10 @@ def build_request(
     request_id: str = "",
     **sampling,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from exactly one input and sampling keywords (vLLM names)."""
+    """A GenerateRequest from exactly one input and sampling keywords (vLLM names).
+
+    Structured output: `guided_json` (a JSON schema, dict or JSON text), `guided_regex`,
+    `guided_choice` (a list of strings) or `json_object=True`; at most one."""
     unknown = set(sampling) - set(_SAMPLING)
     if unknown:
         raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
@@ -109,6 +117,10 @@ def build_request(
             p.stop.extend([value] if isinstance(value, str) else list(value))
         elif name == "stop_token_ids":
             p.stop_token_ids.extend(value)
+        elif name == "guided_choice":
+            p.guided_choice.extend(value)
+        elif name == "guided_json" and not isinstance(value, str):
+            p.guided_json = json.dumps(value)  # a schema given as a dict
         else:
             setattr(p, name, value)
     return req

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import time
 import uuid
 
@@ -16,6 +17,7 @@ from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.frontend.dispatch import client_key
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
+from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
 from runtime.kv_transfer import TLSConfig
 from runtime.kv_transfer.auth import server_credentials
 
@@ -46,7 +48,24 @@ def params_fields(p: pb.SamplingParams) -> dict:
         "ignore_eos": p.ignore_eos,
         "include_stop_str_in_output": p.include_stop_str_in_output,
         "skip_special_tokens": opt("skip_special_tokens"),
+        "grammar": _grammar(p),
     }
+
+
+def _grammar(p: pb.SamplingParams) -> GrammarRequest | None:
+    def given(name: str, kind: str, spec: str) -> GrammarRequest:
+        return GrammarRequest(f"params.{name}", kind, spec)
+
+    return one_grammar(
+        given("guided_json", "json_schema", schema_text("params.guided_json", p.guided_json))
+        if p.guided_json
+        else None,
+        given("guided_regex", "regex", p.guided_regex) if p.guided_regex else None,
+        given("guided_choice", "choice", json.dumps(list(p.guided_choice)))
+        if p.guided_choice
+        else None,
+        given("json_object", "json_object", "") if p.json_object else None,
+    )
 
 
 class ApiKeyCheck(grpc.aio.ServerInterceptor):

@@ -3,6 +3,7 @@ grammar's matcher is built on the prefill worker and rebuilt on the decode worke
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ import httpx
 import jsonschema
 import pytest
 
+from runtime.client import AsyncClient, Client, InvalidArgumentError
 from runtime.cluster import parse_cluster_config
 from runtime.cluster.background import BackgroundServer
 
@@ -137,3 +139,24 @@ def test_bad_grammars_are_400_naming_the_field(server, fields, says):
     assert r.status_code == 400, r.text
     assert says in r.json()["error"]["message"]
     assert chat(server, "hi", max_tokens=2).status_code == 200  # still serving
+
+
+def test_grpc_sdk_sync_and_async(server):
+    messages = [{"role": "user", "content": "Describe a pirate as JSON."}]
+    with Client(server.grpc_url, timeout=600) as client:
+        out = client.generate(messages=messages, max_tokens=120, temperature=0, guided_json=SCHEMA)
+        assert out.finish_reason == "stop"
+        jsonschema.validate(json.loads(out.text), SCHEMA)
+        with pytest.raises(InvalidArgumentError, match="params.guided_regex: invalid regex"):
+            client.generate("hi", guided_regex="(")
+
+    async def run():
+        async with AsyncClient(server.grpc_url, timeout=600) as client:
+            return await asyncio.gather(
+                client.generate("Yes or no?", max_tokens=8, guided_choice=["yes", "no"]),
+                client.generate("Data:", max_tokens=60, temperature=0, json_object=True),
+            )
+
+    choice, obj = asyncio.run(run())
+    assert choice.text in ("yes", "no") and choice.finish_reason == "stop"
+    assert obj.text.startswith("{")
