@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from runtime.api._proto import tandem_pb2 as pb
@@ -24,6 +25,10 @@ _SAMPLING = (
     "repetition_penalty",
     "logit_bias",
     "min_tokens",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "json_object",
 )
 
 
@@ -91,7 +96,10 @@ def build_request(
     request_id: str = "",
     **sampling,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from exactly one input and sampling keywords (vLLM names)."""
+    """A GenerateRequest from exactly one input and sampling keywords (vLLM names).
+
+    Structured output: `guided_json` (a JSON schema, dict or JSON text), `guided_regex`,
+    `guided_choice` (a list of strings) or `json_object=True`; at most one."""
     unknown = set(sampling) - set(_SAMPLING)
     if unknown:
         raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
@@ -116,6 +124,10 @@ def build_request(
             p.stop_token_ids.extend(value)
         elif name == "logit_bias":  # {token id: bias}; OpenAI-style "123" keys work too
             p.logit_bias.update({int(k): v for k, v in value.items()})
+        elif name == "guided_choice":
+            p.guided_choice.extend(value)
+        elif name == "guided_json" and not isinstance(value, str):
+            p.guided_json = json.dumps(value)  # a schema given as a dict
         else:
             setattr(p, name, value)
     return req

@@ -27,6 +27,7 @@ from runtime.engine.runners import make_runner
 from runtime.engine.sampler import Sampler
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.sequence import Sequence, SequenceStatus
+from runtime.engine.structured_output import GrammarMatcher, StructuredOutput
 from runtime.engine.weights import read_generation_eos
 
 
@@ -60,6 +61,7 @@ class _Request:
     last_token_time: float | None = None  # when this engine sampled the latest token
     # Per token sampled since the last output: seconds since the previous one sampled here.
     unsent_gaps: list[float | None] = field(default_factory=list)
+    matcher: GrammarMatcher | None = None  # built at the first sample (structured output)
 
 
 @dataclass(eq=False)
@@ -99,6 +101,9 @@ class Engine:
         self.scheduler = BatchScheduler(config.scheduler, self.block_manager)
         self.eos_token_ids = read_generation_eos(config.model.path, self.runner.hf_config)
         self.sampler = Sampler(config.seed, self.eos_token_ids)
+        self.structured_output = StructuredOutput(
+            self.tokenizer, self.runner.geometry.vocab_size, self.eos_token_ids
+        )
         self.requests: dict[str, _Request] = {}
         self._imports: dict[str, _Import] = {}  # KV imports being received (decode role)
         self._ids = itertools.count()
@@ -232,6 +237,7 @@ class Engine:
             [s.params for s in sampled],
             [s.num_output_tokens for s in sampled],
             [s.token_ids for s in sampled],
+            matchers=[self._matcher(self.requests[s.request_id]) for s in sampled],
         )
         outputs = []
         for i, seq in enumerate(sampled):
@@ -239,8 +245,23 @@ class Engine:
             outputs.append(self._output(self.requests[seq.request_id]))
         return outputs
 
+    def _matcher(self, req: _Request) -> GrammarMatcher | None:
+        """The request's grammar matcher, built on first use from what it generated so far
+        (so a request imported from a prefill worker or resumed elsewhere continues)."""
+        seq = req.seq
+        if req.matcher is None and seq.params.grammar is not None:
+            req.matcher = self.structured_output.matcher(
+                seq.params.grammar,
+                seq.prompt_token_ids,
+                seq.output_token_ids,
+                seq.params.num_prior_output_tokens,
+            )
+        return req.matcher
+
     def _append_token(self, seq: Sequence, token: int, logprob, top) -> None:
         req = self.requests[seq.request_id]
+        if req.matcher is not None:
+            req.matcher.accept(token)
         seq.token_ids.append(token)
         seq.logprobs.append(logprob)
         seq.top_logprobs.append(top)
@@ -262,6 +283,8 @@ class Engine:
         ):
             req.text = req.text[:cut]
             self._finish(req, "stop")
+        elif req.matcher is not None and req.matcher.is_stopped:
+            self._finish(req, "stop")  # the grammar is complete: only EOS could follow
         elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             self._finish(req, "length")
         elif self.config.role == "prefill":

@@ -10,6 +10,7 @@ import torch
 
 from runtime.engine.logits_processors import apply_logits_processors
 from runtime.engine.sampling_params import SamplingParams
+from runtime.engine.structured_output import GrammarMatcher, apply_grammar
 
 _MASK64 = (1 << 64) - 1
 
@@ -68,11 +69,15 @@ class Sampler:
         params: Sequence[SamplingParams],
         output_indices: Sequence[int],
         token_ids: Sequence[Sequence[int]] | None = None,
+        matchers: Sequence[GrammarMatcher | None] | None = None,
     ) -> SampleResult:
         """Sample `logits[i]` under `params[i]`; `output_indices[i]` counts request i's
         output tokens before this one (0 for the first), and `token_ids[i]` holds its prompt +
         output ids so far (needed only by rows with a repetition, presence or frequency
-        penalty). Logprobs are taken from the raw `logits`, before any penalty."""
+        penalty). `matchers[i]`, when given and not None, restricts row i to the tokens its
+        grammar allows; where penalties and min_tokens leave the grammar nothing (EOS held
+        back from a complete JSON value), the grammar wins. Logprobs are taken from the raw
+        `logits`, before any penalty or mask."""
         num_rows = logits.shape[0]
         if len(params) != num_rows or len(output_indices) != num_rows:
             raise ValueError(
@@ -83,6 +88,8 @@ class Sampler:
         logits = apply_logits_processors(
             logits, params, output_indices, token_ids, self.eos_token_ids
         )
+        if matchers is not None:
+            logits = apply_grammar(logits, matchers, fallback=raw)
         random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if not random_rows:
             sampled = logits.argmax(dim=-1)

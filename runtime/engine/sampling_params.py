@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from runtime.engine.grammar import GrammarSpec
+
 # Temperatures below this are treated as greedy, as in vLLM: dividing by them would overflow.
 SAMPLING_EPS = 1e-5
 MAX_LOGPROBS = 20
@@ -68,6 +70,8 @@ class SamplingParams:
       penalties count them as output too.
     - `logprobs` N returns the sampled token's logprob and the top-N logprobs per token,
       taken from the raw logits (before temperature and filters).
+    - `grammar` constrains the output to a JSON schema, any JSON object, a regex or a choice
+      (structured output); the request stops as soon as the grammar is complete.
 
     Invalid values raise ValueError naming the field, the value and what is allowed. Integers
     are bounded by what the KV handoff's wire holds (max_tokens and stop_token_ids uint32,
@@ -93,6 +97,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     min_tokens: int = 0
     num_prior_output_tokens: int = 0
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= UINT32_MAX:
@@ -124,6 +129,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, got {value!r}")
+        if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
+            raise ValueError(f"grammar must be None or a GrammarSpec, got {self.grammar!r}")
         if self.logprobs is not None and (
             not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import time
 import uuid
 
@@ -16,6 +17,7 @@ from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.frontend.dispatch import client_key
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
+from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
 from runtime.kv_transfer import TLSConfig
 from runtime.kv_transfer.auth import server_credentials
 from runtime.observability.grpc_interceptor import GrpcObservability
@@ -52,7 +54,24 @@ def params_fields(p: pb.SamplingParams) -> dict:
         "repetition_penalty": opt("repetition_penalty"),
         "logit_bias": dict(p.logit_bias) or None,
         "min_tokens": opt("min_tokens"),
+        "grammar": _grammar(p),
     }
+
+
+def _grammar(p: pb.SamplingParams) -> GrammarRequest | None:
+    def given(name: str, kind: str, spec: str) -> GrammarRequest:
+        return GrammarRequest(f"params.{name}", kind, spec)
+
+    return one_grammar(
+        given("guided_json", "json_schema", schema_text("params.guided_json", p.guided_json))
+        if p.guided_json
+        else None,
+        given("guided_regex", "regex", p.guided_regex) if p.guided_regex else None,
+        given("guided_choice", "choice", json.dumps(list(p.guided_choice)))
+        if p.guided_choice
+        else None,
+        given("json_object", "json_object", "") if p.json_object else None,
+    )
 
 
 class ApiKeyCheck(grpc.aio.ServerInterceptor):

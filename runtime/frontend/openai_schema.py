@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.frontend.requests import InvalidRequest, quoted
+from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
 
 MAX_LISTED_ERRORS = 5
 # OpenAI fields with no meaning on a self-hosted server (billing, retention, abuse tracking,
@@ -63,6 +64,18 @@ class StreamOptions(_Body):
     continuous_usage_stats: bool = False  # vLLM: usage so far on every chunk
 
 
+class JsonSchemaFormat(_Body):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class _Sampling(_Body):
     model: str | None = None
     max_tokens: int | None = None
@@ -85,6 +98,41 @@ class _Sampling(_Body):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # structured output: OpenAI's, then vLLM's spellings (at most one)
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+
+    def grammar(self) -> GrammarRequest | None:
+        """The structured-output constraint sent, if any (validated by the preparer)."""
+        fmt = self.response_format
+        from_format = None
+        if fmt is not None and fmt.type == "json_object":
+            from_format = GrammarRequest("response_format", "json_object")
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None:
+                raise InvalidRequest(
+                    "response_format.json_schema is required when type is json_schema"
+                )
+            field = "response_format.json_schema.schema"
+            from_format = GrammarRequest(
+                field, "json_schema", schema_text(field, fmt.json_schema.schema_)
+            )
+        return one_grammar(
+            from_format,
+            None
+            if self.guided_json is None
+            else GrammarRequest(
+                "guided_json", "json_schema", schema_text("guided_json", self.guided_json)
+            ),
+            None
+            if self.guided_regex is None
+            else GrammarRequest("guided_regex", "regex", self.guided_regex),
+            None
+            if self.guided_choice is None
+            else GrammarRequest("guided_choice", "choice", json.dumps(self.guided_choice)),
+        )
 
     def sampling_fields(self) -> dict:
         return {
@@ -104,6 +152,7 @@ class _Sampling(_Body):
             "repetition_penalty": self.repetition_penalty,
             "logit_bias": self.logit_bias,
             "min_tokens": self.min_tokens,
+            "grammar": self.grammar(),
         }
 
     def prompt_inputs(self) -> dict:

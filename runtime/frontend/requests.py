@@ -33,6 +33,8 @@ class RequestLimits:
     - `max_chat_messages`, `max_stop_strings`, `max_stop_chars` (each stop string),
       `max_stop_token_ids`, `max_request_id_chars` (a client-given gRPC request id).
     - `max_logit_bias`: the entries of a request's logit_bias map.
+    - `max_grammar_chars`: a structured-output constraint (JSON schema, regex, choices) in
+      characters, bounding what compiling it may cost a worker.
     - `max_request_bytes`: an HTTP body (413 past it) and a gRPC message (the server's
       `grpc.max_receive_message_length`, RESOURCE_EXHAUSTED past it).
     """
@@ -43,6 +45,7 @@ class RequestLimits:
     max_stop_chars: int = 256
     max_stop_token_ids: int = 256
     max_request_id_chars: int = 128
+    max_grammar_chars: int = 32768
     max_request_bytes: int = 8 << 20
     max_logit_bias: int = 300
 
@@ -246,6 +249,8 @@ class RequestPreparer:
             )
         fields = {k: v for k, v in fields.items() if v is not None}
         fields.setdefault("max_tokens", room)
+        if "grammar" in fields:  # a frontend GrammarRequest: validated (and compiled) here
+            fields["grammar"] = fields["grammar"].to_spec(self.limits.max_grammar_chars)
         self._check_stops(fields.get("stop", ()), fields.get("stop_token_ids", ()))
         try:
             if "logit_bias" in fields:

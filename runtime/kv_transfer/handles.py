@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime.engine import KVHandle, SamplingParams
+from runtime.engine.grammar import GrammarSpec
 from runtime.kv_transfer._proto import kv_transfer_pb2 as pb
 
 
@@ -30,6 +31,9 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
         msg.seed = p.seed
     if p.logprobs is not None:
         msg.logprobs = p.logprobs
+    if p.grammar is not None:
+        msg.grammar_kind = p.grammar.kind
+        msg.grammar = p.grammar.spec
     return msg
 
 
@@ -54,6 +58,7 @@ def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
         logit_bias=dict(m.logit_bias),
         min_tokens=m.output_counts.min_tokens,
         num_prior_output_tokens=m.output_counts.num_prior_output_tokens,
+        grammar=(GrammarSpec(m.grammar_kind, m.grammar) if m.grammar_kind else None),
     )
 
 
