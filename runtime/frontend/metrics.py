@@ -212,7 +212,7 @@ class FrontendMetrics:
             if not m.labels and m.kind != "gauge":
                 self._of(m.name)
         # Per worker: (incarnation, the totals last seen), to count their growth.
-        self._totals: dict[str, tuple[str, dict[tuple, int]]] = {}
+        self._totals: dict[str, tuple[str, dict[tuple[str, str], int]]] = {}
         self._worker_gauges: set[tuple[str, str]] = set()  # (pool, worker) labels in use
 
     def _for_model(self, name: str) -> _ForModel:
@@ -278,22 +278,22 @@ class FrontendMetrics:
         """Add what `w`'s totals grew by since its last report. A new incarnation (the
         worker restarted) counts from 0; a report below the last (one the frontend made up
         for a silent worker) adds nothing."""
-        totals = {
-            ("tandem:prefix_cache_queries_total",): w.num_prefix_cache_queries,
-            ("tandem:prefix_cache_hits_total",): w.num_prefix_cache_hits,
-            ("tandem:num_preemptions_total",): w.num_preemptions,
+        totals: dict[tuple[str, str], int] = {  # (metric, failure code or "") -> total
+            ("tandem:prefix_cache_queries_total", ""): w.num_prefix_cache_queries,
+            ("tandem:prefix_cache_hits_total", ""): w.num_prefix_cache_hits,
+            ("tandem:num_preemptions_total", ""): w.num_preemptions,
         }
         for code, n in w.handoff_failures:
             totals[("tandem:kv_handoff_failures_total", code)] = n
         incarnation, last = self._totals.get(w.name, ("", {}))
         if incarnation != w.incarnation:
             last = {}
-        for (name, *rest), n in totals.items():
-            seen = last.get((name, *rest), 0)
-            counter = self._of(name, w.role, w.name, *rest)  # shows at 0 until it counts
-            if n > seen:
+        for (name, code), n in totals.items():
+            counter = self._of(name, w.role, w.name, *([code] if code else []))
+            seen = last.get((name, code), 0)
+            if n > seen:  # the series shows at 0 until it counts
                 counter.inc(n - seen)
-                last[(name, *rest)] = n
+                last[(name, code)] = n
         self._totals[w.name] = (w.incarnation, last)
 
     def render(self) -> bytes:
