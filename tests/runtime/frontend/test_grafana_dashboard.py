@@ -9,7 +9,8 @@ from pathlib import Path
 
 from prometheus_text import names, samples
 
-from runtime.frontend.metrics import METRICS, FrontendMetrics
+from runtime.frontend.metric_specs import METRICS
+from runtime.frontend.metrics import FrontendMetrics
 from runtime.frontend.results import Timings, Usage
 from runtime.workers.load import WorkerLoad
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from prometheus_text import names, samples, value
 
-from runtime.frontend.metrics import METRICS, NAMES, FrontendMetrics
+from runtime.frontend.metric_specs import METRICS, NAMES
+from runtime.frontend.metrics import FrontendMetrics
 from runtime.frontend.results import Timings, Usage
 from runtime.workers.load import WorkerLoad
 
