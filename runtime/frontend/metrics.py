@@ -2,8 +2,7 @@
 
 vLLM's scheme under Tandem's own prefix (`tandem:time_to_first_token_seconds`, ...), every
 series labelled with `model_name`; a worker's own series also with `pool` and `worker`.
-`METRICS` is the one list of what is exported: the frontend builds its registry from it,
-and tests and the Grafana dashboard check their names against it.
+`METRICS` (runtime/frontend/metric_specs.py) is the one list of what is exported.
 
 Request metrics are the frontend's (it sees every request from arrival to its last token,
 so the counts match what clients got). Worker metrics come from the load reports the
@@ -14,7 +13,6 @@ the totals each worker process reports, so a worker restart never runs a counter
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import prometheus_client
 from prometheus_client import (
@@ -26,155 +24,14 @@ from prometheus_client import (
     generate_latest,
 )
 
+from runtime.frontend.metric_specs import METRICS, NAMES, WORKER_LABELS, MetricSpec
 from runtime.workers.load import WorkerLoad
+
+__all__ = ["CONTENT_TYPE_LATEST", "METRICS", "NAMES", "FrontendMetrics", "MetricSpec"]
 
 # vLLM leaves the `_created` series out too: they double every counter and histogram.
 prometheus_client.disable_created_metrics()
 
-_LATENCY = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_PER_TOKEN = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-_WORKER = ("pool", "worker")
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One exported metric: its full name (a counter's ends in `_total`), its kind
-    ("counter", "gauge", "histogram"), help text, labels besides `model_name`, and a
-    histogram's buckets."""
-
-    name: str
-    kind: str
-    help: str
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = ()
-
-    @property
-    def series(self) -> tuple[str, ...]:
-        """The sample names it exposes (what a PromQL expression may name)."""
-        if self.kind == "histogram":
-            return tuple(f"{self.name}_{s}" for s in ("bucket", "sum", "count"))
-        return (self.name,)
-
-
-def _h(name: str, help: str, buckets: tuple[float, ...] = _LATENCY) -> MetricSpec:
-    return MetricSpec(name, "histogram", help, (), buckets)
-
-
-METRICS: tuple[MetricSpec, ...] = (
-    # Per request, the frontend's (vLLM `bench serve` definitions).
-    _h("tandem:time_to_first_token_seconds", "Request arrival to its first token sent"),
-    _h(
-        "tandem:time_per_output_token_seconds",
-        "Per request: (latency - TTFT) / (output tokens - 1), requests of 2+ tokens",
-        _PER_TOKEN,
-    ),
-    _h(
-        "tandem:inter_token_latency_seconds",
-        "Every gap between a request's consecutive tokens (timed on the engine that sampled "
-        "both; across a KV handoff or a resume, between their arrivals at the frontend)",
-        _PER_TOKEN,
-    ),
-    _h("tandem:e2e_request_latency_seconds", "Request arrival to its last token"),
-    _h(
-        "tandem:request_queue_time_seconds",
-        "On the worker computing the prompt: arrival to first scheduled",
-    ),
-    _h(
-        "tandem:request_prefill_time_seconds",
-        "On the worker computing the prompt: first scheduled to first token",
-    ),
-    _h(
-        "tandem:request_decode_time_seconds",
-        "On the decoding worker: its start to the last token, requests of 2+ tokens",
-    ),
-    _h(
-        "tandem:kv_transfer_time_seconds",
-        "Per handed-off request: KV handoff call start to the decode side's ack",
-    ),
-    MetricSpec("tandem:kv_transfer_bytes_total", "counter", "Encoded KV bytes handed off"),
-    MetricSpec("tandem:prompt_tokens_total", "counter", "Prompt tokens of finished requests"),
-    MetricSpec(
-        "tandem:generation_tokens_total", "counter", "Generated tokens of finished requests"
-    ),
-    MetricSpec(
-        "tandem:request_success_total",
-        "counter",
-        "Finished requests by why they finished (stop, length, ...)",
-        ("finished_reason",),
-    ),
-    MetricSpec(
-        "tandem:request_errors_total",
-        "counter",
-        "Requests that ended with an error, by gRPC status name",
-        ("code",),
-    ),
-    MetricSpec(
-        "tandem:admission_refusals_total",
-        "counter",
-        "Requests refused at admission: ttft (predicted to miss the TTFT target), tpot (the "
-        "decode pool predicted past the TPOT target), queue (the prefill queue is full), "
-        "api_key (its in-flight limit)",
-        ("reason",),
-    ),
-    MetricSpec(
-        "tandem:balancer_actions_total",
-        "counter",
-        "Pool balancer actions (flip, scale_up, scale_down) by the pool they give to or "
-        "shrink, and whether they were carried out (done, failed)",
-        ("kind", "pool", "outcome"),
-    ),
-    MetricSpec("tandem:num_requests_in_flight", "gauge", "Requests the frontend is serving"),
-    MetricSpec("tandem:pool_size", "gauge", "Healthy workers per pool", ("pool",)),
-    # Per worker, from its load reports.
-    MetricSpec(
-        "tandem:num_requests_running", "gauge", "Sequences holding KV blocks and running", _WORKER
-    ),
-    MetricSpec(
-        "tandem:num_requests_waiting",
-        "gauge",
-        "Sequences waiting for a batch slot or blocks",
-        _WORKER,
-    ),
-    MetricSpec("tandem:kv_cache_usage_perc", "gauge", "KV cache blocks in use (1 = full)", _WORKER),
-    MetricSpec("tandem:num_free_kv_blocks", "gauge", "Free KV cache blocks", _WORKER),
-    MetricSpec(
-        "tandem:num_queued_prompt_tokens",
-        "gauge",
-        "Prompt tokens admitted but not yet computed",
-        _WORKER,
-    ),
-    MetricSpec(
-        "tandem:prefill_tokens_per_second",
-        "gauge",
-        "Prompt tokens per second the worker computed lately (what admission predicts by)",
-        _WORKER,
-    ),
-    MetricSpec(
-        "tandem:prefix_cache_queries_total",
-        "counter",
-        "Prompt tokens looked up in the worker's prefix cache",
-        _WORKER,
-    ),
-    MetricSpec(
-        "tandem:prefix_cache_hits_total",
-        "counter",
-        "Prompt tokens found in the worker's prefix cache",
-        _WORKER,
-    ),
-    MetricSpec(
-        "tandem:kv_handoff_failures_total",
-        "counter",
-        "KV handoffs this prefill worker started that failed, by gRPC status name",
-        (*_WORKER, "code"),
-    ),
-    MetricSpec(
-        "tandem:num_preemptions_total",
-        "counter",
-        "Sequences preempted (their KV freed, to be recomputed)",
-        _WORKER,
-    ),
-)
-NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 _KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 
@@ -212,7 +69,7 @@ class FrontendMetrics:
             if not m.labels and m.kind != "gauge":
                 self._of(m.name)
         # Per worker: (incarnation, the totals last seen), to count their growth.
-        self._totals: dict[str, tuple[str, dict[tuple, int]]] = {}
+        self._totals: dict[str, tuple[str, dict[tuple[str, str], int]]] = {}
         self._worker_gauges: set[tuple[str, str]] = set()  # (pool, worker) labels in use
 
     def _for_model(self, name: str) -> _ForModel:
@@ -257,7 +114,7 @@ class FrontendMetrics:
         current = {(w.role, w.name) for w in loads}
         for gone in self._worker_gauges - current:  # a worker stopped or changed pools
             for m in METRICS:
-                if m.kind == "gauge" and m.labels == _WORKER:
+                if m.kind == "gauge" and m.labels == WORKER_LABELS:
                     self._metrics[m.name].remove(self.model_name, *gone)
         self._worker_gauges = current
         for w in loads:
@@ -278,22 +135,22 @@ class FrontendMetrics:
         """Add what `w`'s totals grew by since its last report. A new incarnation (the
         worker restarted) counts from 0; a report below the last (one the frontend made up
         for a silent worker) adds nothing."""
-        totals = {
-            ("tandem:prefix_cache_queries_total",): w.num_prefix_cache_queries,
-            ("tandem:prefix_cache_hits_total",): w.num_prefix_cache_hits,
-            ("tandem:num_preemptions_total",): w.num_preemptions,
+        totals: dict[tuple[str, str], int] = {  # (metric, failure code or "") -> total
+            ("tandem:prefix_cache_queries_total", ""): w.num_prefix_cache_queries,
+            ("tandem:prefix_cache_hits_total", ""): w.num_prefix_cache_hits,
+            ("tandem:num_preemptions_total", ""): w.num_preemptions,
         }
         for code, n in w.handoff_failures:
             totals[("tandem:kv_handoff_failures_total", code)] = n
         incarnation, last = self._totals.get(w.name, ("", {}))
         if incarnation != w.incarnation:
             last = {}
-        for (name, *rest), n in totals.items():
-            seen = last.get((name, *rest), 0)
-            counter = self._of(name, w.role, w.name, *rest)  # shows at 0 until it counts
-            if n > seen:
+        for (name, code), n in totals.items():
+            counter = self._of(name, w.role, w.name, *([code] if code else []))
+            seen = last.get((name, code), 0)
+            if n > seen:  # the series shows at 0 until it counts
                 counter.inc(n - seen)
-                last[(name, *rest)] = n
+                last[(name, code)] = n
         self._totals[w.name] = (w.incarnation, last)
 
     def render(self) -> bytes:

@@ -14,7 +14,7 @@ from prometheus_text import samples, value
 
 from runtime.client import Client
 from runtime.faults import FaultConfig
-from runtime.frontend.metrics import METRICS
+from runtime.frontend.metric_specs import METRICS
 
 SHARED = [10 + i for i in range(21)]  # sent twice: the second hits the prefix cache
 HTTP_PROMPT = list(range(50, 63))  # likewise, over HTTP

@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 from prometheus_text import names, samples, value
 
-from runtime.frontend.metrics import METRICS, NAMES, FrontendMetrics
+from runtime.engine import SamplingParams
+from runtime.frontend.dispatch import _Attempt
+from runtime.frontend.metric_specs import METRICS, NAMES
+from runtime.frontend.metrics import FrontendMetrics
+from runtime.frontend.requests import PreparedRequest
 from runtime.frontend.results import Timings, Usage
+from runtime.workers.events import TokenEvent
 from runtime.workers.load import WorkerLoad
 
 # What issue 15 asks for, by name.
@@ -132,3 +137,18 @@ def test_a_worker_gone_from_the_reports_leaves_the_gauges():
     assert not value(scraped, "tandem:num_requests_running", worker="prefill-0")
     running = {dict(ls)["worker"] for n, ls in scraped if n == "tandem:num_requests_running"}
     assert running == {"decode-0"}
+
+
+def test_inter_token_latencies_are_the_engines_gaps_or_the_frontends_across_a_handoff(
+    monkeypatch,
+):
+    clock = iter([10.0, 10.5, 10.6, 11.0])
+    monkeypatch.setattr("runtime.frontend.dispatch.time.monotonic", lambda: next(clock))
+    a = _Attempt(PreparedRequest("r", (1, 2), SamplingParams(max_tokens=4)), "r@x")  # at 10.0
+    a.chunk(TokenEvent("r", (5,), "", token_gaps_s=(None,)))  # the prefill worker's, at 10.5
+    assert a.token_gaps == []  # the first token has no predecessor
+    # The decode worker's first token has none on its engine: timed by arrival here (0.1 s);
+    # the next was sampled there 0.02 s after it.
+    a.chunk(TokenEvent("r", (6,), "", token_gaps_s=(None,)))  # at 10.6
+    a.chunk(TokenEvent("r", (7, 8), "", finished=True, token_gaps_s=(0.02, 0.03)))  # at 11.0
+    assert a.token_gaps == pytest.approx([0.1, 0.02, 0.03])
