@@ -124,3 +124,46 @@ def test_observability_section_reaches_the_cluster_config():
     assert config.observability == ObservabilityConfig(
         log_format="json", otlp_traces_endpoint="http://collector:4317"
     )
+
+
+def test_serve_flags_override_the_observability_section(tmp_path, capsys):
+    from runtime.cli import build_parser, main
+    from runtime.serve_cli import flag_overrides
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--config",
+            "c.yaml",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--disable-access-log",
+            "--otlp-traces-endpoint",
+            "http://collector:4317",
+        ]
+    )
+    assert flag_overrides(args)["observability"] == {
+        "log_format": "json",
+        "log_level": "debug",
+        "access_log": False,
+        "otlp_traces_endpoint": "http://collector:4317",
+    }
+    assert "observability" not in flag_overrides(
+        build_parser().parse_args(["serve", "--config", "c"])
+    )
+    # Through the whole path: the file's section under the flags, as --print-config shows it.
+    config = tmp_path / "cluster.yaml"
+    config.write_text("pools: {colocated: {replicas: 1}}\nobservability: {log_format: json}\n")
+    argv = ["serve", "--config", str(config), "--disable-access-log", "--print-config"]
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger(ACCESS_LOGGER).disabled)
+    try:
+        assert main(argv) == 0
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.getLogger(ACCESS_LOGGER).disabled = saved[2]
+    shown = capsys.readouterr().out
+    assert "observability:\n  log_format: json\n  log_level: info\n  access_log: false\n" in shown
