@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 
 from starlette.requests import Request
 
@@ -24,7 +24,7 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
-async def unless_disconnected(request: Request, work: Coroutine, stream: AsyncIterator):
+async def unless_disconnected(request: Request, work: Coroutine, stream: AsyncGenerator):
     """`await work`, unless the client disconnects first: then `work` is cancelled, `stream`
     (the request's chunks, which `work` consumes) closed, which aborts the request on every
     worker that holds it and frees its KV blocks, and ClientGone raised."""

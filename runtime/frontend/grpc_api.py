@@ -1,0 +1,68 @@
+"""The gRPC API's Tokenize, Detokenize and GetVersion, and continuous usage on Generate's
+stream (mixed into `TandemService`, which holds the dispatcher and the preparer)."""
+
+from __future__ import annotations
+
+import grpc
+
+from runtime.api._proto import tandem_pb2 as pb
+from runtime.frontend.requests import InvalidRequest
+from runtime.frontend.tokenization import detokenize, server_version, tokenize
+
+
+class TokenizerRpcs:
+    """Needs `self.preparer` (a `RequestPreparer`) and `self._count_error(code)`."""
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:
+        def run() -> pb.TokenizeResponse:
+            p = self.preparer  # type: ignore[attr-defined]
+            p.check_model(request.model)
+            kind = request.WhichOneof("input")
+            got = tokenize(
+                p,
+                prompt=request.prompt if kind == "prompt" else None,
+                messages=[{"role": m.role, "content": m.content} for m in request.chat.messages]
+                if kind == "chat"
+                else None,
+                return_token_strs=request.return_token_strs,
+            )
+            return pb.TokenizeResponse(
+                token_ids=got.token_ids, max_model_len=p.max_model_len, token_strs=got.token_strs
+            )
+
+        return await self._answer(run, context)
+
+    async def Detokenize(self, request: pb.DetokenizeRequest, context) -> pb.DetokenizeResponse:
+        def run() -> pb.DetokenizeResponse:
+            p = self.preparer  # type: ignore[attr-defined]
+            p.check_model(request.model)
+            return pb.DetokenizeResponse(text=detokenize(p, list(request.token_ids)))
+
+        return await self._answer(run, context)
+
+    async def GetVersion(self, request, context) -> pb.GetVersionResponse:
+        return pb.GetVersionResponse(**server_version())
+
+    async def _answer(self, run, context):
+        try:
+            return await self.preparer.run(run)  # type: ignore[attr-defined]
+        except InvalidRequest as e:
+            self._count_error("INVALID_ARGUMENT")  # type: ignore[attr-defined]
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+
+class ContinuousUsage:
+    """Stamps each GenerateResponse with the usage so far (continuous_usage_stats); the last
+    keeps the workers' own count, cached prompt tokens included."""
+
+    def __init__(self, num_prompt_tokens: int):
+        self.num_prompt_tokens = num_prompt_tokens
+        self.num_generated = 0
+
+    def stamp(self, msg: pb.GenerateResponse) -> pb.GenerateResponse:
+        self.num_generated += len(msg.token_ids)
+        if not msg.HasField("usage"):
+            msg.usage.CopyFrom(
+                pb.Usage(prompt_tokens=self.num_prompt_tokens, completion_tokens=self.num_generated)
+            )
+        return msg
