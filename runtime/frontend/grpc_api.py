@@ -4,10 +4,38 @@ stream (mixed into `TandemService`, which holds the dispatcher and the preparer)
 from __future__ import annotations
 
 import grpc
+from google.protobuf import unknown_fields
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.frontend.requests import InvalidRequest
 from runtime.frontend.tokenization import detokenize, server_version, tokenize
+
+
+def unknown_fields_of(msg: Message, path: str = "") -> list[str]:
+    """Where `msg` (and the messages inside it) carries fields this server's contract does
+    not have, e.g. `params.#21`: a client built against a newer tandem.proto."""
+    found = [f"{path}#{f.field_number}" for f in unknown_fields.UnknownFieldSet(msg)]
+    for field, value in msg.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        inner = list(value) if field.is_repeated else [value]
+        for i, m in enumerate(inner):
+            index = f"[{i}]" if field.is_repeated else ""
+            found += unknown_fields_of(m, f"{path}{field.name}{index}.")
+    return found
+
+
+def check_known_fields(msg: Message) -> None:
+    """InvalidRequest naming the fields of `msg` this server does not implement: they are
+    refused, as the HTTP API refuses unknown parameters, rather than silently dropped."""
+    found = unknown_fields_of(msg)
+    if found:
+        raise InvalidRequest(
+            f"{msg.DESCRIPTOR.name} has fields this server does not implement (by field "
+            f"number): {', '.join(found[:5])}; upgrade the server or leave them unset"
+        )
 
 
 class TokenizerRpcs:
@@ -15,6 +43,7 @@ class TokenizerRpcs:
 
     async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:
         def run() -> pb.TokenizeResponse:
+            check_known_fields(request)
             p = self.preparer  # type: ignore[attr-defined]
             p.check_model(request.model)
             kind = request.WhichOneof("input")
@@ -34,6 +63,7 @@ class TokenizerRpcs:
 
     async def Detokenize(self, request: pb.DetokenizeRequest, context) -> pb.DetokenizeResponse:
         def run() -> pb.DetokenizeResponse:
+            check_known_fields(request)
             p = self.preparer  # type: ignore[attr-defined]
             p.check_model(request.model)
             return pb.DetokenizeResponse(text=detokenize(p, list(request.token_ids)))

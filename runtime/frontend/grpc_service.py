@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.frontend.dispatch import client_key
-from runtime.frontend.grpc_api import ContinuousUsage, TokenizerRpcs
+from runtime.frontend.grpc_api import ContinuousUsage, TokenizerRpcs, check_known_fields
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
 from runtime.kv_transfer import TLSConfig
@@ -143,6 +143,7 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
         """The request validated and tokenized (blocking: `Generate` runs it on the
         preparer's thread)."""
         p = self.preparer
+        check_known_fields(request)
         p.check_model(request.model)
         p.check_request_id(request.request_id)
         kind = request.WhichOneof("input")

@@ -3,6 +3,7 @@ SDK (sync and async) against the real gRPC server over a fake dispatcher."""
 
 import asyncio
 
+import grpc
 import pytest
 
 from runtime.client import AsyncClient, Client, InvalidArgumentError, Tokenized
@@ -79,3 +80,45 @@ def test_the_async_client_has_the_same_calls(frontend, tiny_preparer):
     assert got.token_ids == tiny_preparer.tokenizer.encode("hello") and "hello" in text
     assert version.api == "tandem.v1"
     assert [u.completion_tokens for u in usage] == [1, 2]
+
+
+def test_fields_this_server_does_not_implement_get_invalid_argument(frontend):
+    # A client built against a newer contract: GenerateRequest field 19 and SamplingParams
+    # field 21 (varints) are unknown here and must be refused, not dropped.
+    from runtime.api._proto import tandem_pb2 as pb
+
+    params = pb.SamplingParams(max_tokens=2).SerializeToString() + bytes([0xA8, 0x01, 0x05])
+    request = pb.GenerateRequest(prompt="hi")
+    request.params.MergeFromString(params)
+    raw = request.SerializeToString() + bytes([0x98, 0x01, 0x01])
+    with grpc.insecure_channel(frontend.grpc_url) as channel:
+        generate = channel.unary_stream(
+            "/tandem.v1.Tandem/Generate", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(generate(raw, timeout=30))
+        tokenize = channel.unary_unary(
+            "/tandem.v1.Tandem/Tokenize", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as tok_info:
+            tokenize(pb.TokenizeRequest(prompt="a").SerializeToString() + b"\x28\x01", timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "GenerateRequest has fields this server does not implement (by field number): "
+        "#19, params.#21; upgrade the server or leave them unset"
+    )
+    assert tok_info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "TokenizeRequest has fields" in tok_info.value.details()
+
+
+def test_unknown_fields_are_found_inside_repeated_messages():
+    from runtime.api._proto import tandem_pb2 as pb
+    from runtime.frontend.grpc_api import unknown_fields_of
+
+    message = pb.ChatMessage.FromString(
+        pb.ChatMessage(role="user", content="x").SerializeToString() + b"\x28\x01"
+    )
+    request = pb.GenerateRequest()
+    request.chat.messages.extend([pb.ChatMessage(role="system", content="y"), message])
+    assert unknown_fields_of(request) == ["chat.messages[1].#5"]
+    assert unknown_fields_of(pb.GenerateRequest(prompt="hi")) == []
