@@ -18,7 +18,7 @@ from runtime.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from runtime.client.results import Completion, StreamChunk, Timings, Usage
+from runtime.client.results import Completion, StreamChunk, Timings, Tokenized, Usage, Version
 
 __all__ = [
     "AsyncClient",
@@ -32,7 +32,9 @@ __all__ = [
     "StreamChunk",
     "TandemError",
     "Timings",
+    "Tokenized",
     "UnauthenticatedError",
     "UnavailableError",
     "Usage",
+    "Version",
 ]

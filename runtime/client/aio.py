@@ -17,8 +17,13 @@ from runtime.client.results import (
     Completion,
     CompletionBuilder,
     StreamChunk,
+    Tokenized,
+    Version,
     build_request,
+    build_tokenize_request,
     chunk_from_proto,
+    tokenized_from_proto,
+    version_from_proto,
 )
 
 
@@ -101,6 +106,36 @@ class AsyncClient:
 
     async def cluster_status(self, timeout: float | None = None) -> pb.ClusterStatusResponse:
         return await self._unary(self._stub.ClusterStatus, pb.ClusterStatusRequest(), timeout)
+
+    async def tokenize(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict] | None = None,
+        model: str = "",
+        return_token_strs: bool = False,
+        timeout: float | None = None,
+    ) -> Tokenized:
+        """The token ids a request with this `prompt` or these chat `messages` would run on
+        (the server's tokenizer and chat template), and the context they share."""
+        request = build_tokenize_request(
+            prompt, messages=messages, model=model, return_token_strs=return_token_strs
+        )
+        resp = await self._unary(self._stub.Tokenize, request, timeout)
+        return tokenized_from_proto(resp, return_token_strs)
+
+    async def detokenize(
+        self, token_ids: list[int], *, model: str = "", timeout: float | None = None
+    ) -> str:
+        """The text of `token_ids` (special tokens included)."""
+        request = pb.DetokenizeRequest(model=model, token_ids=list(token_ids))
+        return (await self._unary(self._stub.Detokenize, request, timeout)).text
+
+    async def version(self, timeout: float | None = None) -> Version:
+        """The server's package version, API package and KV contract version."""
+        return version_from_proto(
+            await self._unary(self._stub.GetVersion, pb.GetVersionRequest(), timeout)
+        )
 
     async def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         resp = await self._unary(

@@ -17,8 +17,13 @@ from runtime.client.results import (
     Completion,
     CompletionBuilder,
     StreamChunk,
+    Tokenized,
+    Version,
     build_request,
+    build_tokenize_request,
     chunk_from_proto,
+    tokenized_from_proto,
+    version_from_proto,
 )
 
 
@@ -30,7 +35,9 @@ class Client:
     backoff per `retry`. Inputs: a text `prompt`, chat `messages` ([{role, content}], the
     model's chat template applied server-side) or `prompt_token_ids`; sampling keywords use
     vLLM's names (max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty,
-    frequency_penalty, repetition_penalty, logit_bias {token id: bias}, min_tokens, ...).
+    frequency_penalty, repetition_penalty, logit_bias {token id: bias}, min_tokens, ...);
+    `continuous_usage_stats=True` puts the usage so far on every chunk, `request_id=` names
+    the request. `tokenize`, `detokenize` and `version` ask the server's tokenizer and build.
     Breaking out of `stream()` cancels the request, which frees its KV blocks on the cluster.
     TLS: a grpcs:// URL, `tls=True` or a `ca_file` (PEM roots for a private CA; default the
     system's); `server_name` overrides the name checked against the server's certificate.
@@ -112,6 +119,36 @@ class Client:
 
     def cluster_status(self, timeout: float | None = None) -> pb.ClusterStatusResponse:
         return self._unary(self._stub.ClusterStatus, pb.ClusterStatusRequest(), timeout)
+
+    def tokenize(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict] | None = None,
+        model: str = "",
+        return_token_strs: bool = False,
+        timeout: float | None = None,
+    ) -> Tokenized:
+        """The token ids a request with this `prompt` or these chat `messages` would run on
+        (the server's tokenizer and chat template), and the context they share."""
+        request = build_tokenize_request(
+            prompt, messages=messages, model=model, return_token_strs=return_token_strs
+        )
+        resp = self._unary(self._stub.Tokenize, request, timeout)
+        return tokenized_from_proto(resp, return_token_strs)
+
+    def detokenize(
+        self, token_ids: list[int], *, model: str = "", timeout: float | None = None
+    ) -> str:
+        """The text of `token_ids` (special tokens included)."""
+        request = pb.DetokenizeRequest(model=model, token_ids=list(token_ids))
+        return (self._unary(self._stub.Detokenize, request, timeout)).text
+
+    def version(self, timeout: float | None = None) -> Version:
+        """The server's package version, API package and KV contract version."""
+        return version_from_proto(
+            self._unary(self._stub.GetVersion, pb.GetVersionRequest(), timeout)
+        )
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """The grpc.health.v1 status name: "SERVING", "NOT_SERVING", ..."""

@@ -76,6 +76,46 @@ class StreamChunk:
 
 
 @dataclass(frozen=True)
+class Tokenized:
+    """What `tokenize` returns: the ids a request with that input would run on."""
+
+    token_ids: list[int]
+    max_model_len: int  # the context the prompt and the output share
+    token_strs: list[str] | None = None  # with return_token_strs=True
+
+
+@dataclass(frozen=True)
+class Version:
+    version: str  # the tandem-serve package
+    api: str  # the gRPC contract's package, e.g. "tandem.v1"
+    kv_contract_version: int
+
+
+def build_tokenize_request(
+    prompt=None, *, messages=None, model: str = "", return_token_strs: bool = False
+) -> pb.TokenizeRequest:
+    req = pb.TokenizeRequest(model=model, return_token_strs=return_token_strs)
+    if messages is not None:
+        req.chat.CopyFrom(
+            pb.ChatMessages(
+                messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
+            )
+        )
+    elif prompt is not None:
+        req.prompt = prompt
+    return req
+
+
+def tokenized_from_proto(msg: pb.TokenizeResponse, with_strs: bool) -> Tokenized:
+    strs = list(msg.token_strs) if with_strs else None
+    return Tokenized(list(msg.token_ids), msg.max_model_len, strs)
+
+
+def version_from_proto(msg: pb.GetVersionResponse) -> Version:
+    return Version(msg.version, msg.api, msg.kv_contract_version)
+
+
+@dataclass(frozen=True)
 class Completion:
     """A whole generation (what the non-streaming calls return)."""
 
@@ -94,16 +134,20 @@ def build_request(
     prompt_token_ids=None,
     model: str = "",
     request_id: str = "",
+    continuous_usage_stats: bool = False,
     **sampling,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from exactly one input and sampling keywords (vLLM names).
 
     Structured output: `guided_json` (a JSON schema, dict or JSON text), `guided_regex`,
-    `guided_choice` (a list of strings) or `json_object=True`; at most one."""
+    `guided_choice` (a list of strings) or `json_object=True`; at most one.
+    `continuous_usage_stats`: every streamed chunk carries the usage so far."""
     unknown = set(sampling) - set(_SAMPLING)
     if unknown:
         raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
-    req = pb.GenerateRequest(model=model, request_id=request_id)
+    req = pb.GenerateRequest(
+        model=model, request_id=request_id, continuous_usage_stats=continuous_usage_stats
+    )
     if messages is not None:
         req.chat.CopyFrom(
             pb.ChatMessages(
@@ -134,9 +178,14 @@ def build_request(
 
 
 def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
-    if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
-        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text)
     u, t = msg.usage, msg.timings
+    if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+        usage = (
+            Usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens)
+            if msg.HasField("usage")  # continuous_usage_stats: the usage so far
+            else None
+        )
+        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text, usage=usage)
     return StreamChunk(
         msg.request_id,
         list(msg.token_ids),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 
 from starlette.requests import Request
 
@@ -21,10 +21,10 @@ async def until_disconnected(request: Request) -> None:
     """Returns once the client has closed the connection (call after the body is read:
     ASGI then has nothing else to deliver but the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
-        pass
+        await asyncio.sleep(0.05)  # a server that answers at once must not spin the loop
 
 
-async def unless_disconnected(request: Request, work: Coroutine, stream: AsyncIterator):
+async def unless_disconnected(request: Request, work: Coroutine, stream: AsyncGenerator):
     """`await work`, unless the client disconnects first: then `work` is cancelled, `stream`
     (the request's chunks, which `work` consumes) closed, which aborts the request on every
     worker that holds it and frees its KV blocks, and ClientGone raised."""

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.frontend.dispatch import client_key
+from runtime.frontend.grpc_api import ContinuousUsage, TokenizerRpcs, check_known_fields
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
 from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
@@ -152,8 +153,9 @@ class RejectUndecodable(grpc.aio.ServerInterceptor):
         return handler._replace(request_deserializer=deserialize, unary_unary=guarded_unary)
 
 
-class TandemService(pb_grpc.TandemServicer):
-    """Generate / ListModels / ClusterStatus over a `Dispatcher`."""
+class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
+    """Generate / ListModels / ClusterStatus (and grpc_api's Tokenize / Detokenize /
+    GetVersion) over a `Dispatcher`."""
 
     def __init__(self, dispatcher, preparer: RequestPreparer, metrics=None, actions=()):
         self.dispatcher = dispatcher
@@ -166,6 +168,7 @@ class TandemService(pb_grpc.TandemServicer):
         """The request validated and tokenized (blocking: `Generate` runs it on the
         preparer's thread)."""
         p = self.preparer
+        check_known_fields(request)
         p.check_model(request.model)
         p.check_request_id(request.request_id)
         kind = request.WhichOneof("input")
@@ -185,8 +188,13 @@ class TandemService(pb_grpc.TandemServicer):
         try:
             req = await self.preparer.run(self.prepare, request)
             key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
+            usage = (
+                ContinuousUsage(len(req.prompt_token_ids))
+                if request.continuous_usage_stats
+                else None
+            )
             async for chunk in self.dispatcher.generate(req, key, context.time_remaining()):
-                yield to_response(chunk)
+                yield usage.stamp(to_response(chunk)) if usage else to_response(chunk)
         except InvalidRequest as e:
             self._count_error("INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

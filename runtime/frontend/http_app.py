@@ -44,6 +44,10 @@ class _AsciiJSON(JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
+def _error_object(status: int, message: str, kind: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
 def error_response(
     status: int,
     message: str,
@@ -53,7 +57,7 @@ def error_response(
 ) -> JSONResponse:
     """An OpenAI error object; `param` names the body field at fault, when one is."""
     return _AsciiJSON(
-        {"error": {"message": message, "type": kind, "param": param, "code": status}},
+        _error_object(status, message, kind, param),
         status_code=status,
         headers=headers,
     )
@@ -276,11 +280,13 @@ async def _sse(head, obj, first, stream, choice, include_usage, continuous_promp
                 chunk.usage,
             )
             chunk = await anext(stream, None)
-    except (InvalidRequest, ServingError) as e:  # headers are gone: report in the stream
-        yield event({"error": {"message": str(e), "type": "server_error"}})
+    except InvalidRequest as e:  # headers are gone: report in the stream
+        yield event(_error_object(400, str(e), "invalid_request_error"))
+    except ServingError as e:
+        yield event(_error_object(_HTTP_STATUS.get(e.code, 500), e.message, "server_error"))
     except Exception:  # a bug: still end the stream cleanly rather than drop the connection
         log.exception("streaming a response failed")
-        yield event({"error": {"message": "internal error", "type": "server_error"}})
+        yield event(_error_object(500, "internal error", "server_error"))
     finally:  # a client that went away cancels us here: abort the request on the workers
         await stream.aclose()
     if include_usage and last is not None and last.usage is not None:

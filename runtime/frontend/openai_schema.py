@@ -167,7 +167,8 @@ class _Sampling(_Body):
     def continuous_usage(self) -> bool:
         """Usage so far on every streamed chunk: `continuous_usage_stats` with
         `include_usage`, as vLLM reads them."""
-        return self.include_usage and self.stream_options.continuous_usage_stats
+        options = self.stream_options
+        return options is not None and options.include_usage and options.continuous_usage_stats
 
 
 class CompletionRequest(_Sampling):

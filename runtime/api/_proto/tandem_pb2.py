@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ctandem.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x81\x06\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\x05\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\"\n\x1ainclude_stop_str_in_output\x18\n \x01(\x08\x12 \n\x13skip_special_tokens\x18\x0b \x01(\x08H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0c \x01(\x01H\x07\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\r \x01(\x01H\x08\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0e \x01(\x01H\t\x88\x01\x01\x12<\n\nlogit_bias\x18\x0f \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\x17\n\nmin_tokens\x18\x10 \x01(\x05H\n\x88\x01\x01\x12\x13\n\x0bguided_json\x18\x15 \x01(\t\x12\x14\n\x0cguided_regex\x18\x16 \x01(\t\x12\x15\n\rguided_choice\x18\x17 \x03(\t\x12\x13\n\x0bjson_object\x18\x18 \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x16\n\x14_skip_special_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokens\"\xd4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12/\n\x10prompt_token_ids\x18\x04 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12)\n\x06params\x18\x05 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x07\n\x05input\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\"\xbf\x01\n\x07Timings\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x04 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x05 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x06 \x01(\x01\x12\x19\n\x11kv_transfer_bytes\x18\x07 \x01(\x03\x12\x16\n\x0eprefill_worker\x18\x08 \x01(\t\x12\x15\n\rdecode_worker\x18\t \x01(\t\"\xbd\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\"\x13\n\x11ListModelsRequest\"<\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\xb9\x01\n\x0cWorkerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\nkv_address\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12 \n\x18num_queued_prompt_tokens\x18\x05 \x01(\x03\x12\x13\n\x0bnum_running\x18\x06 \x01(\x05\x12\x17\n\x0fnum_free_blocks\x18\x07 \x01(\x05\x12\x18\n\x10num_total_blocks\x18\x08 \x01(\x05\"l\n\x0e\x42\x61lancerAction\x12\r\n\x05\x61ge_s\x18\x01 \x01(\x01\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\"\xc5\x01\n\x15\x43lusterStatusResponse\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x07workers\x18\x03 \x03(\x0b\x32\x17.tandem.v1.WorkerStatus\x12\x1e\n\x16num_requests_in_flight\x18\x04 \x01(\x05\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x33\n\x10\x62\x61lancer_actions\x18\x06 \x03(\x0b\x32\x19.tandem.v1.BalancerAction*N\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\t\n\x05\x41\x42ORT\x10\x03\x32\xee\x01\n\x06Tandem\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12R\n\rClusterStatus\x12\x1f.tandem.v1.ClusterStatusRequest\x1a .tandem.v1.ClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ctandem.proto\x12\ttandem.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x81\x06\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\x05\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\"\n\x1ainclude_stop_str_in_output\x18\n \x01(\x08\x12 \n\x13skip_special_tokens\x18\x0b \x01(\x08H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0c \x01(\x01H\x07\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\r \x01(\x01H\x08\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0e \x01(\x01H\t\x88\x01\x01\x12<\n\nlogit_bias\x18\x0f \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\x17\n\nmin_tokens\x18\x10 \x01(\x05H\n\x88\x01\x01\x12\x13\n\x0bguided_json\x18\x15 \x01(\t\x12\x14\n\x0cguided_regex\x18\x16 \x01(\t\x12\x15\n\rguided_choice\x18\x17 \x03(\t\x12\x13\n\x0bjson_object\x18\x18 \x01(\x08\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x16\n\x14_skip_special_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokens\"\xf4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12/\n\x10prompt_token_ids\x18\x04 \x01(\x0b\x32\x13.tandem.v1.TokenIdsH\x00\x12)\n\x06params\x18\x05 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1e\n\x16\x63ontinuous_usage_stats\x18\x0c \x01(\x08\x42\x07\n\x05input\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\"\xbf\x01\n\x07Timings\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x04 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x05 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x06 \x01(\x01\x12\x19\n\x11kv_transfer_bytes\x18\x07 \x01(\x03\x12\x16\n\x0eprefill_worker\x18\x08 \x01(\t\x12\x15\n\rdecode_worker\x18\t \x01(\t\"\xbd\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.tandem.v1.Timings\"\x13\n\x11ListModelsRequest\"<\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\xb9\x01\n\x0cWorkerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x12\n\nkv_address\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12 \n\x18num_queued_prompt_tokens\x18\x05 \x01(\x03\x12\x13\n\x0bnum_running\x18\x06 \x01(\x05\x12\x17\n\x0fnum_free_blocks\x18\x07 \x01(\x05\x12\x18\n\x10num_total_blocks\x18\x08 \x01(\x05\"l\n\x0e\x42\x61lancerAction\x12\r\n\x05\x61ge_s\x18\x01 \x01(\x01\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\"\xc5\x01\n\x15\x43lusterStatusResponse\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x07workers\x18\x03 \x03(\x0b\x32\x17.tandem.v1.WorkerStatus\x12\x1e\n\x16num_requests_in_flight\x18\x04 \x01(\x05\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x33\n\x10\x62\x61lancer_actions\x18\x06 \x03(\x0b\x32\x19.tandem.v1.BalancerAction\"\x7f\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.tandem.v1.ChatMessagesH\x00\x12\x19\n\x11return_token_strs\x18\x04 \x01(\x08\x42\x07\n\x05input\"P\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x15\n\rmax_model_len\x18\x02 \x01(\x05\x12\x12\n\ntoken_strs\x18\x03 \x03(\t\"5\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x13\n\x11GetVersionRequest\"O\n\x12GetVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12\x1b\n\x13kv_contract_version\x18\x03 \x01(\x05*N\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\t\n\x05\x41\x42ORT\x10\x03\x32\xc9\x03\n\x06Tandem\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12R\n\rClusterStatus\x12\x1f.tandem.v1.ClusterStatusRequest\x1a .tandem.v1.ClusterStatusResponse\x12\x43\n\x08Tokenize\x12\x1a.tandem.v1.TokenizeRequest\x1a\x1b.tandem.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.tandem.v1.DetokenizeRequest\x1a\x1d.tandem.v1.DetokenizeResponse\x12I\n\nGetVersion\x12\x1c.tandem.v1.GetVersionRequest\x1a\x1d.tandem.v1.GetVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2283
-  _globals['_FINISHREASON']._serialized_end=2361
+  _globals['_FINISHREASON']._serialized_start=2719
+  _globals['_FINISHREASON']._serialized_end=2797
   _globals['_CHATMESSAGE']._serialized_start=27
   _globals['_CHATMESSAGE']._serialized_end=71
   _globals['_CHATMESSAGES']._serialized_start=73
@@ -46,27 +46,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=703
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=751
   _globals['_GENERATEREQUEST']._serialized_start=929
-  _globals['_GENERATEREQUEST']._serialized_end=1141
-  _globals['_USAGE']._serialized_start=1143
-  _globals['_USAGE']._serialized_end=1230
-  _globals['_TIMINGS']._serialized_start=1233
-  _globals['_TIMINGS']._serialized_end=1424
-  _globals['_GENERATERESPONSE']._serialized_start=1427
-  _globals['_GENERATERESPONSE']._serialized_end=1616
-  _globals['_LISTMODELSREQUEST']._serialized_start=1618
-  _globals['_LISTMODELSREQUEST']._serialized_end=1637
-  _globals['_MODELINFO']._serialized_start=1639
-  _globals['_MODELINFO']._serialized_end=1699
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1701
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1759
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1761
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1783
-  _globals['_WORKERSTATUS']._serialized_start=1786
-  _globals['_WORKERSTATUS']._serialized_end=1971
-  _globals['_BALANCERACTION']._serialized_start=1973
-  _globals['_BALANCERACTION']._serialized_end=2081
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2084
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2281
-  _globals['_TANDEM']._serialized_start=2364
-  _globals['_TANDEM']._serialized_end=2602
+  _globals['_GENERATEREQUEST']._serialized_end=1173
+  _globals['_USAGE']._serialized_start=1175
+  _globals['_USAGE']._serialized_end=1262
+  _globals['_TIMINGS']._serialized_start=1265
+  _globals['_TIMINGS']._serialized_end=1456
+  _globals['_GENERATERESPONSE']._serialized_start=1459
+  _globals['_GENERATERESPONSE']._serialized_end=1648
+  _globals['_LISTMODELSREQUEST']._serialized_start=1650
+  _globals['_LISTMODELSREQUEST']._serialized_end=1669
+  _globals['_MODELINFO']._serialized_start=1671
+  _globals['_MODELINFO']._serialized_end=1731
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1733
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1791
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1793
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1815
+  _globals['_WORKERSTATUS']._serialized_start=1818
+  _globals['_WORKERSTATUS']._serialized_end=2003
+  _globals['_BALANCERACTION']._serialized_start=2005
+  _globals['_BALANCERACTION']._serialized_end=2113
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2116
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2313
+  _globals['_TOKENIZEREQUEST']._serialized_start=2315
+  _globals['_TOKENIZEREQUEST']._serialized_end=2442
+  _globals['_TOKENIZERESPONSE']._serialized_start=2444
+  _globals['_TOKENIZERESPONSE']._serialized_end=2524
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2526
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2579
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2581
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2615
+  _globals['_GETVERSIONREQUEST']._serialized_start=2617
+  _globals['_GETVERSIONREQUEST']._serialized_end=2636
+  _globals['_GETVERSIONRESPONSE']._serialized_start=2638
+  _globals['_GETVERSIONRESPONSE']._serialized_end=2717
+  _globals['_TANDEM']._serialized_start=2800
+  _globals['_TANDEM']._serialized_end=3257
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,21 @@ class TandemStub:
                 request_serializer=tandem__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=tandem__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/tandem.v1.Tandem/Tokenize',
+                request_serializer=tandem__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=tandem__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/tandem.v1.Tandem/Detokenize',
+                request_serializer=tandem__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=tandem__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/tandem.v1.Tandem/GetVersion',
+                request_serializer=tandem__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=tandem__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
 
 
 class TandemServicer:
@@ -76,6 +91,28 @@ class TandemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """The token ids a Generate call with this prompt or these chat messages would run on
+        (the same template and special tokens); INVALID_ARGUMENT for bad input, as Generate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """The text of token ids, special tokens included; INVALID_ARGUMENT for an id outside the
+        vocabulary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TandemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +130,21 @@ def add_TandemServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=tandem__pb2.ClusterStatusRequest.FromString,
                     response_serializer=tandem__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=tandem__pb2.TokenizeRequest.FromString,
+                    response_serializer=tandem__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=tandem__pb2.DetokenizeRequest.FromString,
+                    response_serializer=tandem__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=tandem__pb2.GetVersionRequest.FromString,
+                    response_serializer=tandem__pb2.GetVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +228,87 @@ class Tandem:
             '/tandem.v1.Tandem/ClusterStatus',
             tandem__pb2.ClusterStatusRequest.SerializeToString,
             tandem__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Tandem/Tokenize',
+            tandem__pb2.TokenizeRequest.SerializeToString,
+            tandem__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Tandem/Detokenize',
+            tandem__pb2.DetokenizeRequest.SerializeToString,
+            tandem__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Tandem/GetVersion',
+            tandem__pb2.GetVersionRequest.SerializeToString,
+            tandem__pb2.GetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

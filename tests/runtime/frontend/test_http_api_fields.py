@@ -153,3 +153,21 @@ def test_continuous_usage_stats_puts_usage_so_far_on_every_chunk(http, tiny_prep
     assert all(
         e["usage"]["total_tokens"] == num_prompt + e["usage"]["completion_tokens"] for e in events
     )
+
+
+def test_continuous_usage_stats_in_chat_starts_at_zero_on_the_role_chunk(http):
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    events = sse_events(http.post("/v1/chat/completions", json=body))
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [e["usage"]["completion_tokens"] for e in events] == [0, 1, 2, 2]
+
+
+def test_continuous_usage_stats_without_include_usage_adds_nothing(http):
+    body = {"prompt": "hi", "max_tokens": 2, "stream": True}
+    body["stream_options"] = {"continuous_usage_stats": True}
+    assert all("usage" not in e for e in sse_events(http.post("/v1/completions", json=body)))

@@ -346,4 +346,6 @@ def test_a_stream_that_breaks_ends_with_an_error_event_not_a_dropped_connection(
     events = [e.removeprefix("data: ") for e in r.text.split("\n\n") if e]
     assert r.status_code == 200 and events[-1] == "[DONE]"
     assert json.loads(events[0])["choices"][0]["text"] == "a"
-    assert json.loads(events[1]) == {"error": {"message": "internal error", "type": "server_error"}}
+    assert json.loads(events[1]) == {
+        "error": {"message": "internal error", "type": "server_error", "param": None, "code": 500}
+    }

@@ -3,13 +3,14 @@ a non-streaming request whose client disconnects is cancelled (its stream closed
 aborts it on the workers), as a streaming one is."""
 
 import asyncio
+import json
 import time
 
 import httpx
 import pytest
 from fake_frontend import FakeDispatcher, FakeFrontend
 
-from runtime.frontend.results import GenerationChunk
+from runtime.frontend.results import GenerationChunk, ServingError
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,28 @@ def test_a_request_whose_client_disconnects_is_cancelled(tiny_preparer, stream):
         while rid not in dispatcher.ended and time.monotonic() < end:
             time.sleep(0.05)
         assert dispatcher.ended == {rid: "cancelled"}
+
+
+class LosesItsWorkerMidStream(FakeDispatcher):
+    async def generate(self, req, client_key="", deadline_s=None):
+        yield GenerationChunk(req.request_id, [7], "a")
+        raise ServingError("UNAVAILABLE", "no healthy decode worker; retry in 5 s")
+
+
+def test_an_error_inside_a_stream_is_an_openai_error_object(tiny_preparer):
+    with FakeFrontend(tiny_preparer, dispatcher=LosesItsWorkerMidStream(tiny_preparer)) as server:
+        r = httpx.post(
+            f"{server.http_url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+            timeout=30,
+        )
+    events = [e.removeprefix("data: ") for e in r.text.split("\n\n") if e]
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[-2]) == {
+        "error": {
+            "message": "no healthy decode worker; retry in 5 s",
+            "type": "server_error",
+            "param": None,
+            "code": 503,
+        }
+    }
