@@ -84,7 +84,8 @@ def _token_counts(
     token_ids: Sequence[Sequence[int]], starts: list[int], rows: list[int], out: torch.Tensor
 ) -> torch.Tensor:
     """[len(rows), V] float counts of each row's tokens from its start on."""
-    r, ids = [], []
+    r: list[int] = []
+    ids: list[int] = []
     for k, (i, start) in enumerate(zip(rows, starts)):
         tail = token_ids[i][start:]
         r.extend([k] * len(tail))
@@ -129,7 +130,8 @@ def _frequency_presence(
 def _mask_min_tokens(
     out: torch.Tensor, params, output_indices, rows: list[int], eos_token_ids: Collection[int]
 ) -> None:
-    r, ids = [], []
+    r: list[int] = []
+    ids: list[int] = []
     for i in rows:
         p = params[i]
         if output_indices[i] >= p.min_tokens:

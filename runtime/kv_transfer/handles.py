@@ -55,7 +55,7 @@ def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
         presence_penalty=m.presence_penalty,
         frequency_penalty=m.frequency_penalty,
         repetition_penalty=m.repetition_penalty if m.HasField("repetition_penalty") else 1.0,
-        logit_bias=dict(m.logit_bias),
+        logit_bias=tuple(sorted(m.logit_bias.items())),
         min_tokens=m.output_counts.min_tokens,
         num_prior_output_tokens=m.output_counts.num_prior_output_tokens,
         grammar=(GrammarSpec(m.grammar_kind, m.grammar) if m.grammar_kind else None),
