@@ -2,6 +2,7 @@
 the Qwen2.5 (Hermes) convention, a real in-process engine behind the frontend, and the grammar
 that forces a call when tool_choice asks for one."""
 
+import asyncio
 import json
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from fake_frontend import FakeFrontend
 from tiny_model import make_engine, make_tiny_model
 
+from runtime.client import AsyncClient, Client, InvalidArgumentError
 from runtime.frontend.requests import InvalidRequest, RequestPreparer
 from runtime.frontend.results import GenerationChunk, Timings, Usage
 from runtime.frontend.tools import ToolUse, tool_call_style
@@ -239,3 +241,33 @@ def test_parsing_auto_output():
     assert calls[0]["function"]["arguments"] == '{"city": "Lima"}'
     assert llama.parse("It is sunny.") == ("It is sunny.", [])
     assert tool_call_style("{% if tools %}<|python_tag|>{% endif %}") == "llama3_json"
+
+
+def test_grpc_sdk_sync_and_async_call_tools(frontend):
+    with Client(frontend.grpc_url, timeout=120) as client:
+        out = client.chat(
+            ASK, max_tokens=60, temperature=0, tools=[WEATHER], tool_choice="get_weather"
+        )
+        assert out.finish_reason == "stop"
+        (call,) = out.tool_calls
+        assert call.name == "get_weather" and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.arguments), WEATHER["function"]["parameters"])
+        with pytest.raises(InvalidArgumentError, match="tools need chat input"):
+            client.generate("hi", tools=[WEATHER])
+        with pytest.raises(InvalidArgumentError, match="must be a JSON schema object"):
+            client.chat(ASK, tools=[{"name": "f", "parameters": "{"}])
+
+    async def run():
+        async with AsyncClient(frontend.grpc_url, timeout=120) as client:
+            return await client.chat(
+                ASK,
+                max_tokens=400,
+                temperature=1.0,
+                seed=2,
+                tools=[WEATHER, CLOCK],
+                tool_choice="required",
+            )
+
+    out = asyncio.run(run())
+    assert out.finish_reason == "tool_calls" and out.tool_calls
+    assert {c.name for c in out.tool_calls} <= {"get_weather", "get_time"}
