@@ -174,9 +174,8 @@ class ChatCompletionRequest(_Sampling):
             raise InvalidRequest("tool_choice needs tools: send the functions in tools")
         tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
         choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice):
-            choice = choice.model_dump()
-        return ToolUse.from_request(tools, choice, chat_template)
+        named = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+        return ToolUse.from_request(tools, named, chat_template)
 
     def sampling_fields(self) -> dict:
         fields = super().sampling_fields()

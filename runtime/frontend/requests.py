@@ -302,7 +302,7 @@ class RequestPreparer:
 def _tool_fields(i: int, role: str, m: dict) -> dict:
     """An earlier turn's tool traffic, passed on to the chat template: an assistant's
     `tool_calls` (OpenAI shape, arguments as JSON text) and a tool result's `tool_call_id`."""
-    extra = {}
+    extra: dict = {}
     calls = m.get("tool_calls")
     if calls is not None:
         ok = role == "assistant" and isinstance(calls, list)

@@ -164,8 +164,8 @@ def tool_chat_choice(tool_use: ToolUse):
 
     def choice(text, finish_reason, final=False, role_only=False) -> dict:
         if role_only:
-            delta = {"role": "assistant", "content": ""}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            first = {"role": "assistant", "content": ""}
+            return {"index": 0, "delta": first, "logprobs": None, "finish_reason": None}
         content, calls = tool_use.parse(text) if finish_reason else (text, [])
         if calls and finish_reason == "stop" and not tool_use.named:
             finish_reason = "tool_calls"
