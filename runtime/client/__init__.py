@@ -18,7 +18,15 @@ from runtime.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from runtime.client.results import Completion, StreamChunk, Timings, Tokenized, Usage, Version
+from runtime.client.results import (
+    Completion,
+    StreamChunk,
+    Timings,
+    Tokenized,
+    ToolCall,
+    Usage,
+    Version,
+)
 
 __all__ = [
     "AsyncClient",
@@ -33,6 +41,7 @@ __all__ = [
     "TandemError",
     "Timings",
     "Tokenized",
+    "ToolCall",
     "UnauthenticatedError",
     "UnavailableError",
     "Usage",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from runtime.api._proto import tandem_pb2 as pb
 
-_FINISH = {pb.STOP: "stop", pb.LENGTH: "length", pb.ABORT: "abort"}
+_FINISH = {pb.STOP: "stop", pb.LENGTH: "length", pb.ABORT: "abort", pb.TOOL_CALLS: "tool_calls"}
 _SAMPLING = (
     "max_tokens",
     "temperature",
@@ -64,6 +64,15 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One call the model made: the tool's name and its arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class StreamChunk:
     """Tokens new in one streamed message; the last has finish_reason, usage and timings."""
 
@@ -73,6 +82,7 @@ class StreamChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # the last chunk's
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,18 @@ class Completion:
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+def _tool(t: dict) -> pb.FunctionTool:
+    """An OpenAI tool definition ({type: function, function: {...}}) or its function part."""
+    f = t.get("function", t)
+    params = f.get("parameters")
+    return pb.FunctionTool(
+        name=f["name"],
+        description=f.get("description", ""),
+        parameters_json=json.dumps(params) if params is not None else "",
+    )
 
 
 def build_request(
@@ -135,18 +157,26 @@ def build_request(
     model: str = "",
     request_id: str = "",
     continuous_usage_stats: bool = False,
+    tools: list[dict] | None = None,
+    tool_choice: str = "",
     **sampling,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from exactly one input and sampling keywords (vLLM names).
 
     Structured output: `guided_json` (a JSON schema, dict or JSON text), `guided_regex`,
     `guided_choice` (a list of strings) or `json_object=True`; at most one.
-    `continuous_usage_stats`: every streamed chunk carries the usage so far."""
+    `continuous_usage_stats`: every streamed chunk carries the usage so far.
+    Tools (chat input): `tools` as OpenAI tool definitions, `tool_choice` "auto", "none",
+    "required" or a tool's name; the calls come back in `tool_calls`."""
     unknown = set(sampling) - set(_SAMPLING)
     if unknown:
         raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
     req = pb.GenerateRequest(
-        model=model, request_id=request_id, continuous_usage_stats=continuous_usage_stats
+        model=model,
+        request_id=request_id,
+        continuous_usage_stats=continuous_usage_stats,
+        tools=[_tool(t) for t in tools or ()],
+        tool_choice=tool_choice,
     )
     if messages is not None:
         req.chat.CopyFrom(
@@ -203,6 +233,7 @@ def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
             t.prefill_worker,
             t.decode_worker,
         ),
+        [ToolCall(c.id, c.name, c.arguments_json) for c in msg.tool_calls],
     )
 
 
@@ -228,4 +259,5 @@ class CompletionBuilder:
             last.finish_reason if last else None,
             last.usage if last else None,
             last.timings if last else None,
+            last.tool_calls if last else [],
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import llguidance
 
@@ -16,7 +17,7 @@ import llguidance
 # regex: the pattern the whole output matches; choice: a JSON list of the allowed outputs.
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice")
 # Compact JSON: flexible whitespace lets a small model pad the output with newlines forever.
-_JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_OPTIONS: Any = {"whitespace_flexible": False}
 # What compiling one grammar may cost (llguidance counts grammar symbols and lexer states);
 # past it the grammar is refused as too complex rather than stalling the worker.
 MAX_GRAMMAR_SIZE = 200_000

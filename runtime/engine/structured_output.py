@@ -8,7 +8,7 @@ a millisecond per step, so the CPU workers pay little for it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import llguidance
 import llguidance.hf
@@ -61,7 +61,7 @@ class StructuredOutput:
     tokenizer (about half a second for a 49k vocabulary) is built on the first grammar.
     """
 
-    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int]):
+    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Collection[int]):
         self._hf_tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._eos = sorted(eos_token_ids)

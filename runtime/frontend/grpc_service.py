@@ -19,12 +19,13 @@ from runtime.frontend.grpc_api import ContinuousUsage, TokenizerRpcs, check_know
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
 from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
+from runtime.frontend.tools import ToolUse
 from runtime.kv_transfer import TLSConfig
 from runtime.kv_transfer.auth import server_credentials
 from runtime.observability.grpc_interceptor import GrpcObservability
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tandem"].full_name
-_FINISH = {"stop": pb.STOP, "length": pb.LENGTH, "abort": pb.ABORT}
+_FINISH = {"stop": pb.STOP, "length": pb.LENGTH, "abort": pb.ABORT, "tool_calls": pb.TOOL_CALLS}
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -167,6 +168,12 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
     def prepare(self, request: pb.GenerateRequest) -> PreparedRequest:
         """The request validated and tokenized (blocking: `Generate` runs it on the
         preparer's thread)."""
+        return self.prepare_with_tools(request)[0]
+
+    def prepare_with_tools(
+        self, request: pb.GenerateRequest
+    ) -> tuple[PreparedRequest, ToolUse | None]:
+        """`prepare`, and the request's tools when it may call any."""
         p = self.preparer
         check_known_fields(request)
         p.check_model(request.model)
@@ -174,27 +181,45 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
         kind = request.WhichOneof("input")
         if kind is None:
             raise InvalidRequest("the request has no input: set prompt, chat or prompt_token_ids")
+        tool_use = None
+        if request.tools or request.tool_choice:
+            if kind != "chat":
+                raise InvalidRequest("tools need chat input: send the messages in chat")
+            tool_use = ToolUse.from_request(
+                tools_from_proto(request.tools),
+                _tool_choice(request.tool_choice),
+                p.tokenizer.chat_template,
+            )
         ids = p.prompt_ids(
             prompt=request.prompt if kind == "prompt" else None,
             messages=[{"role": m.role, "content": m.content} for m in request.chat.messages]
             if kind == "chat"
             else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
+            tools=list(tool_use.tools) if tool_use is not None else None,
         )
-        params = p.sampling_params(len(ids), **params_fields(request.params))
-        return PreparedRequest(new_request_id(request.request_id), tuple(ids), params)
+        fields = params_fields(request.params)
+        if tool_use is not None:
+            fields["grammar"] = one_grammar(fields["grammar"], tool_use.grammar())
+        params = p.sampling_params(len(ids), **fields)
+        return PreparedRequest(new_request_id(request.request_id), tuple(ids), params), tool_use
 
     async def Generate(self, request, context):
         try:
-            req = await self.preparer.run(self.prepare, request)
+            req, tool_use = await self.preparer.run(self.prepare_with_tools, request)
             key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
             usage = (
                 ContinuousUsage(len(req.prompt_token_ids))
                 if request.continuous_usage_stats
                 else None
             )
+            texts: list[str] = []
             async for chunk in self.dispatcher.generate(req, key, context.time_remaining()):
-                yield usage.stamp(to_response(chunk)) if usage else to_response(chunk)
+                response = to_response(chunk)
+                if tool_use is not None:
+                    texts.append(chunk.text)
+                    response = with_tool_calls(response, tool_use, "".join(texts))
+                yield usage.stamp(response) if usage else response
         except InvalidRequest as e:
             self._count_error("INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -249,6 +274,46 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
     def _count_error(self, code: str) -> None:
         if self.metrics is not None:
             self.metrics.errors.labels(code).inc()
+
+
+def tools_from_proto(tools) -> list[dict]:
+    """FunctionTool messages as OpenAI tool definitions (what chat templates render)."""
+    out = []
+    for i, t in enumerate(tools):
+        if not t.name:
+            raise InvalidRequest(f"tools[{i}].name is empty: name the function")
+        function: dict = {"name": t.name}
+        if t.description:
+            function["description"] = t.description
+        if t.parameters_json:
+            try:
+                function["parameters"] = json.loads(t.parameters_json)
+            except ValueError as e:
+                raise InvalidRequest(f"tools[{i}].parameters_json is not valid JSON: {e}") from None
+            if not isinstance(function["parameters"], dict):
+                raise InvalidRequest(f"tools[{i}].parameters_json must be a JSON schema object")
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: str):
+    if choice in ("", "auto", "none", "required"):
+        return choice or None
+    return {"type": "function", "function": {"name": choice}}
+
+
+def with_tool_calls(msg: pb.GenerateResponse, tool_use: ToolUse, text: str) -> pb.GenerateResponse:
+    """The last message of a request with tools gets the calls parsed from its whole text
+    (finish TOOL_CALLS when the model chose to call, STOP for a call forced by name)."""
+    if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+        return msg
+    _, calls = tool_use.parse(text)
+    for c in calls:
+        f = c["function"]
+        msg.tool_calls.add(id=c["id"], name=f["name"], arguments_json=f["arguments"])
+    if calls and msg.finish_reason == pb.STOP and not tool_use.named:
+        msg.finish_reason = pb.TOOL_CALLS
+    return msg
 
 
 def to_response(chunk) -> pb.GenerateResponse:

@@ -24,6 +24,8 @@ from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequ
 from runtime.frontend.request_id import RequestIdMiddleware
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
 from runtime.frontend.results import ServingError
+from runtime.frontend.structured import one_grammar
+from runtime.frontend.tools import one_chunk, tool_chat_choice
 from runtime.observability.http_middleware import ObservabilityMiddleware
 
 log = logging.getLogger(__name__)
@@ -194,30 +196,48 @@ def build_app(
     @app.post("/v1/completions")
     async def completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
-        body, req = await preparer.run(_prepare, raw, CompletionRequest, request.state.request_id)
+        body, req, _ = await preparer.run(
+            _prepare, raw, CompletionRequest, request.state.request_id
+        )
         return await _respond(request, body, req, "cmpl", "text_completion", _completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         raw = await read_body(request, preparer.limits.max_request_bytes)
-        body, req = await preparer.run(
+        body, req, tool_use = await preparer.run(
             _prepare, raw, ChatCompletionRequest, request.state.request_id
         )
-        return await _respond(request, body, req, "chatcmpl", "chat.completion", _chat_choice)
+        if tool_use is None:
+            return await _respond(request, body, req, "chatcmpl", "chat.completion", _chat_choice)
+        # Calls are parsed from the whole output: a stream carries it in one last chunk.
+        return await _respond(
+            request, body, req, "chatcmpl", "chat.completion", tool_chat_choice(tool_use), True
+        )
 
     def _prepare(raw: bytes, schema, request_id: str) -> tuple:
         body = parse_body(raw, schema)
         preparer.check_model(body.model)
         if body.n != 1:
             raise InvalidRequest("n must be 1")
-        ids = preparer.prompt_ids(**body.prompt_inputs())
-        params = preparer.sampling_params(len(ids), **body.sampling_fields())
-        return body, PreparedRequest(request_id, tuple(ids), params)
+        fields = body.sampling_fields()
+        tool_use = None
+        if isinstance(body, ChatCompletionRequest):
+            tool_use = body.tool_use(preparer.tokenizer.chat_template)
+        if tool_use is not None:
+            fields["grammar"] = one_grammar(fields["grammar"], tool_use.grammar())
+        tools = list(tool_use.tools) if tool_use is not None else None
+        ids = preparer.prompt_ids(**body.prompt_inputs(), tools=tools)
+        params = preparer.sampling_params(len(ids), **fields)
+        return body, PreparedRequest(request_id, tuple(ids), params), tool_use
 
-    async def _respond(request: Request, body, req: PreparedRequest, prefix: str, obj: str, choice):
+    async def _respond(
+        request: Request, body, req: PreparedRequest, prefix: str, obj: str, choice, whole=False
+    ):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
         head = {"id": rid, "created": created, "model": preparer.model_name}
         stream = dispatcher.generate(req, client_key(request.headers.get("authorization", "")))
+        if whole and body.stream:
+            stream = one_chunk(stream)
         if not body.stream:
             try:
                 return await unless_disconnected(request, _whole(head, obj, stream, choice), stream)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.frontend.requests import InvalidRequest, quoted
 from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
+from runtime.frontend.tools import ToolUse
 
 MAX_LISTED_ERRORS = 5
 # OpenAI fields with no meaning on a self-hosted server (billing, retention, abuse tracking,
@@ -21,6 +22,9 @@ IGNORED_FIELDS = frozenset(
 _UNION_HINTS = {
     "prompt": "must be a string, a list of token ids, or a list holding one of those",
     "stop": "must be a string or a list of strings",
+    "tool_choice": 'must be "none", "auto", "required" or {"type": "function", "function": '
+    '{"name": ...}}',
+    "guided_json": "must be a JSON schema, as an object or as JSON text",
 }
 
 
@@ -189,9 +193,41 @@ class CompletionRequest(_Sampling):
         return {"token_ids": prompt}
 
 
+class FunctionDef(_Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Body):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[Any]
     max_completion_tokens: int | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+    def tool_use(self, chat_template: str | None) -> ToolUse | None:
+        """The tools the model may call, None when it may call none (see ToolUse)."""
+        if self.tool_choice is not None and not self.tools and self.tool_choice != "none":
+            raise InvalidRequest("tool_choice needs tools: send the functions in tools")
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
+        choice = self.tool_choice
+        named = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+        return ToolUse.from_request(tools, named, chat_template)
 
     def sampling_fields(self) -> dict:
         fields = super().sampling_fields()

@@ -148,14 +148,19 @@ class RequestPreparer:
             )
 
     def prompt_ids(
-        self, prompt: str | None = None, messages: list | None = None, token_ids: list | None = None
+        self,
+        prompt: str | None = None,
+        messages: list | None = None,
+        token_ids: list | None = None,
+        tools: list[dict] | None = None,
     ) -> list[int]:
-        """Exactly one of text, chat messages or token ids, as token ids."""
+        """Exactly one of text, chat messages or token ids, as token ids; `tools` (OpenAI
+        tool definitions) are rendered by the chat template with the messages."""
         given = [x is not None for x in (prompt, messages, token_ids)]
         if sum(given) != 1:
             raise InvalidRequest("give exactly one of prompt, chat messages or prompt_token_ids")
         if messages is not None:
-            prompt = self.render_chat(messages)
+            prompt = self.render_chat(messages, tools)
             return list(self.tokenizer.encode(prompt, add_special_tokens=False))
         if prompt is not None:
             if not isinstance(prompt, str) or not prompt:
@@ -182,7 +187,7 @@ class RequestPreparer:
             )
         return list(token_ids)
 
-    def render_chat(self, messages) -> str:
+    def render_chat(self, messages, tools: list[dict] | None = None) -> str:
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list of {role, content} objects")
         if len(messages) > self.limits.max_chat_messages:
@@ -199,7 +204,7 @@ class RequestPreparer:
             )
         try:
             return self.tokenizer.apply_chat_template(
-                clean, tokenize=False, add_generation_prompt=True
+                clean, tools=tools or None, tokenize=False, add_generation_prompt=True
             )
         except Exception as e:
             raise InvalidRequest(f"the model's chat template rejected the messages: {e}") from None
@@ -222,11 +227,14 @@ class RequestPreparer:
                     f"messages[{i}].content parts must all be {{type: text, text: <string>}}"
                 )
             content = "".join(p["text"] for p in content)
+        extra = _tool_fields(i, role, m)
+        if content is None and "tool_calls" in extra:  # an assistant turn that only calls
+            content = ""
         if not isinstance(content, str):
             raise InvalidRequest(
                 f"messages[{i}].content must be a string, got {type(content).__name__}"
             )
-        return {"role": role, "content": content}
+        return {"role": role, "content": content, **extra}
 
     def _check_prompt_chars(self, what: str, num_chars: int) -> None:
         if num_chars > self.max_prompt_chars:
@@ -301,3 +309,42 @@ class RequestPreparer:
                 f"{len(stop_token_ids)} stop_token_ids: at most "
                 f"{lim.max_stop_token_ids} are allowed"
             )
+
+
+def _tool_fields(i: int, role: str, m: dict) -> dict:
+    """An earlier turn's tool traffic, passed on to the chat template: an assistant's
+    `tool_calls` (OpenAI shape, arguments as JSON text) and a tool result's `tool_call_id`."""
+    extra: dict = {}
+    calls = m.get("tool_calls")
+    if calls is not None:
+        ok = role == "assistant" and isinstance(calls, list)
+        try:
+            parsed = (
+                [
+                    {
+                        "id": str(c.get("id", "")),
+                        "type": "function",
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": json.loads(c["function"]["arguments"]),
+                        },
+                    }
+                    for c in calls
+                ]
+                if ok
+                else None
+            )
+        except (TypeError, KeyError, ValueError, AttributeError):
+            parsed = None
+        if parsed is None:
+            raise InvalidRequest(
+                f"messages[{i}].tool_calls must be an assistant's list of {{id, type, "
+                f"function: {{name, arguments}}}} with arguments as JSON text"
+            )
+        extra["tool_calls"] = parsed
+    call_id = m.get("tool_call_id")
+    if call_id is not None:
+        if role != "tool" or not isinstance(call_id, str):
+            raise InvalidRequest(f"messages[{i}].tool_call_id must be a string on a tool message")
+        extra["tool_call_id"] = call_id
+    return extra
