@@ -8,9 +8,10 @@ stream's first, role-only chunk is not (vLLM 0.32 takes it as the first token).
   user message of text;
 - tandem-grpc: Tandem's gRPC Generate stream at base_url (host:port or grpc[s]://host:port).
 
-Each streams with greedy sampling, `max_tokens` = the sample's output length, `ignore_eos` when
-asked, and counts output tokens from the usage the server reports (OpenAI: stream_options
-include_usage; gRPC: the last message's usage), else from the chunks. A failure never raises:
+Each streams with `temperature` if given (else the server's default, as vLLM's client does),
+`max_tokens` = the sample's output length, `ignore_eos` when asked, and counts output tokens
+from the usage the server reports (OpenAI: stream_options include_usage; gRPC: the last
+message's usage), else from the chunks. A failure never raises:
 it is recorded in `error`, and the run goes on.
 """
 
@@ -56,22 +57,32 @@ class _Clock:
 class OpenAITarget:
     """Streams OpenAI completions or chat completions over one shared HTTP connection pool."""
 
-    def __init__(self, base_url: str, endpoint: str, model: str, chat: bool, ignore_eos: bool):
+    def __init__(
+        self,
+        base_url: str,
+        endpoint: str,
+        model: str,
+        chat: bool,
+        ignore_eos: bool,
+        temperature: float | None = None,
+    ):
         self.url = base_url.rstrip("/") + endpoint
         self.model, self.chat, self.ignore_eos = model, chat, ignore_eos
+        self.temperature = temperature
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(6 * 3600), limits=limits)
 
     def body(self, sample: Sample, prompt_text: str | None) -> dict:
         body: dict = {
             "model": self.model,
-            "temperature": 0.0,
             "max_tokens": sample.output_len,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
         if self.ignore_eos:
             body["ignore_eos"] = True
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         if self.chat:
             body["messages"] = [{"role": "user", "content": prompt_text}]
         else:
@@ -127,9 +138,11 @@ class OpenAITarget:
 class GrpcTarget:
     """Streams Tandem's gRPC Generate with the prompt as token ids."""
 
-    def __init__(self, base_url: str, model: str, ignore_eos: bool):
+    def __init__(
+        self, base_url: str, model: str, ignore_eos: bool, temperature: float | None = None
+    ):
         self.client = AsyncClient(base_url, timeout=6 * 3600)
-        self.model, self.ignore_eos = model, ignore_eos
+        self.model, self.ignore_eos, self.temperature = model, ignore_eos, temperature
 
     async def __call__(self, sample: Sample, prompt_text: str | None = None) -> RequestOutput:
         out = RequestOutput(prompt_len=sample.prompt_len)
@@ -141,7 +154,7 @@ class GrpcTarget:
                 prompt_token_ids=sample.prompt_token_ids,
                 model=self.model,
                 max_tokens=sample.output_len,
-                temperature=0.0,
+                temperature=self.temperature,
                 ignore_eos=self.ignore_eos,
             ):
                 if chunk.token_ids:
@@ -165,10 +178,19 @@ class GrpcTarget:
 Target = Callable[[Sample, "str | None"], Awaitable[RequestOutput]]
 
 
-def make_target(backend: str, base_url: str, endpoint: str, model: str, ignore_eos: bool):
-    """The request function of `backend` (one of BACKENDS); it has an async `close()`."""
+def make_target(
+    backend: str,
+    base_url: str,
+    endpoint: str,
+    model: str,
+    ignore_eos: bool,
+    temperature: float | None = None,
+):
+    """The request function of `backend` (one of BACKENDS); it has an async `close()`.
+    `temperature` None leaves it to the server's default, as vLLM's client does."""
     if backend == "tandem-grpc":
-        return GrpcTarget(base_url, model, ignore_eos)
+        return GrpcTarget(base_url, model, ignore_eos, temperature)
     if backend in ("openai", "openai-chat"):
-        return OpenAITarget(base_url, endpoint, model, backend == "openai-chat", ignore_eos)
+        chat = backend == "openai-chat"
+        return OpenAITarget(base_url, endpoint, model, chat, ignore_eos, temperature)
     raise ValueError(f"--backend {backend!r}: choose one of {BACKENDS}")

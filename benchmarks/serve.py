@@ -8,7 +8,8 @@
 
 Requests are sent at their arrival times whatever the server's pace (gamma-distributed gaps,
 `--burstiness` 1: Poisson; `--request-rate inf`: all at once; `--max-concurrency` caps
-those in flight), each streamed with greedy sampling. Several `--request-rate`s make a sweep
+those in flight), each streamed (`--temperature`: unset, the server's default, as in vLLM's
+client; 0: greedy). Several `--request-rate`s make a sweep
 over the same prompts. Each run prints vLLM's report and, with `--save-result` or
 `--result-filename`, writes its JSON (vLLM's keys: median_ttft_ms, p99_tpot_ms,
 request_throughput, output_throughput, request_goodput, ...); `--plot-dir` writes latency
@@ -77,6 +78,7 @@ def add_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--temperature", type=float, help="default: the server's (not sent)")
     p.add_argument("--goodput", nargs="+", metavar="NAME:MS", help="SLOs: ttft, tpot, e2el")
     p.add_argument("--percentile-metrics", default=",".join(METRICS))
     p.add_argument("--metric-percentiles", default="50,90,99")
@@ -227,7 +229,9 @@ async def _run_all(args, model: str, tokenizer) -> list[tuple[dict, list[Request
     percentiles = [float(p) for p in args.metric_percentiles.split(",")]
     metrics = tuple(m for m in args.percentile_metrics.split(",") if m)
     goodput = parse_goodput(args.goodput)
-    target = make_target(args.backend, args.base_url, args.endpoint, model, args.ignore_eos)
+    target = make_target(
+        args.backend, args.base_url, args.endpoint, model, args.ignore_eos, args.temperature
+    )
     runs = []
     try:
         for rate in args.request_rate:

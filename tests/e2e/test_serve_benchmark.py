@@ -46,6 +46,7 @@ def args(base_url: str, model_dir, *extra: str) -> list[str]:
         "--base-url", base_url, "--tokenizer", str(model_dir), "--dataset-name", "random",
         "--random-input-len", "24", "--random-output-len", "5", "--random-range-ratio", "0.5",
         "--num-prompts", str(NUM_PROMPTS), "--ignore-eos", "--seed", "3", "--disable-tqdm",
+        "--temperature", "0",
         "--save-detailed", *extra,
     ]  # fmt: skip
 
