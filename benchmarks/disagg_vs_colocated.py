@@ -31,13 +31,14 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import ray  # noqa: E402
+import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import serve  # noqa: E402
 
-from runtime.cluster import load_cluster_config  # noqa: E402
+from runtime.cluster import parse_cluster_config  # noqa: E402
 from runtime.cluster.background import BackgroundServer  # noqa: E402
 
 COMPARED = ("request_goodput", "p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms")
@@ -82,13 +83,14 @@ def config(args, name: str, layout: dict):
         pool: {**spec, "engine": {"num_threads": layout["threads"][pool]}}
         for pool, spec in layout["pools"].items()
     }
+    data = yaml.safe_load(Path(args.config).read_text())
+    data["pools"] = pools  # replaced, not merged: a colocated pool excludes the others
     overrides = {
         "engine": {"dtype": args.dtype},
-        "pools": pools,
         "server": {"grpc_port": 0, "http_port": 0},
         "ray": {"num_cpus": args.cores},
     }
-    return load_cluster_config(args.config, overrides=overrides)
+    return parse_cluster_config(data, overrides=overrides)
 
 
 def serve_argv(args, base_url: str, model: str, tokenizer: str, name: str) -> list[str]:
