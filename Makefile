@@ -72,6 +72,16 @@ bench-overload: install-vllm model
 	$(PY) benchmarks/overload.py --sustained-rate $(OVERLOAD_RATE) --quiet --out overload-results
 	$(PY) benchmarks/overload.py --sustained-rate $(OVERLOAD_RATE) --quiet --out overload-results --admission off
 
+# The serving load generator (benchmarks/serve.py, vLLM `bench serve`'s flags) checked against
+# vLLM's own `bench serve` on the same server, and disaggregated against colocated on the same
+# cores over a rate sweep with long-prompt bursts (see README, Serving benchmarks).
+.PHONY: bench-serve-vs-vllm bench-disagg
+bench-serve-vs-vllm: install-vllm model
+	$(PY) benchmarks/serve_vs_vllm.py --quiet --out serve-vs-vllm-results
+
+bench-disagg: install model
+	$(PY) benchmarks/disagg_vs_colocated.py --out disagg-vs-colocated-results
+
 # vLLM runs too when `make install-vllm` has been done; otherwise it is reported as skipped.
 bench: install model
 	$(PY) benchmarks/offline.py --engine tandem --engine hf --engine vllm --num-prompts 32 --input-len 256 --output-len 128 --dtype bfloat16
