@@ -12,7 +12,8 @@ Configurations (`--configs`): `colocated1` (one colocated worker), `colocated2` 
 `--output-len`, `--range-ratio`, `--num-prompts` at `--rate` requests/s (Poisson) by
 `--bench-cmd`: a command taking vLLM `bench serve`'s flags and writing its JSON (default:
 benchmarks/serve.py if present, else vLLM's own benchmark from `--vllm-python`). Prints a
-markdown table and writes every figure to `--out`.
+markdown table and writes every figure to `--out` (`--measured`: predict again against
+the measurements of an earlier run's validation.json, e.g. after calibrating again).
 """
 
 from __future__ import annotations
@@ -146,13 +147,22 @@ def main() -> None:
     p.add_argument("--vllm-python", default="/tmp/vv/bin/python")
     p.add_argument("--out", default="validate-results")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--measured",
+        help="a validation.json of an earlier run: predict again against its measurements",
+    )
     args = p.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    earlier = (
+        {r["config"]: r["measured"] for r in json.loads(Path(args.measured).read_text())}
+        if args.measured
+        else {}
+    )
     for name in args.configs:
         predicted = predict(args, name)
-        measured = measure(args, name, out)
+        measured = earlier[name] if name in earlier else measure(args, name, out)
         rows.append({"config": name, "predicted": predicted, "measured": measured})
         print(json.dumps(rows[-1]), flush=True)
     (out / "validation.json").write_text(json.dumps(rows, indent=1))

@@ -153,7 +153,7 @@ def local_profile_yaml(
     log(f"engine: {prefill}, {decode}")
     shape = ModelShape.from_dir(engine_config.model.path, bytes_per_param=dtype.itemsize)
     mfu = min(shape.matmul_flops_per_token() / prefill.token_s / flops, 1.0)
-    mbu = min(shape.weight_bytes / max(decode.step_s - prefill.step_s, 1e-9) / bandwidth, 1.0)
+    mbu = min(shape.weight_bytes / decode.step_s / bandwidth, 1.0)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     threads = engine_config.num_threads
     src = f"measured by tandem calibrate, {when}, {threads} thread(s)"

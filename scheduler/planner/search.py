@@ -252,9 +252,9 @@ def figures(reqs: Sequence[SimRequest], rate: float, slo: SLO) -> Figures:
         for r in done
         if (r.ttft_s or 0.0) <= slo.ttft_s and (r.tpot_s is None or r.tpot_s <= slo.tpot_s)
     ]
-    start = min(r.arrival_s for r in reqs)
-    end = max((r.finish_s or start) for r in done) if done else start
-    duration = max(end - start, 1e-9)
+    # From the run's start (time 0), not the first arrival, as `bench serve` times it.
+    end = max((r.finish_s or 0.0) for r in done) if done else 0.0
+    duration = max(end, 1e-9)
     ttfts = [r.ttft_s for r in done if r.ttft_s is not None]
     tpots = [r.tpot_s for r in done if r.tpot_s is not None]
     return Figures(
