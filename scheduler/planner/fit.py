@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 
 
-def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """Least-squares (intercept, slope) of y against x, the intercept floored at 0 (a step
     cannot take negative time)."""
     xs, ys = [x for x, _ in points], [y for _, y in points]
