@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,74 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _workload import add_workload_args, admission_targets  # noqa: E402
 
+from runtime.calibrate import engine_costs  # noqa: E402
 from runtime.cluster import load_cluster_config  # noqa: E402
-from runtime.engine import Engine, SamplingParams  # noqa: E402
-from scheduler.costs import DecodeCost, PrefillCost, TransferCost, WorkerSpec  # noqa: E402
+from scheduler.costs import TransferCost, WorkerSpec  # noqa: E402
+from scheduler.planner.workload_file import WorkloadSpec  # noqa: E402
 from scheduler.simulator import SimRequest, Simulator  # noqa: E402
-from scheduler.workload import gamma_arrivals, summarize  # noqa: E402
-
-PREFILL_POINTS = (64, 128, 256, 512)
-DECODE_POINTS = (1, 4, 8, 16, 32)
-
-
-def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares (intercept, slope) of y against x."""
-    xs, ys = [x for x, _ in points], [y for _, y in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
-    return max(my - slope * mx, 0.0), slope
-
-
-def timed_steps(engine: Engine, prompts: list[list[int]], max_tokens: int) -> list[float]:
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    for p in prompts:
-        engine.add_request(params=params, prompt_token_ids=p)
-    times = []
-    while engine.has_unfinished_requests():
-        start = time.perf_counter()
-        engine.step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def calibrate(engine_config, repeats: int = 3) -> tuple[PrefillCost, DecodeCost, int]:
-    """The engine's step costs, and its KV bytes per token."""
-    engine = Engine(replace(engine_config, role="colocated"))
-    rng = random.Random(0)
-
-    def prompt(n: int) -> list[int]:
-        return [rng.randrange(100, 10000) for _ in range(n)]
-
-    timed_steps(engine, [prompt(64)], 4)  # warm-up
-    prefill = []
-    for n in PREFILL_POINTS:
-        t = statistics.median(timed_steps(engine, [prompt(n)], 1)[0] for _ in range(repeats))
-        prefill.append((n, t))
-    decode = []
-    for b in DECODE_POINTS:
-        steps = timed_steps(engine, [prompt(16) for _ in range(b)], 12)
-        decode.append((b, statistics.median(steps[2:])))  # past the prompts' step
-    p0, p1 = fit(prefill)
-    d0, d1 = fit(decode)
-    g = engine.runner.geometry
-    kv_bytes = 2 * g.num_layers * g.num_kv_heads * g.head_dim * engine.kv.dtype.itemsize
-    return PrefillCost(token_s=p1, step_s=p0), DecodeCost(step_s=d0, seq_s=d1), kv_bytes
+from scheduler.workload import summarize  # noqa: E402
 
 
 def workload(args, rate: float, burstiness: float) -> list[SimRequest]:
-    rng = random.Random(args.seed)
-
-    def length(n: int) -> int:
-        return rng.randint(int(n * (1 - args.range_ratio)), int(n * (1 + args.range_ratio)))
-
-    return [
-        SimRequest(
-            t,
-            tuple(rng.randrange(100, 10000) for _ in range(length(args.input_len))),
-            max(length(args.output_len), 1),
-        )
-        for t in gamma_arrivals(rate, args.num_prompts, burstiness, args.seed)
-    ]
+    spec = WorkloadSpec(
+        "simulate",
+        args.input_len,
+        args.output_len,
+        rate,
+        args.range_ratio,
+        args.num_prompts,
+        burstiness,
+        args.seed,
+    )
+    return spec.requests()
 
 
 def main() -> None:
@@ -113,7 +62,7 @@ def main() -> None:
         if not pool.replicas:
             continue
         ec = cluster.engine_config(pool.role)
-        prefill, decode, kv_bytes = calibrate(ec)
+        prefill, decode, kv_bytes, _ = engine_costs(ec)
         print(f"{pool.role}: {prefill}, {decode}", flush=True)
         for i in range(pool.replicas):
             specs.append(

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from runtime.plan_cli import add_planner_parsers
 from runtime.serve_cli import add_serve_parser, add_tls_arguments
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_arguments(gen)
     gen.set_defaults(func=_cmd_generate)
     add_serve_parser(sub)
+    add_planner_parsers(sub)
     return parser
 
 

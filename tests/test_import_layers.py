@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 ORDER = [
     "runtime.cli",
     "runtime.serve_cli",
+    "runtime.plan_cli",
+    "runtime.calibrate",
     "runtime.cluster",
     "runtime.frontend",
     "runtime.workers",
