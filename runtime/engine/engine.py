@@ -23,8 +23,9 @@ from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runtime.engine.kv_port import KVPort
 from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings, StepStats
+from runtime.engine.prompt_logprobs import prompt_logprob_spans
 from runtime.engine.runners import make_runner
-from runtime.engine.sampler import Sampler
+from runtime.engine.sampler import Sampler, rank_logprobs
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.sequence import Sequence, SequenceStatus
 from runtime.engine.weights import read_generation_eos
@@ -197,6 +198,8 @@ class Engine:
             timings = self.requests[seq.request_id].timings
             timings.first_scheduled = timings.first_scheduled or now
         self._batch = batch
+        # Taken before the step advances num_computed_tokens; rows relative to each sequence.
+        spans = prompt_logprob_spans(batch, [0] * len(batch.seqs))
         try:
             sampled, logits = self.runner.execute(batch, layer_done)
         finally:
@@ -209,16 +212,35 @@ class Engine:
             seq.num_computed_tokens += n
             self.block_manager.commit(seq)
         self.last_step = StepStats(prompt_tokens, decode_seqs, time.monotonic() - now)
+        if spans:
+            self._record_prompt_logprobs(batch, spans, logits[len(sampled) :])
         if not sampled:
             return []
         result = self.sampler(
-            logits, [s.params for s in sampled], [s.num_output_tokens for s in sampled]
+            logits[: len(sampled)],
+            [s.params for s in sampled],
+            [s.num_output_tokens for s in sampled],
         )
         outputs = []
         for i, seq in enumerate(sampled):
             self._append_token(seq, result.token_ids[i], result.logprobs[i], result.top_logprobs[i])
             outputs.append(self._output(self.requests[seq.request_id]))
         return outputs
+
+    def _record_prompt_logprobs(self, batch: ScheduledBatch, spans, logits: torch.Tensor) -> None:
+        """Logprobs of the prompt tokens that `spans`' positions predict, from their rows."""
+        targets, num_top = [], []
+        for span in spans:
+            seq = batch.seqs[span.index]
+            targets += seq.token_ids[span.start + 1 : span.end + 1]
+            num_top += [seq.params.prompt_logprobs] * (span.end - span.start)
+        chosen, tops = rank_logprobs(logits, torch.tensor(targets), num_top)
+        at = 0
+        for span in spans:
+            seq, n = batch.seqs[span.index], span.end - span.start
+            seq.prompt_logprobs += chosen[at : at + n]
+            seq.prompt_top_logprobs += tops[at : at + n]
+            at += n
 
     def _append_token(self, seq: Sequence, token: int, logprob, top) -> None:
         req = self.requests[seq.request_id]
@@ -260,6 +282,11 @@ class Engine:
         delta = req.text[req.sent_chars :]
         req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
         want_lp = seq.params.logprobs is not None
+        # Complete once the first token exists (never on a decode engine, which got the KV).
+        want_prompt = (
+            seq.params.prompt_logprobs is not None
+            and len(seq.prompt_logprobs) == seq.num_prompt_tokens - 1
+        )
         handle = None
         if seq.status is SequenceStatus.PREFILLED:
             handle = KVHandle(
@@ -284,6 +311,8 @@ class Engine:
             finish_reason=seq.finish_reason,
             logprobs=list(seq.logprobs) if want_lp else None,
             top_logprobs=list(seq.top_logprobs) if want_lp else None,
+            prompt_logprobs=[None, *seq.prompt_logprobs] if want_prompt else None,
+            prompt_top_logprobs=[None, *seq.prompt_top_logprobs] if want_prompt else None,
             num_cached_tokens=seq.num_cached_tokens,
             kv_handle=handle,
             timings=req.timings,

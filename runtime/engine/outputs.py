@@ -48,6 +48,10 @@ class RequestOutput:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     logprobs: list[float | None] | None = None
     top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    # With params.prompt_logprobs, once the prompt is computed (not on a decode engine): one
+    # entry per prompt token, None for the first (nothing predicts it).
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     num_cached_tokens: int = 0
     kv_handle: KVHandle | None = None  # prefill role: set once the KV is ready to export
     timings: RequestTimings | None = None

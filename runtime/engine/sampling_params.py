@@ -47,7 +47,9 @@ class SamplingParams:
       end it when sampled (the token is kept in the output ids). `ignore_eos` keeps going
       past the model's EOS token.
     - `logprobs` N returns the sampled token's logprob and the top-N logprobs per token,
-      taken from the raw logits (before temperature and filters).
+      taken from the raw logits (before temperature and filters). `prompt_logprobs` N does
+      the same for each prompt token after the first (vLLM's `prompt_logprobs`); such a
+      request computes its whole prompt (no prefix-cache hits), as its logits are needed.
 
     Invalid values raise ValueError naming the field, the value and what is allowed. Integers
     are bounded by what the KV handoff's wire holds (max_tokens and stop_token_ids uint32,
@@ -65,6 +67,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
 
@@ -98,12 +101,12 @@ class SamplingParams:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, got {value!r}")
-        if self.logprobs is not None and (
-            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
-        ):
-            raise ValueError(
-                f"logprobs must be None or an int in [0, {MAX_LOGPROBS}], got {self.logprobs!r}"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value <= MAX_LOGPROBS):
+                raise ValueError(
+                    f"{name} must be None or an int in [0, {MAX_LOGPROBS}], got {value!r}"
+                )
 
     def _normalise_stop(self) -> None:
         stop = self.stop
