@@ -18,7 +18,7 @@ from runtime.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from runtime.client.results import Completion, StreamChunk, Timings, Usage
+from runtime.client.results import Completion, StreamChunk, Timings, TokenLogprob, Usage
 
 __all__ = [
     "AsyncClient",
@@ -32,6 +32,7 @@ __all__ = [
     "StreamChunk",
     "TandemError",
     "Timings",
+    "TokenLogprob",
     "UnauthenticatedError",
     "UnavailableError",
     "Usage",

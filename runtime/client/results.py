@@ -19,7 +19,20 @@ _SAMPLING = (
     "ignore_eos",
     "include_stop_str_in_output",
     "skip_special_tokens",
+    "logprobs",
+    "prompt_logprobs",
 )
+_CHOICES = ("n", "best_of")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's logprob under the raw model distribution and the most likely (token id,
+    logprob) pairs at its position, highest first (as many as the request asked for)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,9 @@ class Timings:
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """Tokens new in one streamed message; the last has finish_reason, usage and timings."""
+    """Tokens new in one streamed message; the last of a choice has finish_reason, usage and
+    timings. `index`: the choice (n > 1). `logprobs`: one per token, when asked for;
+    `prompt_logprobs`: the prompt's tokens after the first, on a choice's first message."""
 
     request_id: str
     token_ids: list[int]
@@ -63,6 +78,9 @@ class StreamChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,9 @@ class Completion:
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 def build_request(
@@ -86,11 +107,18 @@ def build_request(
     request_id: str = "",
     **sampling,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from exactly one input and sampling keywords (vLLM names)."""
-    unknown = set(sampling) - set(_SAMPLING)
+    """A GenerateRequest from exactly one input, sampling keywords (vLLM names) and the
+    choice counts `n` and `best_of`."""
+    unknown = set(sampling) - set(_SAMPLING) - set(_CHOICES)
     if unknown:
-        raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
+        raise TypeError(
+            f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING + _CHOICES}"
+        )
     req = pb.GenerateRequest(model=model, request_id=request_id)
+    for name in _CHOICES:
+        if sampling.get(name) is not None:
+            setattr(req, name, sampling.pop(name))
+        sampling.pop(name, None)
     if messages is not None:
         req.chat.CopyFrom(
             pb.ChatMessages(
@@ -114,9 +142,23 @@ def build_request(
     return req
 
 
+def _logprobs(entries) -> list[TokenLogprob] | None:
+    if not entries:
+        return None
+    return [
+        TokenLogprob(e.token_id, e.logprob, [(t.token_id, t.logprob) for t in e.top])
+        for e in entries
+    ]
+
+
 def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
+    extra = {
+        "index": msg.index,
+        "logprobs": _logprobs(msg.logprobs),
+        "prompt_logprobs": _logprobs(msg.prompt_logprobs),
+    }
     if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
-        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text)
+        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text, **extra)
     u, t = msg.usage, msg.timings
     return StreamChunk(
         msg.request_id,
@@ -135,20 +177,27 @@ def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
             t.prefill_worker,
             t.decode_worker,
         ),
+        **extra,
     )
 
 
 class CompletionBuilder:
-    """Accumulates stream chunks into a `Completion`."""
+    """Accumulates one choice's stream chunks into a `Completion`."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = None
+        self.prompt_logprobs: list[TokenLogprob] | None = None
         self.last: StreamChunk | None = None
 
     def add(self, chunk: StreamChunk) -> None:
         self.texts.append(chunk.text)
         self.ids += chunk.token_ids
+        if chunk.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + chunk.logprobs
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
         self.last = chunk
 
     def build(self) -> Completion:
@@ -160,4 +209,27 @@ class CompletionBuilder:
             last.finish_reason if last else None,
             last.usage if last else None,
             last.timings if last else None,
+            last.index if last else 0,
+            self.logprobs,
+            self.prompt_logprobs,
         )
+
+
+class ChoicesBuilder:
+    """Accumulates the chunks of every choice into `Completion`s, by choice index."""
+
+    def __init__(self) -> None:
+        self.choices: dict[int, CompletionBuilder] = {}
+
+    def add(self, chunk: StreamChunk) -> None:
+        self.choices.setdefault(chunk.index, CompletionBuilder()).add(chunk)
+
+    def build(self) -> list[Completion]:
+        return [b.build() for _, b in sorted(self.choices.items())]
+
+
+def check_single(kwargs: dict) -> None:
+    """TypeError when `generate` is asked for several choices (`generate_choices` returns
+    them)."""
+    if (kwargs.get("n") or 1) > 1:
+        raise TypeError("generate returns one completion: call generate_choices for n > 1")

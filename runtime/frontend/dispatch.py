@@ -56,6 +56,7 @@ class _Attempt:
         self.timings = Timings()
         self.usage = Usage(prompt_tokens=len(req.prompt_token_ids))
         self.finish_reason: str | None = None
+        self.sent_prompt_logprobs = False
 
     def chunk(self, ev: TokenEvent) -> GenerationChunk:
         now = time.monotonic()
@@ -67,7 +68,13 @@ class _Attempt:
         if ev.decode_s is not None:
             self.timings.decode_s = ev.decode_s
         self.token_ids += ev.new_token_ids
-        out = GenerationChunk(self.req.request_id, list(ev.new_token_ids), ev.delta_text)
+        out = GenerationChunk(
+            self.req.request_id, list(ev.new_token_ids), ev.delta_text, logprobs=ev.logprobs
+        )
+        if ev.prompt_logprobs is not None and not self.sent_prompt_logprobs:
+            # A resumed try's prompt holds the tokens already sent: keep the client's prompt.
+            out.prompt_logprobs = ev.prompt_logprobs[: len(self.req.prompt_token_ids)]
+            self.sent_prompt_logprobs = True
         if ev.finished and ev.finish_reason == "abort" and self.shut_down:
             raise _shutting_down()
         if ev.finished:

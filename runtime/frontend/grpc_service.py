@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
+from runtime.frontend.choices import check_choices, check_num_logprobs, generate_choices
 from runtime.frontend.dispatch import client_key
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
@@ -46,6 +47,8 @@ def params_fields(p: pb.SamplingParams) -> dict:
         "ignore_eos": p.ignore_eos,
         "include_stop_str_in_output": p.include_stop_str_in_output,
         "skip_special_tokens": opt("skip_special_tokens"),
+        "logprobs": opt("logprobs"),
+        "prompt_logprobs": opt("prompt_logprobs"),
     }
 
 
@@ -153,14 +156,25 @@ class TandemService(pb_grpc.TandemServicer):
             else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
         )
-        params = p.sampling_params(len(ids), **params_fields(request.params))
+        fields = params_fields(request.params)
+        for name in ("logprobs", "prompt_logprobs"):
+            check_num_logprobs(p.limits, f"params.{name}", fields[name])
+        params = p.sampling_params(len(ids), **fields)
         return PreparedRequest(new_request_id(request.request_id), tuple(ids), params)
 
     async def Generate(self, request, context):
         try:
+            n = request.n if request.HasField("n") else 1
+            best_of = request.best_of if request.HasField("best_of") else None
+            # best_of > n streams too: the chosen choices' messages come once all have ended.
+            check_choices(self.preparer.limits, n, best_of, stream=False)
             req = await self.preparer.run(self.prepare, request)
             key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
-            async for chunk in self.dispatcher.generate(req, key, context.time_remaining()):
+            left = context.time_remaining()
+            choices = generate_choices(
+                lambda r: self.dispatcher.generate(r, key, left), req, n, best_of
+            )
+            async for chunk in choices:
                 yield to_response(chunk)
         except InvalidRequest as e:
             self._count_error("INVALID_ARGUMENT")
@@ -220,8 +234,12 @@ class TandemService(pb_grpc.TandemServicer):
 
 def to_response(chunk) -> pb.GenerateResponse:
     msg = pb.GenerateResponse(
-        request_id=chunk.request_id, token_ids=chunk.token_ids, text=chunk.text
+        request_id=chunk.request_id, token_ids=chunk.token_ids, text=chunk.text, index=chunk.index
     )
+    if chunk.logprobs is not None:
+        msg.logprobs.extend(_token_logprob(e) for e in chunk.logprobs)
+    if chunk.prompt_logprobs is not None:
+        msg.prompt_logprobs.extend(_token_logprob(e) for e in chunk.prompt_logprobs[1:] if e)
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH.get(chunk.finish_reason, pb.FINISH_REASON_UNSPECIFIED)
         u, t = chunk.usage, chunk.timings
@@ -234,6 +252,14 @@ def to_response(chunk) -> pb.GenerateResponse:
         )
         msg.timings.CopyFrom(pb.Timings(**t.__dict__))
     return msg
+
+
+def _token_logprob(e) -> pb.TokenLogprob:
+    return pb.TokenLogprob(
+        token_id=e.token_id,
+        logprob=e.logprob,
+        top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in e.top],
+    )
 
 
 async def start_grpc_server(

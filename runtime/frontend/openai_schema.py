@@ -59,7 +59,12 @@ class _Sampling(_Body):
             "ignore_eos": self.ignore_eos,
             "include_stop_str_in_output": self.include_stop_str_in_output,
             "skip_special_tokens": self.skip_special_tokens,
+            "logprobs": self.num_logprobs(),
         }
+
+    def num_logprobs(self) -> int | None:
+        """Top logprobs per output token, None for no logprobs."""
+        return None
 
     def prompt_inputs(self) -> dict:
         """The prompt as `RequestPreparer.prompt_ids` arguments."""
@@ -73,6 +78,24 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def sampling_fields(self) -> dict:
+        fields = super().sampling_fields()
+        if self.echo:  # the echoed prompt's tokens carry logprobs too (the first none)
+            fields["prompt_logprobs"] = self.logprobs
+        return fields
+
+    def echo_text(self, tokenizer, prompt_token_ids) -> str | None:
+        """The prompt as echoed: the text sent, or the token ids sent, decoded."""
+        if not self.echo:
+            return None
+        prompt = self.prompt[0] if isinstance(self.prompt, list) and self.prompt else self.prompt
+        return prompt if isinstance(prompt, str) else tokenizer.decode(list(prompt_token_ids))
 
     def prompt_inputs(self) -> dict:
         """The prompt as `RequestPreparer.prompt_ids` arguments (one prompt per request)."""
@@ -91,6 +114,13 @@ class CompletionRequest(_Sampling):
 class ChatCompletionRequest(_Sampling):
     messages: list[Any]
     max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def num_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: set logprobs to true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def sampling_fields(self) -> dict:
         fields = super().sampling_fields()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from runtime.engine import SamplingParams
-from runtime.engine.sampling_params import lone_surrogate_at
+from runtime.engine.sampling_params import MAX_LOGPROBS, lone_surrogate_at
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 # One thread, as vLLM's tokenizer executor: a fast tokenizer's settings live behind a Rust
@@ -33,6 +33,8 @@ class RequestLimits:
       `max_stop_token_ids`, `max_request_id_chars` (a client-given gRPC request id).
     - `max_request_bytes`: an HTTP body (413 past it) and a gRPC message (the server's
       `grpc.max_receive_message_length`, RESOURCE_EXHAUSTED past it).
+    - `max_choices`: `n` and `best_of` (each choice runs as a request of its own).
+    - `max_logprobs`: the top logprobs per token a request may ask for (at most 20).
     """
 
     max_prompt_chars: int | None = None
@@ -42,12 +44,19 @@ class RequestLimits:
     max_stop_token_ids: int = 256
     max_request_id_chars: int = 128
     max_request_bytes: int = 8 << 20
+    max_choices: int = 16
+    max_logprobs: int = 20
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value < 1:
                 raise ValueError(f"limits.{f.name} must be >= 1, got {value}")
+        if self.max_logprobs > MAX_LOGPROBS:
+            raise ValueError(
+                f"limits.max_logprobs must be <= {MAX_LOGPROBS} (what the engine computes), "
+                f"got {self.max_logprobs}"
+            )
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.engine import RequestOutput
+from runtime.engine import RequestOutput, TokenLogprob
+from runtime.engine.outputs import new_token_logprobs, prompt_token_logprobs
 
 
 @dataclass(frozen=True)
 class TokenEvent:
     """New tokens of one request. Durations are measured on the worker that ran them:
     `queue_s`/`prefill_s` once the first token exists (prefill or colocated worker),
-    `decode_s` on the last event (decode or colocated worker)."""
+    `decode_s` on the last event (decode or colocated worker). `logprobs`: one per new token
+    when the request asked for them; `prompt_logprobs` (None for the first prompt token) on
+    the event that carries the first output token, when asked for."""
 
     request_id: str
     new_token_ids: tuple[int, ...]
@@ -23,6 +26,8 @@ class TokenEvent:
     queue_s: float | None = None
     prefill_s: float | None = None
     decode_s: float | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     @classmethod
     def from_output(cls, out: RequestOutput, first_token_here: bool) -> "TokenEvent":
@@ -46,6 +51,8 @@ class TokenEvent:
             queue_s,
             prefill_s,
             decode_s,
+            new_token_logprobs(out),
+            prompt_token_logprobs(out) if first and out.new_token_ids else None,
         )
 
     @classmethod
