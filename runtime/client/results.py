@@ -152,13 +152,16 @@ def _logprobs(entries) -> list[TokenLogprob] | None:
 
 
 def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
-    extra = {
-        "index": msg.index,
-        "logprobs": _logprobs(msg.logprobs),
-        "prompt_logprobs": _logprobs(msg.prompt_logprobs),
-    }
+    index, logprobs, prompt = msg.index, _logprobs(msg.logprobs), _logprobs(msg.prompt_logprobs)
     if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
-        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text, **extra)
+        return StreamChunk(
+            msg.request_id,
+            list(msg.token_ids),
+            msg.text,
+            index=index,
+            logprobs=logprobs,
+            prompt_logprobs=prompt,
+        )
     u, t = msg.usage, msg.timings
     return StreamChunk(
         msg.request_id,
@@ -177,7 +180,9 @@ def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
             t.prefill_worker,
             t.decode_worker,
         ),
-        **extra,
+        index,
+        logprobs,
+        prompt,
     )
 
 

@@ -231,13 +231,13 @@ class Engine:
         """Logprobs of the prompt tokens that `spans`' positions predict, from their rows."""
         targets, num_top = [], []
         for span in spans:
-            seq = batch.seqs[span.index]
+            seq = batch.seqs[span.seq_index]
             targets += seq.token_ids[span.start + 1 : span.end + 1]
             num_top += [seq.params.prompt_logprobs] * (span.end - span.start)
         chosen, tops = rank_logprobs(logits, torch.tensor(targets), num_top)
         at = 0
         for span in spans:
-            seq, n = batch.seqs[span.index], span.end - span.start
+            seq, n = batch.seqs[span.seq_index], span.end - span.start
             seq.prompt_logprobs += chosen[at : at + n]
             seq.prompt_top_logprobs += tops[at : at + n]
             at += n

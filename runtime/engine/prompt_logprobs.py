@@ -14,10 +14,10 @@ from runtime.engine.batch_scheduler import ScheduledBatch
 
 
 class PromptLogprobSpan(NamedTuple):
-    """Positions [start, end) of `batch.seqs[index]` whose logits the step keeps; their
+    """Positions [start, end) of `batch.seqs[seq_index]` whose logits the step keeps; their
     rows in the batch's input start at `row`."""
 
-    index: int
+    seq_index: int
     start: int
     end: int
     row: int

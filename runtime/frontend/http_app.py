@@ -275,7 +275,10 @@ def _usage(u) -> dict:
     }
 
 
-_LOGPROBS_FIELD = {CompletionRequest: "logprobs", ChatCompletionRequest: "top_logprobs"}
+_LOGPROBS_FIELD: dict[type, str] = {
+    CompletionRequest: "logprobs",
+    ChatCompletionRequest: "top_logprobs",
+}
 
 
 def _completion_choice(
