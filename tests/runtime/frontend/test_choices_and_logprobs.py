@@ -231,3 +231,18 @@ def test_sdk_choices_and_logprobs_over_grpc(served, tiny_preparer):
             client.generate("Hello", n=2)
         plain = client.generate("Hello", seed=3)
         assert plain.token_ids == choices[0].token_ids and plain.logprobs is None
+
+
+def test_limits_bound_choices_and_logprobs():
+    from runtime.frontend.choices import check_choices, check_num_logprobs
+    from runtime.frontend.requests import InvalidRequest, RequestLimits
+
+    with pytest.raises(ValueError, match="max_logprobs must be <= 20"):
+        RequestLimits(max_logprobs=21)
+    small = RequestLimits(max_choices=2, max_logprobs=1)
+    assert check_choices(small, 2, None, stream=True) == 2
+    assert check_choices(small, 1, 2, stream=False) == 2
+    with pytest.raises(InvalidRequest, match=r"n must be an int in \[1, 2\], got 3"):
+        check_choices(small, 3, None, stream=False)
+    with pytest.raises(InvalidRequest, match=r"logprobs must be an int in \[0, 1\], got 2"):
+        check_num_logprobs(small, "logprobs", 2)
