@@ -14,6 +14,7 @@ from runtime.client._channel import call_metadata, open_channel
 from runtime.client._retry import RetryPolicy
 from runtime.client.errors import error_from_rpc
 from runtime.client.results import (
+    ChoicesBuilder,
     Completion,
     CompletionBuilder,
     StreamChunk,
@@ -21,6 +22,7 @@ from runtime.client.results import (
     Version,
     build_request,
     build_tokenize_request,
+    check_single,
     chunk_from_proto,
     tokenized_from_proto,
     version_from_proto,
@@ -92,8 +94,18 @@ class AsyncClient:
             await asyncio.sleep(self.retry.backoff(attempt))
 
     async def generate(self, prompt: str | None = None, **kwargs) -> Completion:
+        check_single(kwargs)
         builder = CompletionBuilder()
         async for chunk in self.stream(prompt, **kwargs):
+            builder.add(chunk)
+        return builder.build()
+
+    async def generate_choices(
+        self, prompt: str | None = None, *, n: int = 1, **kwargs
+    ) -> list[Completion]:
+        """`n` completions (see `Client.generate_choices`)."""
+        builder = ChoicesBuilder()
+        async for chunk in self.stream(prompt, n=n, **kwargs):
             builder.add(chunk)
         return builder.build()
 

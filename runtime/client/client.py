@@ -14,6 +14,7 @@ from runtime.client._channel import call_metadata, open_channel
 from runtime.client._retry import RetryPolicy
 from runtime.client.errors import error_from_rpc
 from runtime.client.results import (
+    ChoicesBuilder,
     Completion,
     CompletionBuilder,
     StreamChunk,
@@ -21,6 +22,7 @@ from runtime.client.results import (
     Version,
     build_request,
     build_tokenize_request,
+    check_single,
     chunk_from_proto,
     tokenized_from_proto,
     version_from_proto,
@@ -35,9 +37,12 @@ class Client:
     backoff per `retry`. Inputs: a text `prompt`, chat `messages` ([{role, content}], the
     model's chat template applied server-side) or `prompt_token_ids`; sampling keywords use
     vLLM's names (max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty,
-    frequency_penalty, repetition_penalty, logit_bias {token id: bias}, min_tokens, ...);
-    `continuous_usage_stats=True` puts the usage so far on every chunk, `request_id=` names
-    the request. `tokenize`, `detokenize` and `version` ask the server's tokenizer and build.
+    frequency_penalty, repetition_penalty, logit_bias {token id: bias}, min_tokens, ...,
+    logprobs and prompt_logprobs: top logprobs per token, of the raw model distribution); `n`
+    and `best_of` ask for several choices (streamed chunks carry their `index`; see
+    `generate_choices`). `continuous_usage_stats=True` puts the usage so far on every chunk,
+    `request_id=` names the request. `tokenize`, `detokenize` and `version` ask the server's
+    tokenizer and build.
     Breaking out of `stream()` cancels the request, which frees its KV blocks on the cluster.
     TLS: a grpcs:// URL, `tls=True` or a `ca_file` (PEM roots for a private CA; default the
     system's); `server_name` overrides the name checked against the server's certificate.
@@ -105,8 +110,20 @@ class Client:
 
     def generate(self, prompt: str | None = None, **kwargs) -> Completion:
         """The whole completion at once (streamed underneath)."""
+        check_single(kwargs)
         builder = CompletionBuilder()
         for chunk in self.stream(prompt, **kwargs):
+            builder.add(chunk)
+        return builder.build()
+
+    def generate_choices(
+        self, prompt: str | None = None, *, n: int = 1, **kwargs
+    ) -> list[Completion]:
+        """`n` completions of one prompt, by choice index; with `best_of`, the n with the
+        highest cumulative logprob of that many, best first. Choice i of a seeded request
+        samples with seed + i."""
+        builder = ChoicesBuilder()
+        for chunk in self.stream(prompt, n=n, **kwargs):
             builder.add(chunk)
         return builder.build()
 

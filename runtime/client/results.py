@@ -29,7 +29,20 @@ _SAMPLING = (
     "guided_regex",
     "guided_choice",
     "json_object",
+    "logprobs",
+    "prompt_logprobs",
 )
+_CHOICES = ("n", "best_of")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's logprob under the raw model distribution and the most likely (token id,
+    logprob) pairs at its position, highest first (as many as the request asked for)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,9 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """Tokens new in one streamed message; the last has finish_reason, usage and timings."""
+    """Tokens new in one streamed message; the last of a choice has finish_reason, usage and
+    timings. `index`: the choice (n > 1). `logprobs`: one per token, when asked for;
+    `prompt_logprobs`: the prompt's tokens after the first, on a choice's first message."""
 
     request_id: str
     token_ids: list[int]
@@ -83,6 +98,9 @@ class StreamChunk:
     usage: Usage | None = None
     timings: Timings | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)  # the last chunk's
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,9 @@ class Completion:
     usage: Usage | None = None
     timings: Timings | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 def _tool(t: dict) -> pb.FunctionTool:
@@ -161,16 +182,19 @@ def build_request(
     tool_choice: str = "",
     **sampling,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from exactly one input and sampling keywords (vLLM names).
+    """A GenerateRequest from exactly one input, sampling keywords (vLLM names) and the
+    choice counts `n` and `best_of`.
 
     Structured output: `guided_json` (a JSON schema, dict or JSON text), `guided_regex`,
     `guided_choice` (a list of strings) or `json_object=True`; at most one.
     `continuous_usage_stats`: every streamed chunk carries the usage so far.
     Tools (chat input): `tools` as OpenAI tool definitions, `tool_choice` "auto", "none",
     "required" or a tool's name; the calls come back in `tool_calls`."""
-    unknown = set(sampling) - set(_SAMPLING)
+    unknown = set(sampling) - set(_SAMPLING) - set(_CHOICES)
     if unknown:
-        raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING}")
+        raise TypeError(
+            f"unknown sampling arguments {sorted(unknown)}; known: {_SAMPLING + _CHOICES}"
+        )
     req = pb.GenerateRequest(
         model=model,
         request_id=request_id,
@@ -178,6 +202,10 @@ def build_request(
         tools=[_tool(t) for t in tools or ()],
         tool_choice=tool_choice,
     )
+    for name in _CHOICES:
+        if sampling.get(name) is not None:
+            setattr(req, name, sampling.pop(name))
+        sampling.pop(name, None)
     if messages is not None:
         req.chat.CopyFrom(
             pb.ChatMessages(
@@ -207,7 +235,17 @@ def build_request(
     return req
 
 
+def _logprobs(entries) -> list[TokenLogprob] | None:
+    if not entries:
+        return None
+    return [
+        TokenLogprob(e.token_id, e.logprob, [(t.token_id, t.logprob) for t in e.top])
+        for e in entries
+    ]
+
+
 def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
+    index, logprobs, prompt = msg.index, _logprobs(msg.logprobs), _logprobs(msg.prompt_logprobs)
     u, t = msg.usage, msg.timings
     if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
         usage = (
@@ -215,7 +253,15 @@ def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
             if msg.HasField("usage")  # continuous_usage_stats: the usage so far
             else None
         )
-        return StreamChunk(msg.request_id, list(msg.token_ids), msg.text, usage=usage)
+        return StreamChunk(
+            msg.request_id,
+            list(msg.token_ids),
+            msg.text,
+            usage=usage,
+            index=index,
+            logprobs=logprobs,
+            prompt_logprobs=prompt,
+        )
     return StreamChunk(
         msg.request_id,
         list(msg.token_ids),
@@ -234,20 +280,29 @@ def chunk_from_proto(msg: pb.GenerateResponse) -> StreamChunk:
             t.decode_worker,
         ),
         [ToolCall(c.id, c.name, c.arguments_json) for c in msg.tool_calls],
+        index,
+        logprobs,
+        prompt,
     )
 
 
 class CompletionBuilder:
-    """Accumulates stream chunks into a `Completion`."""
+    """Accumulates one choice's stream chunks into a `Completion`."""
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = None
+        self.prompt_logprobs: list[TokenLogprob] | None = None
         self.last: StreamChunk | None = None
 
     def add(self, chunk: StreamChunk) -> None:
         self.texts.append(chunk.text)
         self.ids += chunk.token_ids
+        if chunk.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + chunk.logprobs
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
         self.last = chunk
 
     def build(self) -> Completion:
@@ -260,4 +315,27 @@ class CompletionBuilder:
             last.usage if last else None,
             last.timings if last else None,
             last.tool_calls if last else [],
+            last.index if last else 0,
+            self.logprobs,
+            self.prompt_logprobs,
         )
+
+
+class ChoicesBuilder:
+    """Accumulates the chunks of every choice into `Completion`s, by choice index."""
+
+    def __init__(self) -> None:
+        self.choices: dict[int, CompletionBuilder] = {}
+
+    def add(self, chunk: StreamChunk) -> None:
+        self.choices.setdefault(chunk.index, CompletionBuilder()).add(chunk)
+
+    def build(self) -> list[Completion]:
+        return [b.build() for _, b in sorted(self.choices.items())]
+
+
+def check_single(kwargs: dict) -> None:
+    """TypeError when `generate` is asked for several choices (`generate_choices` returns
+    them)."""
+    if (kwargs.get("n") or 1) > 1:
+        raise TypeError("generate returns one completion: call generate_choices for n > 1")

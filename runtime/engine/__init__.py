@@ -2,7 +2,7 @@
 
 from runtime.engine.engine import Engine, NoFreeBlocksError
 from runtime.engine.engine_thread import EngineThread
-from runtime.engine.outputs import KVHandle, RequestOutput
+from runtime.engine.outputs import KVHandle, RequestOutput, TokenLogprob
 from runtime.engine.sampling_params import SamplingParams
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "NoFreeBlocksError",
     "RequestOutput",
     "SamplingParams",
+    "TokenLogprob",
 ]

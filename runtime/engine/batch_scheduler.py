@@ -94,7 +94,9 @@ class BatchScheduler:
             and len(self.running) < self.config.max_num_seqs
         ):
             seq = self.waiting[0]
-            cached = bm.find_cached_prefix(seq)
+            # Prompt logprobs need every prompt position's logits: no prefix-cache hits then.
+            wants_prompt = seq.params.prompt_logprobs is not None
+            cached = [] if wants_prompt else bm.find_cached_prefix(seq)
             remaining = seq.num_tokens - len(cached) * bm.block_size
             num_new = min(remaining, budget)
             if num_new < remaining and not chunked:

@@ -23,8 +23,9 @@ from runtime.engine.block_manager import BlockManager
 from runtime.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runtime.engine.kv_port import KVPort
 from runtime.engine.outputs import KVHandle, RequestOutput, RequestTimings, StepStats
+from runtime.engine.prompt_logprobs import prompt_logprob_spans
 from runtime.engine.runners import make_runner
-from runtime.engine.sampler import Sampler
+from runtime.engine.sampler import Sampler, rank_logprobs
 from runtime.engine.sampling_params import SamplingParams
 from runtime.engine.sequence import Sequence, SequenceStatus
 from runtime.engine.structured_output import GrammarMatcher, StructuredOutput
@@ -218,6 +219,8 @@ class Engine:
             timings = self.requests[seq.request_id].timings
             timings.first_scheduled = timings.first_scheduled or now
         self._batch = batch
+        # Taken before the step advances num_computed_tokens; rows relative to each sequence.
+        spans = prompt_logprob_spans(batch, [0] * len(batch.seqs))
         try:
             sampled, logits = self.runner.execute(batch, layer_done)
         finally:
@@ -230,10 +233,12 @@ class Engine:
             seq.num_computed_tokens += n
             self.block_manager.commit(seq)
         self.last_step = StepStats(prompt_tokens, decode_seqs, time.monotonic() - now)
+        if spans:
+            self._record_prompt_logprobs(batch, spans, logits[len(sampled) :])
         if not sampled:
             return []
         result = self.sampler(
-            logits,
+            logits[: len(sampled)],
             [s.params for s in sampled],
             [s.num_output_tokens for s in sampled],
             [s.token_ids for s in sampled],
@@ -257,6 +262,21 @@ class Engine:
                 seq.params.num_prior_output_tokens,
             )
         return req.matcher
+
+    def _record_prompt_logprobs(self, batch: ScheduledBatch, spans, logits: torch.Tensor) -> None:
+        """Logprobs of the prompt tokens that `spans`' positions predict, from their rows."""
+        targets, num_top = [], []
+        for span in spans:
+            seq = batch.seqs[span.seq_index]
+            targets += seq.token_ids[span.start + 1 : span.end + 1]
+            num_top += [seq.params.prompt_logprobs] * (span.end - span.start)
+        chosen, tops = rank_logprobs(logits, torch.tensor(targets), num_top)
+        at = 0
+        for span in spans:
+            seq, n = batch.seqs[span.seq_index], span.end - span.start
+            seq.prompt_logprobs += chosen[at : at + n]
+            seq.prompt_top_logprobs += tops[at : at + n]
+            at += n
 
     def _append_token(self, seq: Sequence, token: int, logprob, top) -> None:
         req = self.requests[seq.request_id]
@@ -306,6 +326,11 @@ class Engine:
         req.sent_tokens, req.sent_chars = seq.num_output_tokens, len(req.text)
         gaps, req.unsent_gaps = tuple(req.unsent_gaps), []
         want_lp = seq.params.logprobs is not None
+        # Complete once the first token exists (never on a decode engine, which got the KV).
+        want_prompt = (
+            seq.params.prompt_logprobs is not None
+            and len(seq.prompt_logprobs) == seq.num_prompt_tokens - 1
+        )
         handle = None
         if seq.status is SequenceStatus.PREFILLED:
             handle = KVHandle(
@@ -330,6 +355,8 @@ class Engine:
             finish_reason=seq.finish_reason,
             logprobs=list(seq.logprobs) if want_lp else None,
             top_logprobs=list(seq.top_logprobs) if want_lp else None,
+            prompt_logprobs=[None, *seq.prompt_logprobs] if want_prompt else None,
+            prompt_top_logprobs=[None, *seq.prompt_top_logprobs] if want_prompt else None,
             num_cached_tokens=seq.num_cached_tokens,
             kv_handle=handle,
             timings=req.timings,

@@ -13,6 +13,7 @@ from runtime.config import CacheConfig, ModelConfig
 from runtime.engine.batch_scheduler import ScheduledBatch
 from runtime.engine.kv_staging import StagedKV
 from runtime.engine.model import AttentionMetadata, PrefillSpan
+from runtime.engine.prompt_logprobs import prompt_logprob_spans
 from runtime.engine.sequence import Sequence
 from runtime.engine.weights import DTYPES, geometry_of, load_hf_config, load_weights
 
@@ -121,10 +122,11 @@ class ModelRunner(ABC):
         decode_lens: list[int] = []
         spans: list[PrefillSpan] = []
         last_token_row: dict[int, int] = {}
+        first_rows = [0] * len(batch.seqs)
         for i in order:
             seq, n = batch.seqs[i], batch.num_new_tokens[i]
             start = seq.num_computed_tokens
-            row0 = len(input_ids)
+            row0 = first_rows[i] = len(input_ids)
             input_ids += seq.token_ids[start : start + n]
             pos = range(start, start + n)
             positions += pos
@@ -149,7 +151,10 @@ class ModelRunner(ABC):
             )
             meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long)
         sampled = [i for i in range(len(batch.seqs)) if i in last_token_row]
-        logits_idx = torch.tensor([last_token_row[i] for i in sampled], dtype=torch.long)
+        rows = [last_token_row[i] for i in sampled]
+        for span in prompt_logprob_spans(batch, first_rows):
+            rows += range(span.row, span.row + span.end - span.start)
+        logits_idx = torch.tensor(rows, dtype=torch.long)
         return [batch.seqs[i] for i in sampled], (
             torch.tensor(input_ids, dtype=torch.long),
             torch.tensor(positions, dtype=torch.long),

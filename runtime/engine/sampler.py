@@ -173,13 +173,23 @@ def _with_logprobs(
     if not rows:
         return SampleResult(ids, logprobs, top_logprobs)
     index = torch.tensor(rows, device=logits.device)
-    raw = logits[index].float().log_softmax(dim=-1)
-    chosen = raw.gather(1, token_ids[index].unsqueeze(1)).squeeze(1).tolist()
-    max_n = max(params[i].logprobs or 0 for i in rows)
+    chosen, tops = rank_logprobs(
+        logits[index], token_ids[index], [params[i].logprobs or 0 for i in rows]
+    )
+    for r, i in enumerate(rows):
+        logprobs[i], top_logprobs[i] = chosen[r], tops[r]
+    return SampleResult(ids, logprobs, top_logprobs)
+
+
+def rank_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, num_top: Sequence[int]
+) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Row r's raw log-softmax (float32) at `token_ids[r]`, and its `num_top[r]` most likely
+    (token id, logprob) pairs, highest first."""
+    raw = logits.float().log_softmax(dim=-1)
+    chosen = raw.gather(1, token_ids.to(raw.device).long().unsqueeze(1)).squeeze(1).tolist()
+    max_n = max(num_top, default=0)
     values, indices = raw.topk(max_n, dim=-1) if max_n else (raw[:, :0], raw[:, :0])
     top_values, top_ids = values.tolist(), indices.long().tolist()
-    for r, i in enumerate(rows):
-        n = params[i].logprobs
-        logprobs[i] = chosen[r]
-        top_logprobs[i] = list(zip(top_ids[r][:n], top_values[r][:n]))
-    return SampleResult(ids, logprobs, top_logprobs)
+    tops = [list(zip(top_ids[r][:n], top_values[r][:n])) for r, n in enumerate(num_top)]
+    return chosen, tops

@@ -69,7 +69,9 @@ class SamplingParams:
       by an earlier attempt of this request (a resumed one): the presence and frequency
       penalties count them as output too.
     - `logprobs` N returns the sampled token's logprob and the top-N logprobs per token,
-      taken from the raw logits (before temperature and filters).
+      taken from the raw logits (before temperature and filters). `prompt_logprobs` N does
+      the same for each prompt token after the first (vLLM's `prompt_logprobs`); such a
+      request computes its whole prompt (no prefix-cache hits), as its logits are needed.
     - `grammar` constrains the output to a JSON schema, any JSON object, a regex or a choice
       (structured output); the request stops as soon as the grammar is complete.
 
@@ -89,6 +91,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     presence_penalty: float = 0.0
@@ -131,12 +134,12 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a bool, got {value!r}")
         if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
             raise ValueError(f"grammar must be None or a GrammarSpec, got {self.grammar!r}")
-        if self.logprobs is not None and (
-            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
-        ):
-            raise ValueError(
-                f"logprobs must be None or an int in [0, {MAX_LOGPROBS}], got {self.logprobs!r}"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value <= MAX_LOGPROBS):
+                raise ValueError(
+                    f"{name} must be None or an int in [0, {MAX_LOGPROBS}], got {value!r}"
+                )
         self._check_penalties()
         self._normalise_logit_bias()
 

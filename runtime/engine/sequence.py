@@ -48,6 +48,9 @@ class Sequence:
         self.num_committed_blocks = 0  # leading blocks registered in the prefix cache
         self.logprobs: list[float | None] = []
         self.top_logprobs: list[list[tuple[int, float]] | None] = []
+        # Prompt tokens 1.. (a prompt's first token has none), when params.prompt_logprobs.
+        self.prompt_logprobs: list[float] = []
+        self.prompt_top_logprobs: list[list[tuple[int, float]]] = []
 
     @property
     def num_tokens(self) -> int:

@@ -62,6 +62,7 @@ class _Attempt:
         self.finish_reason: str | None = None
         self.handoff: HandoffEvent | None = None  # the last good one, for its trace span
         self.handoff_at = 0.0  # when it reached the frontend
+        self.sent_prompt_logprobs = False
 
     def chunk(self, ev: TokenEvent) -> GenerationChunk:
         now = time.monotonic()
@@ -74,7 +75,13 @@ class _Attempt:
             self.timings.decode_s = ev.decode_s
         self._time_tokens(ev, now)
         self.token_ids += ev.new_token_ids
-        out = GenerationChunk(self.req.request_id, list(ev.new_token_ids), ev.delta_text)
+        out = GenerationChunk(
+            self.req.request_id, list(ev.new_token_ids), ev.delta_text, logprobs=ev.logprobs
+        )
+        if ev.prompt_logprobs is not None and not self.sent_prompt_logprobs:
+            # A resumed try's prompt holds the tokens already sent: keep the client's prompt.
+            out.prompt_logprobs = ev.prompt_logprobs[: len(self.req.prompt_token_ids)]
+            self.sent_prompt_logprobs = True
         if ev.finished and ev.finish_reason == "abort" and self.shut_down:
             raise _shutting_down()
         if ev.finished:

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
+from runtime.frontend.choices import check_choices, check_num_logprobs, generate_choices
 from runtime.frontend.dispatch import client_key
 from runtime.frontend.grpc_api import ContinuousUsage, TokenizerRpcs, check_known_fields
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
@@ -57,6 +58,8 @@ def params_fields(p: pb.SamplingParams) -> dict:
         "logit_bias": dict(p.logit_bias) or None,
         "min_tokens": opt("min_tokens"),
         "grammar": _grammar(p),
+        "logprobs": opt("logprobs"),
+        "prompt_logprobs": opt("prompt_logprobs"),
     }
 
 
@@ -199,6 +202,8 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
             tools=list(tool_use.tools) if tool_use is not None else None,
         )
         fields = params_fields(request.params)
+        for name in ("logprobs", "prompt_logprobs"):
+            check_num_logprobs(p.limits, f"params.{name}", fields[name])
         if tool_use is not None:
             fields["grammar"] = one_grammar(fields["grammar"], tool_use.grammar())
         params = p.sampling_params(len(ids), **fields)
@@ -206,19 +211,27 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
 
     async def Generate(self, request, context):
         try:
+            n = request.n if request.HasField("n") else 1
+            best_of = request.best_of if request.HasField("best_of") else None
+            # best_of > n streams too: the chosen choices' messages come once all have ended.
+            check_choices(self.preparer.limits, n, best_of, stream=False)
             req, tool_use = await self.preparer.run(self.prepare_with_tools, request)
             key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
+            left = context.time_remaining()
             usage = (
                 ContinuousUsage(len(req.prompt_token_ids))
                 if request.continuous_usage_stats
                 else None
             )
-            texts: list[str] = []
-            async for chunk in self.dispatcher.generate(req, key, context.time_remaining()):
+            texts: dict[int, list[str]] = {}  # per choice, for its tool calls
+            choices = generate_choices(
+                lambda r: self.dispatcher.generate(r, key, left), req, n, best_of
+            )
+            async for chunk in choices:
                 response = to_response(chunk)
                 if tool_use is not None:
-                    texts.append(chunk.text)
-                    response = with_tool_calls(response, tool_use, "".join(texts))
+                    texts.setdefault(chunk.index, []).append(chunk.text)
+                    response = with_tool_calls(response, tool_use, "".join(texts[chunk.index]))
                 yield usage.stamp(response) if usage else response
         except InvalidRequest as e:
             self._count_error("INVALID_ARGUMENT")
@@ -318,8 +331,12 @@ def with_tool_calls(msg: pb.GenerateResponse, tool_use: ToolUse, text: str) -> p
 
 def to_response(chunk) -> pb.GenerateResponse:
     msg = pb.GenerateResponse(
-        request_id=chunk.request_id, token_ids=chunk.token_ids, text=chunk.text
+        request_id=chunk.request_id, token_ids=chunk.token_ids, text=chunk.text, index=chunk.index
     )
+    if chunk.logprobs is not None:
+        msg.logprobs.extend(_token_logprob(e) for e in chunk.logprobs)
+    if chunk.prompt_logprobs is not None:
+        msg.prompt_logprobs.extend(_token_logprob(e) for e in chunk.prompt_logprobs[1:] if e)
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH.get(chunk.finish_reason, pb.FINISH_REASON_UNSPECIFIED)
         u, t = chunk.usage, chunk.timings
@@ -332,6 +349,14 @@ def to_response(chunk) -> pb.GenerateResponse:
         )
         msg.timings.CopyFrom(pb.Timings(**t.__dict__))
     return msg
+
+
+def _token_logprob(e) -> pb.TokenLogprob:
+    return pb.TokenLogprob(
+        token_id=e.token_id,
+        logprob=e.logprob,
+        top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in e.top],
+    )
 
 
 async def start_grpc_server(

@@ -15,11 +15,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from runtime.frontend.choices import check_choices, check_num_logprobs, generate_choices
 from runtime.frontend.disconnect import ClientGone, unless_disconnected
 from runtime.frontend.dispatch import client_key
 from runtime.frontend.health import add_health_routes
 from runtime.frontend.http_routes import KEYED_PATHS, add_api_routes
 from runtime.frontend.metrics import CONTENT_TYPE_LATEST
+from runtime.frontend.openai_choices import ChoiceTracker
 from runtime.frontend.openai_schema import ChatCompletionRequest, CompletionRequest, parse_body
 from runtime.frontend.request_id import RequestIdMiddleware
 from runtime.frontend.requests import InvalidRequest, PreparedRequest
@@ -217,8 +219,8 @@ def build_app(
     def _prepare(raw: bytes, schema, request_id: str) -> tuple:
         body = parse_body(raw, schema)
         preparer.check_model(body.model)
-        if body.n != 1:
-            raise InvalidRequest("n must be 1")
+        check_choices(preparer.limits, body.n, getattr(body, "best_of", None), body.stream)
+        check_num_logprobs(preparer.limits, _LOGPROBS_FIELD[type(body)], body.num_logprobs())
         fields = body.sampling_fields()
         tool_use = None
         if isinstance(body, ChatCompletionRequest):
@@ -235,12 +237,21 @@ def build_app(
     ):
         rid, created = f"{prefix}-{req.request_id}", int(time.time())
         head = {"id": rid, "created": created, "model": preparer.model_name}
-        stream = dispatcher.generate(req, client_key(request.headers.get("authorization", "")))
+        key = client_key(request.headers.get("authorization", ""))
+        stream = generate_choices(
+            lambda r: dispatcher.generate(r, key), req, body.n, getattr(body, "best_of", None)
+        )
         if whole and body.stream:
             stream = one_chunk(stream)
+        ids, tokenizer = req.prompt_token_ids, preparer.tokenizer
+        echo = body.echo_text(tokenizer, ids) if isinstance(body, CompletionRequest) else None
+        tracker = ChoiceTracker(
+            tokenizer, isinstance(body, ChatCompletionRequest), body.num_logprobs(), echo, ids[0]
+        )
         if not body.stream:
             try:
-                return await unless_disconnected(request, _whole(head, obj, stream, choice), stream)
+                whole_body = _whole(head, obj, stream, choice, tracker)
+                return await unless_disconnected(request, whole_body, stream)
             except ClientGone:
                 return Response(status_code=499)  # nginx's "client closed": nobody reads it
         first = await anext(stream, None)  # errors before the first token stay HTTP errors
@@ -252,6 +263,8 @@ def build_app(
                 stream,
                 choice,
                 body.include_usage,
+                tracker,
+                body.n,
                 len(req.prompt_token_ids) if body.continuous_usage else None,
             ),
             media_type="text/event-stream",
@@ -260,44 +273,53 @@ def build_app(
     return app
 
 
-async def _whole(head, obj, stream, choice) -> dict:
-    text, last = [], None
+async def _whole(head, obj, stream, choice, tracker) -> dict:
     async for chunk in stream:
-        text.append(chunk.text)
-        last = chunk
-    if last is None:  # the dispatcher ends every request with a chunk or an error
+        tracker.add(chunk)
+    usage = tracker.usage()
+    if usage is None:  # the dispatcher ends every request with a chunk or an error
         raise ServingError("INTERNAL", "the request ended without a result")
     return {
         **head,
         "object": obj,
-        "choices": [choice("".join(text), last.finish_reason, final=True)],
-        "usage": _usage(last.usage),
-        "timings": last.timings.__dict__,
+        "choices": [
+            choice(text, reason, final=True, index=i, logprobs=lp)
+            for i, text, reason, lp in tracker.finals()
+        ],
+        "usage": _usage(usage),
+        "timings": tracker.timings().__dict__,
     }
 
 
-async def _sse(head, obj, first, stream, choice, include_usage, continuous_prompt_tokens=None):
-    """The SSE events of a stream; `continuous_prompt_tokens` set: each chunk carries the
-    usage so far (the last one the workers' own count, cached tokens included)."""
+async def _sse(head, obj, first, stream, choice, include_usage, tracker, n, continuous=None):
+    """The SSE events of a stream; `continuous` (the prompt's token count) set: each chunk
+    carries the usage so far (the last one the workers' own count, cached tokens included)."""
     num_generated = 0
 
     def event(payload, usage=None) -> str:
-        if continuous_prompt_tokens is not None and "error" not in payload:
-            payload["usage"] = (
-                _usage(usage) if usage else _usage_so_far(continuous_prompt_tokens, num_generated)
-            )
+        if continuous is not None and "error" not in payload:
+            payload["usage"] = _usage(usage) if usage else _usage_so_far(continuous, num_generated)
         return f"data: {json.dumps(payload)}\n\n"
 
-    if obj == "chat.completion.chunk":  # OpenAI sends the role alone first
-        yield event({**head, "object": obj, "choices": [choice("", None, role_only=True)]})
-    last, chunk = None, first
+    if obj == "chat.completion.chunk":  # OpenAI sends the role alone first, per choice
+        for i in range(n):
+            yield event(
+                {**head, "object": obj, "choices": [choice("", None, role_only=True, index=i)]}
+            )
+    chunk = first
     try:
         while chunk is not None:
-            last = chunk
             num_generated += len(chunk.token_ids)
+            text, logprobs = tracker.add(chunk)
             yield event(
-                {**head, "object": obj, "choices": [choice(chunk.text, chunk.finish_reason)]},
-                chunk.usage,
+                {
+                    **head,
+                    "object": obj,
+                    "choices": [
+                        choice(text, chunk.finish_reason, index=chunk.index, logprobs=logprobs)
+                    ],
+                },
+                chunk.usage if n == 1 else None,
             )
             chunk = await anext(stream, None)
     except InvalidRequest as e:  # headers are gone: report in the stream
@@ -309,8 +331,9 @@ async def _sse(head, obj, first, stream, choice, include_usage, continuous_promp
         yield event(_error_object(500, "internal error", "server_error"))
     finally:  # a client that went away cancels us here: abort the request on the workers
         await stream.aclose()
-    if include_usage and last is not None and last.usage is not None:
-        yield event({**head, "object": obj, "choices": [], "usage": _usage(last.usage)}, last.usage)
+    usage = tracker.usage()
+    if include_usage and usage is not None:
+        yield event({**head, "object": obj, "choices": [], "usage": _usage(usage)}, usage)
     yield "data: [DONE]\n\n"
 
 
@@ -331,19 +354,27 @@ def _usage(u) -> dict:
     }
 
 
-def _completion_choice(text, finish_reason, final=False, role_only=False) -> dict:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+_LOGPROBS_FIELD: dict[type, str] = {
+    CompletionRequest: "logprobs",
+    ChatCompletionRequest: "top_logprobs",
+}
 
 
-def _chat_choice(text, finish_reason, final=False, role_only=False) -> dict:
+def _completion_choice(
+    text, finish_reason, final=False, role_only=False, index=0, logprobs=None
+) -> dict:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def _chat_choice(text, finish_reason, final=False, role_only=False, index=0, logprobs=None) -> dict:
     if final:
         return {
-            "index": 0,
+            "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish_reason,
         }
     delta = (
         {"role": "assistant", "content": ""} if role_only else ({"content": text} if text else {})
     )
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}

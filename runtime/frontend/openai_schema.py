@@ -157,7 +157,12 @@ class _Sampling(_Body):
             "logit_bias": self.logit_bias,
             "min_tokens": self.min_tokens,
             "grammar": self.grammar(),
+            "logprobs": self.num_logprobs(),
         }
+
+    def num_logprobs(self) -> int | None:
+        """Top logprobs per output token, None for no logprobs."""
+        return None
 
     def prompt_inputs(self) -> dict:
         """The prompt as `RequestPreparer.prompt_ids` arguments."""
@@ -178,6 +183,24 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def sampling_fields(self) -> dict:
+        fields = super().sampling_fields()
+        if self.echo:  # the echoed prompt's tokens carry logprobs too (the first none)
+            fields["prompt_logprobs"] = self.logprobs
+        return fields
+
+    def echo_text(self, tokenizer, prompt_token_ids) -> str | None:
+        """The prompt as echoed: the text sent, or the token ids sent, decoded."""
+        if not self.echo:
+            return None
+        prompt = self.prompt[0] if isinstance(self.prompt, list) and self.prompt else self.prompt
+        return prompt if isinstance(prompt, str) else tokenizer.decode(list(prompt_token_ids))
 
     def prompt_inputs(self) -> dict:
         """The prompt as `RequestPreparer.prompt_ids` arguments (one prompt per request)."""
@@ -217,6 +240,14 @@ class NamedToolChoice(_Body):
 class ChatCompletionRequest(_Sampling):
     messages: list[Any]
     max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def num_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: set logprobs to true")
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 

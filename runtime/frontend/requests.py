@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from runtime.engine import SamplingParams
-from runtime.engine.sampling_params import lone_surrogate_at
+from runtime.engine.sampling_params import MAX_LOGPROBS, lone_surrogate_at
 from runtime.frontend.logit_bias import parse_logit_bias
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -37,6 +37,8 @@ class RequestLimits:
       characters, bounding what compiling it may cost a worker.
     - `max_request_bytes`: an HTTP body (413 past it) and a gRPC message (the server's
       `grpc.max_receive_message_length`, RESOURCE_EXHAUSTED past it).
+    - `max_choices`: `n` and `best_of` (each choice runs as a request of its own).
+    - `max_logprobs`: the top logprobs per token a request may ask for (at most 20).
     """
 
     max_prompt_chars: int | None = None
@@ -48,12 +50,19 @@ class RequestLimits:
     max_grammar_chars: int = 32768
     max_request_bytes: int = 8 << 20
     max_logit_bias: int = 300
+    max_choices: int = 16
+    max_logprobs: int = 20
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value < 1:
                 raise ValueError(f"limits.{f.name} must be >= 1, got {value}")
+        if self.max_logprobs > MAX_LOGPROBS:
+            raise ValueError(
+                f"limits.max_logprobs must be <= {MAX_LOGPROBS} (what the engine computes), "
+                f"got {self.max_logprobs}"
+            )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.engine import TokenLogprob
+
 
 @dataclass
 class Usage:
@@ -29,7 +31,11 @@ class Timings:
 
 @dataclass
 class GenerationChunk:
-    """New tokens of one request; the last chunk has `finish_reason`, `usage` and `timings`."""
+    """New tokens of one request; the last chunk has `finish_reason`, `usage` and `timings`.
+
+    `logprobs`: one per token of `token_ids`, when asked for. `prompt_logprobs`: one per prompt
+    token (None for the first), on the chunk with the first output token, when asked for.
+    `index`: which of the request's choices (n > 1) the chunk belongs to."""
 
     request_id: str
     token_ids: list[int]
@@ -37,6 +43,9 @@ class GenerationChunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    index: int = 0
 
 
 class ServingError(RuntimeError):

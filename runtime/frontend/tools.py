@@ -16,7 +16,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runtime.frontend.requests import InvalidRequest
 from runtime.frontend.results import GenerationChunk
@@ -162,10 +162,10 @@ def tool_chat_choice(tool_use: ToolUse):
     `tool_calls`. finish_reason "tool_calls" when the model chose to call ("auto",
     "required"); a call forced by name keeps "stop", as OpenAI's API does."""
 
-    def choice(text, finish_reason, final=False, role_only=False) -> dict:
+    def choice(text, finish_reason, final=False, role_only=False, index=0, logprobs=None):
         if role_only:
             first = {"role": "assistant", "content": ""}
-            return {"index": 0, "delta": first, "logprobs": None, "finish_reason": None}
+            return {"index": index, "delta": first, "logprobs": None, "finish_reason": None}
         content, calls = tool_use.parse(text) if finish_reason else (text, [])
         if calls and finish_reason == "stop" and not tool_use.named:
             finish_reason = "tool_calls"
@@ -174,36 +174,40 @@ def tool_chat_choice(tool_use: ToolUse):
             if calls:
                 message["tool_calls"] = calls
             return {
-                "index": 0,
+                "index": index,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         delta: dict = {"content": content} if content else {}
         if calls:
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
 
     return choice
 
 
 async def one_chunk(stream: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-    """The stream's chunks joined into one, sent when the last arrives (closing this
-    closes the stream, which aborts the request)."""
-    texts: list[str] = []
-    ids: list[int] = []
+    """Each choice's chunks joined into one, sent when its last arrives (closing this closes
+    the stream, which aborts the request)."""
+    joined: dict[int, list[GenerationChunk]] = {}
     try:
         async for chunk in stream:
-            texts.append(chunk.text)
-            ids += chunk.token_ids
+            parts = joined.setdefault(chunk.index, [])
+            parts.append(chunk)
             if chunk.finish_reason is not None:
-                yield GenerationChunk(
-                    chunk.request_id,
-                    ids,
-                    "".join(texts),
-                    chunk.finish_reason,
-                    chunk.usage,
-                    chunk.timings,
+                logprobs = [lp for c in parts for lp in c.logprobs or ()]
+                yield replace(
+                    chunk,
+                    token_ids=[t for c in parts for t in c.token_ids],
+                    text="".join(c.text for c in parts),
+                    logprobs=tuple(logprobs) if parts[0].logprobs is not None else None,
+                    prompt_logprobs=parts[0].prompt_logprobs,
                 )
     finally:
         await stream.aclose()  # type: ignore[attr-defined]

@@ -34,6 +34,8 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
     if p.grammar is not None:
         msg.grammar_kind = p.grammar.kind
         msg.grammar = p.grammar.spec
+    if p.prompt_logprobs is not None:
+        msg.prompt_logprobs = p.prompt_logprobs
     return msg
 
 
@@ -50,6 +52,7 @@ def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
         stop_token_ids=tuple(m.stop_token_ids),
         ignore_eos=m.ignore_eos,
         logprobs=m.logprobs if m.HasField("logprobs") else None,
+        prompt_logprobs=m.prompt_logprobs if m.HasField("prompt_logprobs") else None,
         include_stop_str_in_output=m.include_stop_str_in_output,
         skip_special_tokens=m.skip_special_tokens,
         presence_penalty=m.presence_penalty,

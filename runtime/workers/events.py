@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.engine import RequestOutput
+from runtime.engine import RequestOutput, TokenLogprob
+from runtime.engine.outputs import new_token_logprobs, prompt_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,10 @@ class TokenEvent:
     `decode_s` on the last event (decode or colocated worker). `token_gaps_s`: per new
     token, seconds since the request's previous token on this worker's engine (None: it has
     no predecessor there), measured on the engine so a batch of events read at once keeps
-    its real spacing."""
+    its real spacing.
+    `logprobs`: one per new token when the request asked for them; `prompt_logprobs` (None
+    for the first prompt token) on the event that carries the first output token, when asked
+    for."""
 
     request_id: str
     new_token_ids: tuple[int, ...]
@@ -27,6 +31,8 @@ class TokenEvent:
     prefill_s: float | None = None
     decode_s: float | None = None
     token_gaps_s: tuple[float | None, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
     @classmethod
     def from_output(cls, out: RequestOutput, first_token_here: bool) -> "TokenEvent":
@@ -51,6 +57,8 @@ class TokenEvent:
             prefill_s,
             decode_s,
             out.token_gaps_s,
+            new_token_logprobs(out),
+            prompt_token_logprobs(out) if first and out.new_token_ids else None,
         )
 
     @classmethod

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kv_transfer.proto\x12\x15tandem.kv_transfer.v1\"\x8b\x03\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12-\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1e.tandem.kv_transfer.v1.KVDType\x12\x38\n\x0c\x63\x61\x63he_layout\x18\x05 \x01(\x0e\x32\".tandem.kv_transfer.v1.CacheLayout\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x08 \x01(\r\x12\x10\n\x08head_dim\x18\t \x01(\r\x12\x12\n\nnum_tokens\x18\n \x01(\r\x12\x35\n\x08\x65ncoding\x18\x0b \x01(\x0e\x32#.tandem.kv_transfer.v1.WireEncoding\x12\x14\n\x0cgroup_tokens\x18\x0c \x01(\r\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x12\n\ntracestate\x18\x0e \x01(\t\"\xa0\x01\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0blayer_start\x18\x02 \x01(\r\x12\x11\n\tlayer_end\x18\x03 \x01(\r\x12\x13\n\x0btoken_start\x18\x04 \x01(\r\x12\x11\n\ttoken_end\x18\x05 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0e\n\x06scales\x18\x07 \x01(\x0c\x12\x0c\n\x04xxh3\x18\t \x01(\x06J\x04\x08\x08\x10\tR\x06\x63rc32c\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"r\n\rTokenLogprobs\x12\x14\n\x07logprob\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07has_top\x18\x02 \x01(\x08\x12.\n\x03top\x18\x03 \x03(\x0b\x32!.tandem.kv_transfer.v1.TopLogprobB\n\n\x08_logprob\"\xed\x04\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x01\x12\r\n\x05min_p\x18\x05 \x01(\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x15\n\x08logprobs\x18\n \x01(\rH\x01\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x0b \x01(\x08\x12\x1b\n\x13skip_special_tokens\x18\x0c \x01(\x08\x12\x18\n\x10presence_penalty\x18\r \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\x0e \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x01H\x02\x88\x01\x01\x12H\n\nlogit_bias\x18\x10 \x03(\x0b\x32\x34.tandem.kv_transfer.v1.SamplingParams.LogitBiasEntry\x12:\n\routput_counts\x18\x11 \x01(\x0b\x32#.tandem.kv_transfer.v1.OutputCounts\x12\x14\n\x0cgrammar_kind\x18\x15 \x01(\t\x12\x0f\n\x07grammar\x18\x16 \x01(\t\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobsB\x15\n\x13_repetition_penalty\"C\n\x0cOutputCounts\x12\x12\n\nmin_tokens\x18\x01 \x01(\r\x12\x1f\n\x17num_prior_output_tokens\x18\x02 \x01(\r\"\xb1\x01\n\x0cRequestState\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x18\n\x10output_token_ids\x18\x02 \x03(\r\x12\x35\n\x06params\x18\x03 \x01(\x0b\x32%.tandem.kv_transfer.v1.SamplingParams\x12\x36\n\x08logprobs\x18\x04 \x03(\x0b\x32$.tandem.kv_transfer.v1.TokenLogprobs\"f\n\x07Trailer\x12\x12\n\nnum_chunks\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\x12\x34\n\x07request\x18\x03 \x01(\x0b\x32#.tandem.kv_transfer.v1.RequestState\"\x9e\x01\n\x0eHandoffMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.tandem.kv_transfer.v1.Header\x12,\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1c.tandem.kv_transfer.v1.Chunk\x12/\n\x07trailer\x18\x03 \x01(\x0b\x32\x1e.tandem.kv_transfer.v1.Trailer\"G\n\nHandoffAck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nnum_chunks\x18\x02 \x01(\r\x12\x11\n\tnum_bytes\x18\x03 \x01(\x04*K\n\x07KVDType\x12\x18\n\x14KV_DTYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0c\n\x08\x42\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03*=\n\x0b\x43\x61\x63heLayout\x12\x1c\n\x18\x43\x41\x43HE_LAYOUT_UNSPECIFIED\x10\x00\x12\x07\n\x03NHD\x10\x01\x12\x07\n\x03HND\x10\x02*N\n\x0cWireEncoding\x12\x1d\n\x19WIRE_ENCODING_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\x0c\n\x08\x46P8_E4M3\x10\x03\x32\x63\n\nKVTransfer\x12U\n\x07Handoff\x12%.tandem.kv_transfer.v1.HandoffMessage\x1a!.tandem.kv_transfer.v1.HandoffAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11kv_transfer.proto\x12\x15tandem.kv_transfer.v1\"\x8b\x03\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12-\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1e.tandem.kv_transfer.v1.KVDType\x12\x38\n\x0c\x63\x61\x63he_layout\x18\x05 \x01(\x0e\x32\".tandem.kv_transfer.v1.CacheLayout\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x08 \x01(\r\x12\x10\n\x08head_dim\x18\t \x01(\r\x12\x12\n\nnum_tokens\x18\n \x01(\r\x12\x35\n\x08\x65ncoding\x18\x0b \x01(\x0e\x32#.tandem.kv_transfer.v1.WireEncoding\x12\x14\n\x0cgroup_tokens\x18\x0c \x01(\r\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x12\n\ntracestate\x18\x0e \x01(\t\"\xa0\x01\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0blayer_start\x18\x02 \x01(\r\x12\x11\n\tlayer_end\x18\x03 \x01(\r\x12\x13\n\x0btoken_start\x18\x04 \x01(\r\x12\x11\n\ttoken_end\x18\x05 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0e\n\x06scales\x18\x07 \x01(\x0c\x12\x0c\n\x04xxh3\x18\t \x01(\x06J\x04\x08\x08\x10\tR\x06\x63rc32c\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"r\n\rTokenLogprobs\x12\x14\n\x07logprob\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07has_top\x18\x02 \x01(\x08\x12.\n\x03top\x18\x03 \x03(\x0b\x32!.tandem.kv_transfer.v1.TopLogprobB\n\n\x08_logprob\"\x9f\x05\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x01\x12\r\n\x05min_p\x18\x05 \x01(\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x15\n\x08logprobs\x18\n \x01(\rH\x01\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x0b \x01(\x08\x12\x1b\n\x13skip_special_tokens\x18\x0c \x01(\x08\x12\x18\n\x10presence_penalty\x18\r \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\x0e \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x01H\x02\x88\x01\x01\x12H\n\nlogit_bias\x18\x10 \x03(\x0b\x32\x34.tandem.kv_transfer.v1.SamplingParams.LogitBiasEntry\x12:\n\routput_counts\x18\x11 \x01(\x0b\x32#.tandem.kv_transfer.v1.OutputCounts\x12\x14\n\x0cgrammar_kind\x18\x15 \x01(\t\x12\x0f\n\x07grammar\x18\x16 \x01(\t\x12\x1c\n\x0fprompt_logprobs\x18\x12 \x01(\rH\x03\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobsB\x15\n\x13_repetition_penaltyB\x12\n\x10_prompt_logprobs\"C\n\x0cOutputCounts\x12\x12\n\nmin_tokens\x18\x01 \x01(\r\x12\x1f\n\x17num_prior_output_tokens\x18\x02 \x01(\r\"\xb1\x01\n\x0cRequestState\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\x18\n\x10output_token_ids\x18\x02 \x03(\r\x12\x35\n\x06params\x18\x03 \x01(\x0b\x32%.tandem.kv_transfer.v1.SamplingParams\x12\x36\n\x08logprobs\x18\x04 \x03(\x0b\x32$.tandem.kv_transfer.v1.TokenLogprobs\"f\n\x07Trailer\x12\x12\n\nnum_chunks\x18\x01 \x01(\r\x12\x11\n\tnum_bytes\x18\x02 \x01(\x04\x12\x34\n\x07request\x18\x03 \x01(\x0b\x32#.tandem.kv_transfer.v1.RequestState\"\x9e\x01\n\x0eHandoffMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.tandem.kv_transfer.v1.Header\x12,\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1c.tandem.kv_transfer.v1.Chunk\x12/\n\x07trailer\x18\x03 \x01(\x0b\x32\x1e.tandem.kv_transfer.v1.Trailer\"G\n\nHandoffAck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nnum_chunks\x18\x02 \x01(\r\x12\x11\n\tnum_bytes\x18\x03 \x01(\x04*K\n\x07KVDType\x12\x18\n\x14KV_DTYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0c\n\x08\x42\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03*=\n\x0b\x43\x61\x63heLayout\x12\x1c\n\x18\x43\x41\x43HE_LAYOUT_UNSPECIFIED\x10\x00\x12\x07\n\x03NHD\x10\x01\x12\x07\n\x03HND\x10\x02*N\n\x0cWireEncoding\x12\x1d\n\x19WIRE_ENCODING_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\x0c\n\x08\x46P8_E4M3\x10\x03\x32\x63\n\nKVTransfer\x12U\n\x07Handoff\x12%.tandem.kv_transfer.v1.HandoffMessage\x1a!.tandem.kv_transfer.v1.HandoffAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_KVDTYPE']._serialized_start=1981
-  _globals['_KVDTYPE']._serialized_end=2056
-  _globals['_CACHELAYOUT']._serialized_start=2058
-  _globals['_CACHELAYOUT']._serialized_end=2119
-  _globals['_WIREENCODING']._serialized_start=2121
-  _globals['_WIREENCODING']._serialized_end=2199
+  _globals['_KVDTYPE']._serialized_start=2031
+  _globals['_KVDTYPE']._serialized_end=2106
+  _globals['_CACHELAYOUT']._serialized_start=2108
+  _globals['_CACHELAYOUT']._serialized_end=2169
+  _globals['_WIREENCODING']._serialized_start=2171
+  _globals['_WIREENCODING']._serialized_end=2249
   _globals['_HEADER']._serialized_start=45
   _globals['_HEADER']._serialized_end=440
   _globals['_CHUNK']._serialized_start=443
@@ -48,19 +48,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENLOGPROBS']._serialized_start=654
   _globals['_TOKENLOGPROBS']._serialized_end=768
   _globals['_SAMPLINGPARAMS']._serialized_start=771
-  _globals['_SAMPLINGPARAMS']._serialized_end=1392
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1299
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1347
-  _globals['_OUTPUTCOUNTS']._serialized_start=1394
-  _globals['_OUTPUTCOUNTS']._serialized_end=1461
-  _globals['_REQUESTSTATE']._serialized_start=1464
-  _globals['_REQUESTSTATE']._serialized_end=1641
-  _globals['_TRAILER']._serialized_start=1643
-  _globals['_TRAILER']._serialized_end=1745
-  _globals['_HANDOFFMESSAGE']._serialized_start=1748
-  _globals['_HANDOFFMESSAGE']._serialized_end=1906
-  _globals['_HANDOFFACK']._serialized_start=1908
-  _globals['_HANDOFFACK']._serialized_end=1979
-  _globals['_KVTRANSFER']._serialized_start=2201
-  _globals['_KVTRANSFER']._serialized_end=2300
+  _globals['_SAMPLINGPARAMS']._serialized_end=1442
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1329
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1377
+  _globals['_OUTPUTCOUNTS']._serialized_start=1444
+  _globals['_OUTPUTCOUNTS']._serialized_end=1511
+  _globals['_REQUESTSTATE']._serialized_start=1514
+  _globals['_REQUESTSTATE']._serialized_end=1691
+  _globals['_TRAILER']._serialized_start=1693
+  _globals['_TRAILER']._serialized_end=1795
+  _globals['_HANDOFFMESSAGE']._serialized_start=1798
+  _globals['_HANDOFFMESSAGE']._serialized_end=1956
+  _globals['_HANDOFFACK']._serialized_start=1958
+  _globals['_HANDOFFACK']._serialized_end=2029
+  _globals['_KVTRANSFER']._serialized_start=2251
+  _globals['_KVTRANSFER']._serialized_end=2350
 # @@protoc_insertion_point(module_scope)

@@ -217,7 +217,7 @@ def test_integers_at_the_bounds_run(http, frontend):
             "in position 12: invalid start byte): send one JSON object",
         ),
         (b"{}", "prompt: Field required"),
-        (b'{"prompt": "hi", "n": 2}', "n must be 1"),
+        (b'{"prompt": "hi", "n": 17}', "n must be an int in [1, 16], got 17"),
     ],
 )
 def test_malformed_bodies_get_400_json(http, raw, message):

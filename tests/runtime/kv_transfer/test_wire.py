@@ -188,6 +188,7 @@ def test_request_state_round_trip():
         stop_token_ids=(3, 4),
         ignore_eos=True,
         logprobs=2,
+        prompt_logprobs=3,
         include_stop_str_in_output=True,
         skip_special_tokens=False,
     )
