@@ -8,7 +8,7 @@ choice 0 is what the same request with n = 1 gives.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestLimits
@@ -51,7 +51,7 @@ def choice_request(req: PreparedRequest, index: int) -> PreparedRequest:
 
 async def generate_choices(
     generate, req: PreparedRequest, n: int, best_of: int | None = None
-) -> AsyncIterator[GenerationChunk]:
+) -> AsyncGenerator[GenerationChunk, None]:
     """The chunks of `n` choices of `req`, each with its `index`, as they come.
 
     `generate(req)` runs one request (the dispatcher's `generate`, bound to the client).

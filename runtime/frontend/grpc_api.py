@@ -20,6 +20,10 @@ def unknown_fields_of(msg: Message, path: str = "") -> list[str]:
     for field, value in msg.ListFields():
         if field.type != FieldDescriptor.TYPE_MESSAGE:
             continue
+        if field.message_type.GetOptions().map_entry:  # a map: its values, when messages
+            if field.message_type.fields_by_name["value"].type != FieldDescriptor.TYPE_MESSAGE:
+                continue
+            value = list(value.values())
         inner = list(value) if field.is_repeated else [value]
         for i, m in enumerate(inner):
             index = f"[{i}]" if field.is_repeated else ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 
 from runtime.frontend.requests import InvalidRequest
@@ -192,7 +192,9 @@ def tool_chat_choice(tool_use: ToolUse):
     return choice
 
 
-async def one_chunk(stream: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+async def one_chunk(
+    stream: AsyncIterator[GenerationChunk],
+) -> AsyncGenerator[GenerationChunk, None]:
     """Each choice's chunks joined into one, sent when its last arrives (closing this closes
     the stream, which aborts the request)."""
     joined: dict[int, list[GenerationChunk]] = {}

@@ -23,7 +23,10 @@ from runtime.kv_transfer.errors import KVTransferError
 # v2: chunks carry an XXH3-64 checksum instead of v1's CRC-32C. On a 1 MiB chunk on this
 # project's 2-core host XXH3-64 hashes 97 GB/s in cache (CRC-32C 29) and 24 GB/s from memory
 # (13), and both sides checksum every byte of a handoff.
-CONTRACT_VERSION = 2
+# v3: the request state carries penalties, logit_bias, min_tokens, a grammar and
+# prompt_logprobs, and the header a trace context; a v2 receiver would drop them and continue
+# a different request than was asked, so the versions refuse each other.
+CONTRACT_VERSION = 3
 HANDOFF_METHOD = f"/{pb.DESCRIPTOR.services_by_name['KVTransfer'].full_name}/Handoff"
 
 _DTYPES = {torch.float32: pb.FLOAT32, torch.bfloat16: pb.BFLOAT16, torch.float16: pb.FLOAT16}

@@ -15,12 +15,12 @@ SCHEMA = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}}
 def test_grammar_round_trips_the_wire():
     for grammar in (
         None,
-        GrammarSpec("json_schema", SCHEMA, 3),
+        GrammarSpec("json_schema", SCHEMA),
         GrammarSpec("json_object"),
         GrammarSpec("regex", "[0-9]+"),
         GrammarSpec("choice", '["yes", "no"]'),
     ):
-        p = SamplingParams(max_tokens=9, temperature=0, grammar=grammar)
+        p = SamplingParams(max_tokens=9, temperature=0, grammar=grammar).resumed(3)
         wire = params_to_proto(p).SerializeToString()
         assert params_from_proto(pb.SamplingParams.FromString(wire)) == p
 
@@ -32,7 +32,9 @@ def test_a_continuation_replays_every_token_already_sent():
     first = Dispatcher._continuation(attempt, 1)
     assert first.prompt_token_ids == (1, 2, 3, 7, 8)
     assert first.params.max_tokens == 18
-    assert first.params.grammar == GrammarSpec("json_schema", SCHEMA, 2)
+    # the matcher replays the prompt's last num_prior_output_tokens: the 2 tokens sent
+    assert first.params.grammar == GrammarSpec("json_schema", SCHEMA)
+    assert first.params.num_prior_output_tokens == 2
     plain = _Attempt(PreparedRequest("r", (1,), SamplingParams(max_tokens=5)), "r")
     plain.token_ids = [4]
     assert Dispatcher._continuation(plain, 1).params.grammar is None
