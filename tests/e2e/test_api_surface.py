@@ -26,9 +26,9 @@ def set_faults(server, faults: FaultConfig) -> None:
 def finished_requests(server) -> float:
     return sum(
         s.value
-        for metric in server.frontend.metrics.requests.collect()
+        for metric in server.frontend.metrics.registry.collect()
         for s in metric.samples
-        if s.name.endswith("_total")
+        if s.name == "tandem:request_success_total"
     )
 
 
