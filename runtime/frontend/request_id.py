@@ -4,12 +4,12 @@ and returns it the same way, so a client can always quote the id of what it got.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-REQUEST_ID_HEADER = "x-request-id"
+from runtime.observability.context import new_request_id
+from runtime.observability.http_middleware import REQUEST_ID_HEADER
 
 
 class RequestIdMiddleware:
@@ -34,7 +34,7 @@ class RequestIdMiddleware:
             except ValueError as e:
                 response = self.refuse(f"the {REQUEST_ID_HEADER} header: {e}")
                 return await response(scope, receive, send)
-        request_id = given or uuid.uuid4().hex
+        request_id = given or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
