@@ -130,7 +130,10 @@ class Sampler:
             )
         for r, (p, index) in enumerate(zip(params, output_indices)):
             if p.seed is not None:
-                gen = torch.Generator().manual_seed(row_seed(p.seed, index))
+                # A resumed request's output goes on from the tokens an earlier try sent, so
+                # its draws go on from their index too.
+                seed = row_seed(p.seed, p.num_prior_output_tokens + index)
+                gen = torch.Generator().manual_seed(seed)
                 noise[r] = torch.empty(probs.shape[1]).exponential_(generator=gen).to(device)
         # A zero draw would give 0/0 on a masked token; clamping keeps masked tokens at 0.
         return (probs / noise.clamp_min_(torch.finfo(noise.dtype).tiny)).argmax(dim=-1)

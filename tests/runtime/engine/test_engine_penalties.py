@@ -127,6 +127,15 @@ def test_a_resumed_request_counts_its_prior_output(engine):
     assert full[:4] + resumed.token_ids == full
 
 
+def test_a_resumed_seeded_sample_goes_on_as_if_never_interrupted(engine):
+    # A seeded, sampled request resumed 4 tokens in draws its 5th token with the 5th token's
+    # noise, so the client sees the same text as from an uninterrupted run.
+    params = SamplingParams(temperature=1.0, seed=7, max_tokens=N, ignore_eos=True)
+    full = engine.generate(prompt_token_ids=[PROMPT], params=[params])[0].token_ids
+    rest = engine.generate(prompt_token_ids=[PROMPT + full[:4]], params=[params.resumed(4)])[0]
+    assert full[:4] + rest.token_ids == full
+
+
 def test_out_of_vocabulary_bias_and_prior_output_are_refused(engine):
     vocab = engine.runner.geometry.vocab_size
     with pytest.raises(ValueError, match=rf"logit_bias token ids must be in \[0, {vocab}\)"):

@@ -162,6 +162,16 @@ def test_seeded_resumes_mid_stream_on_another_engine():
     assert resumed == full[5:]
 
 
+def test_seeded_resumed_request_draws_as_if_never_interrupted():
+    # After a worker death the request resumes with its sent tokens appended to the prompt and
+    # output index 0 again; its draws must still be those of output indices 4, 5, ...
+    logits = torch.zeros(1000)
+    params = SamplingParams(seed=17, temperature=0.7)
+    full = seeded_stream(Sampler(seed=1), logits, params, 10)
+    rest = seeded_stream(Sampler(seed=2), logits, params.resumed(4), 6)
+    assert rest == full[4:]
+
+
 def test_seeded_independent_of_batch_position_and_composition():
     gen = torch.Generator().manual_seed(5)
     target = torch.randn(200, generator=gen)
