@@ -66,7 +66,7 @@ soak: install model
 
 # Admission under overload, measured with vLLM's own `bench serve` against the OpenAI endpoint:
 # a rate the local cluster sustains and 1.5x it, Poisson and bursty (see README, Scheduler).
-OVERLOAD_RATE ?= 1.0
+OVERLOAD_RATE ?= 0.6
 .PHONY: bench-overload
 bench-overload: install-vllm model
 	$(PY) benchmarks/overload.py --sustained-rate $(OVERLOAD_RATE) --quiet --out overload-results

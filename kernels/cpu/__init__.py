@@ -3,9 +3,9 @@
 `ops()` returns the `torch.ops.tandem_cpu` namespace once the library is built and loaded, or
 None when it cannot be (no C++ compiler, `TANDEM_CPU_KERNELS=0`); the dispatch functions then
 keep the torch reference, and `load_error()` says why. The build is compiled for the CPU it
-runs on (-march=native), so its cache folder is keyed by the sources, the torch version and
-this CPU's model and flags: a home directory shared between different machines never loads a
-library built for another CPU. The folder is `$TANDEM_KERNEL_CACHE`, by default
+runs on (-march=native), so its cache folder is keyed by the sources (their contents and
+where they are), the torch version and this CPU's model and flags: a home directory shared
+between different machines never loads a library built for another CPU. The folder is `$TANDEM_KERNEL_CACHE`, by default
 `$TANDEM_HOME/kernels` (`~/.cache/tandem/kernels`); torch's file lock serialises concurrent
 builds (several workers starting at once).
 """
@@ -59,6 +59,10 @@ def build_key() -> str:
     h.update(" ".join(CFLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(_cpu_signature().encode())
+    # ninja's build file names the sources by absolute path: two checkouts sharing one
+    # folder would each see the other's build as stale and rebuild it, minutes on a small
+    # host, while a restarted worker waits on the lock. Each checkout gets its own.
+    h.update(str(_HERE.resolve()).encode())
     return h.hexdigest()[:16]
 
 

@@ -124,11 +124,7 @@ def build_tokenize_request(
 ) -> pb.TokenizeRequest:
     req = pb.TokenizeRequest(model=model, return_token_strs=return_token_strs)
     if messages is not None:
-        req.chat.CopyFrom(
-            pb.ChatMessages(
-                messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
-            )
-        )
+        req.chat.CopyFrom(chat_messages(messages))
     elif prompt is not None:
         req.prompt = prompt
     return req
@@ -157,6 +153,35 @@ class Completion:
     index: int = 0
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+
+
+def chat_messages(messages: list[dict]) -> pb.ChatMessages:
+    """OpenAI-shaped chat messages as the proto's: an assistant turn's `tool_calls` (OpenAI
+    dicts, or the `ToolCall`s a completion returned) and a tool turn's `tool_call_id` go
+    along, so a conversation with tools continues over gRPC as over HTTP."""
+    return pb.ChatMessages(
+        messages=[
+            pb.ChatMessage(
+                role=m["role"],
+                content=m.get("content") or "",
+                tool_calls=[_tool_call(c) for c in m.get("tool_calls") or ()],
+                tool_call_id=m.get("tool_call_id") or "",
+            )
+            for m in messages
+        ]
+    )
+
+
+def _tool_call(c: dict | ToolCall) -> pb.ToolCall:
+    if isinstance(c, ToolCall):
+        return pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments)
+    f = c["function"]
+    args = f["arguments"]
+    return pb.ToolCall(
+        id=c.get("id", ""),
+        name=f["name"],
+        arguments_json=args if isinstance(args, str) else json.dumps(args),
+    )
 
 
 def _tool(t: dict) -> pb.FunctionTool:
@@ -207,11 +232,7 @@ def build_request(
             setattr(req, name, sampling.pop(name))
         sampling.pop(name, None)
     if messages is not None:
-        req.chat.CopyFrom(
-            pb.ChatMessages(
-                messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
-            )
-        )
+        req.chat.CopyFrom(chat_messages(messages))
     elif prompt_token_ids is not None:
         req.prompt_token_ids.CopyFrom(pb.TokenIds(ids=list(prompt_token_ids)))
     elif prompt is not None:

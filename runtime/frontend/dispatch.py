@@ -51,7 +51,7 @@ class _Attempt:
         self.deadline: float | None = None  # the client's, on the monotonic clock
         self.running: tuple[str, tuple[WorkerHandle, ...]] = ("", ())  # key on which workers
         self.shut_down = False  # ended by the server's shutdown
-        self.arrival = time.monotonic()
+        self.arrival = req.received_at if req.received_at is not None else time.monotonic()
         self.predicted_ttft_s: float | None = None  # admission's, for its learned margin
         self.first_sent: float | None = None
         self.last_sent: float | None = None  # when the latest token reached the frontend
@@ -197,7 +197,7 @@ class Dispatcher:
         self.num_in_flight += 1
         attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
         if deadline_s is not None:
-            attempt.deadline = attempt.arrival + deadline_s
+            attempt.deadline = time.monotonic() + deadline_s  # what was left on arrival here
         self._attempts[attempt.key] = attempt
         try:
             async for chunk in self._recovering(attempt):

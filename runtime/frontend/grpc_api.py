@@ -42,6 +42,27 @@ def check_known_fields(msg: Message) -> None:
         )
 
 
+def chat_messages(chat: pb.ChatMessages) -> list[dict]:
+    """The messages in the OpenAI shape the HTTP API takes (and the preparer checks): an
+    assistant turn's `tool_calls` and a tool turn's `tool_call_id` only where set."""
+    out = []
+    for m in chat.messages:
+        message: dict = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments_json},
+                }
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
+    return out
+
+
 class TokenizerRpcs:
     """Needs `self.preparer` (a `RequestPreparer`) and `self._count_error(code)`."""
 
@@ -54,9 +75,7 @@ class TokenizerRpcs:
             got = tokenize(
                 p,
                 prompt=request.prompt if kind == "prompt" else None,
-                messages=[{"role": m.role, "content": m.content} for m in request.chat.messages]
-                if kind == "chat"
-                else None,
+                messages=chat_messages(request.chat) if kind == "chat" else None,
                 return_token_strs=request.return_token_strs,
             )
             return pb.TokenizeResponse(

@@ -6,6 +6,7 @@ import hmac
 import json
 import time
 import uuid
+from dataclasses import replace
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -16,7 +17,12 @@ from runtime.api._proto import tandem_pb2 as pb
 from runtime.api._proto import tandem_pb2_grpc as pb_grpc
 from runtime.frontend.choices import check_choices, check_num_logprobs, generate_choices
 from runtime.frontend.dispatch import client_key
-from runtime.frontend.grpc_api import ContinuousUsage, TokenizerRpcs, check_known_fields
+from runtime.frontend.grpc_api import (
+    ContinuousUsage,
+    TokenizerRpcs,
+    chat_messages,
+    check_known_fields,
+)
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
 from runtime.frontend.structured import GrammarRequest, one_grammar, schema_text
@@ -195,9 +201,7 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
             )
         ids = p.prompt_ids(
             prompt=request.prompt if kind == "prompt" else None,
-            messages=[{"role": m.role, "content": m.content} for m in request.chat.messages]
-            if kind == "chat"
-            else None,
+            messages=chat_messages(request.chat) if kind == "chat" else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
             tools=list(tool_use.tools) if tool_use is not None else None,
         )
@@ -215,7 +219,9 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
             best_of = request.best_of if request.HasField("best_of") else None
             # best_of > n streams too: the chosen choices' messages come once all have ended.
             check_choices(self.preparer.limits, n, best_of, stream=False)
+            received = time.monotonic()
             req, tool_use = await self.preparer.run(self.prepare_with_tools, request)
+            req = replace(req, received_at=received)
             key = client_key(dict(context.invocation_metadata()).get("authorization", ""))
             left = context.time_remaining()
             usage = (

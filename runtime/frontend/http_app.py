@@ -197,17 +197,19 @@ def build_app(
     # a long prompt must not hold the event loop that answers every other request.
     @app.post("/v1/completions")
     async def completions(request: Request):
+        received = time.monotonic()
         raw = await read_body(request, preparer.limits.max_request_bytes)
         body, req, _ = await preparer.run(
-            _prepare, raw, CompletionRequest, request.state.request_id
+            _prepare, raw, CompletionRequest, request.state.request_id, received
         )
         return await _respond(request, body, req, "cmpl", "text_completion", _completion_choice)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        received = time.monotonic()
         raw = await read_body(request, preparer.limits.max_request_bytes)
         body, req, tool_use = await preparer.run(
-            _prepare, raw, ChatCompletionRequest, request.state.request_id
+            _prepare, raw, ChatCompletionRequest, request.state.request_id, received
         )
         if tool_use is None:
             return await _respond(request, body, req, "chatcmpl", "chat.completion", _chat_choice)
@@ -216,7 +218,7 @@ def build_app(
             request, body, req, "chatcmpl", "chat.completion", tool_chat_choice(tool_use), True
         )
 
-    def _prepare(raw: bytes, schema, request_id: str) -> tuple:
+    def _prepare(raw: bytes, schema, request_id: str, received: float) -> tuple:
         body = parse_body(raw, schema)
         preparer.check_model(body.model)
         check_choices(preparer.limits, body.n, getattr(body, "best_of", None), body.stream)
@@ -230,7 +232,7 @@ def build_app(
         tools = list(tool_use.tools) if tool_use is not None else None
         ids = preparer.prompt_ids(**body.prompt_inputs(), tools=tools)
         params = preparer.sampling_params(len(ids), **fields)
-        return body, PreparedRequest(request_id, tuple(ids), params), tool_use
+        return body, PreparedRequest(request_id, tuple(ids), params, received), tool_use
 
     async def _respond(
         request: Request, body, req: PreparedRequest, prefix: str, obj: str, choice, whole=False

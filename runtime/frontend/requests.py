@@ -67,11 +67,15 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A validated request: its prompt as token ids and its sampling parameters."""
+    """A validated request: its prompt as token ids and its sampling parameters.
+    `received_at` (monotonic seconds): when the server got it, before it was parsed and
+    tokenized; its TTFT and admission's learned margin count from there, as its client's
+    clock does. None: when it reached the dispatcher."""
 
     request_id: str
     prompt_token_ids: tuple[int, ...]
     params: SamplingParams
+    received_at: float | None = None
 
 
 def quoted(value, limit: int = 100) -> str:

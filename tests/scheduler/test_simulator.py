@@ -169,10 +169,11 @@ def test_admission_learns_the_delay_its_prediction_leaves_out():
         return done, late, sim.router.ttft_margin_s("prefill")
 
     plain, plain_late, _ = run(None)
-    learned, learned_late, margin = run(0.9)
+    learned, learned_late, margin = run(SchedulerConfig().ttft_margin_quantile)
     assert len(plain_late) > 50
     assert len(learned_late) <= 10 and all(r.arrival_s < 15 for r in learned_late)
-    # The delay, plus the prediction's own error (load seen up to one 0.2 s report late).
-    assert 0.4 <= margin <= 0.6
+    # The delay, plus the prediction's own error (load seen up to one 0.2 s report late) at
+    # its 98th percentile.
+    assert 0.4 <= margin <= 0.8
     sustained = Simulator(pair(), first_token_delay_s=0.4).run(workload(0.6 * capacity))
     assert summarize(learned, **slo).goodput >= 0.85 * summarize(sustained, **slo).goodput

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from fake_frontend import FakeDispatcher, FakeFrontend
 
+from runtime.client import Client
+from runtime.frontend.dispatch import _Attempt
 from runtime.frontend.results import GenerationChunk, ServingError
 
 
@@ -40,6 +42,24 @@ def test_without_x_request_id_the_server_assigns_one_and_returns_it(http, fronte
     assert frontend.dispatcher.admitted[-1].request_id == rid
     # Every answer carries one, errors included.
     assert http.get("/nowhere").headers["x-request-id"]
+
+
+def test_a_request_is_timed_from_its_receipt_before_it_is_tokenized(http, frontend):
+    # Its TTFT, and admission's learned margin, count from when the server got it, as its
+    # client's clock does; the tokenizer's time is inside.
+    def over_grpc():
+        with Client(frontend.grpc_url) as client:
+            client.generate("hi", max_tokens=1)
+
+    for send in (
+        lambda: http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}),
+        over_grpc,
+    ):
+        before = time.monotonic()
+        send()
+        req = frontend.dispatcher.admitted[-1]
+        assert req.received_at is not None and before <= req.received_at <= time.monotonic()
+        assert _Attempt(req, "k").arrival == req.received_at
 
 
 def test_a_bad_x_request_id_gets_400(http):

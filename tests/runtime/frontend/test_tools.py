@@ -271,3 +271,42 @@ def test_grpc_sdk_sync_and_async_call_tools(frontend):
     out = asyncio.run(run())
     assert out.finish_reason == "tool_calls" and out.tool_calls
     assert {c.name for c in out.tool_calls} <= {"get_weather", "get_time"}
+
+
+def test_a_tool_conversation_continues_over_grpc_as_over_http(frontend):
+    # The SDK takes the calls a completion returned (or OpenAI dicts) in an assistant turn,
+    # and the tool's answer by its call id; the prompt is the one HTTP renders.
+    with Client(frontend.grpc_url, timeout=120) as client:
+        first = client.chat(
+            ASK, max_tokens=60, temperature=0, tools=[WEATHER], tool_choice="required"
+        )
+        (call,) = first.tool_calls[:1]
+        history = ASK + [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call.id, "content": "cold"},
+        ]
+        as_openai = ASK + [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                ],
+            },
+            history[-1],
+        ]
+        over_grpc = client.tokenize(messages=history).token_ids
+        over_http = httpx.post(
+            f"{frontend.http_url}/tokenize", json={"messages": as_openai}, timeout=60
+        ).json()["tokens"]
+        text = client.detokenize(over_grpc)
+        assert f'<tool_call>{{"name": "{call.name}", "arguments": ' in text
+        assert "<|im_start|>toolcold<|im_end|>" in text
+        assert over_grpc == over_http
+        assert client.tokenize(messages=as_openai).token_ids == over_grpc
+        answer = client.chat(history, max_tokens=5, temperature=0)
+        assert answer.usage.prompt_tokens == len(over_grpc)
