@@ -5,9 +5,9 @@ None when it cannot be (no C++ compiler, `TANDEM_CPU_KERNELS=0`); the dispatch f
 keep the torch reference, and `load_error()` says why. The build is compiled for the CPU it
 runs on (-march=native), so its cache folder is keyed by the sources (their contents and
 where they are), the torch version and this CPU's model and flags: a home directory shared
-between different machines never loads a library built for another CPU. The folder is `$TANDEM_KERNEL_CACHE`, by default
-`$TANDEM_HOME/kernels` (`~/.cache/tandem/kernels`); torch's file lock serialises concurrent
-builds (several workers starting at once).
+between different machines never loads a library built for another CPU. The folder is
+`$TANDEM_KERNEL_CACHE`, by default `$TANDEM_HOME/kernels` (`~/.cache/tandem/kernels`); torch's
+file lock serialises concurrent builds (several workers starting at once).
 """
 
 from __future__ import annotations
