@@ -11,8 +11,9 @@ Configurations (`--configs`): `colocated1` (one colocated worker), `colocated2` 
 `--config`'s settings, warmed up, then loaded with the random workload of `--input-len`,
 `--output-len`, `--range-ratio`, `--num-prompts` at `--rate` requests/s (Poisson) by
 `--bench-cmd`: a command taking vLLM `bench serve`'s flags and writing its JSON (default:
-benchmarks/serve.py if present, else vLLM's own benchmark from `--vllm-python`). Prints a
-markdown table and writes every figure to `--out` (`--measured`: predict again against
+benchmarks/serve.py if present, else vLLM's own benchmark from `--vllm-python`). The
+planner then simulates the requests that run sent (their arrival times and lengths). Prints
+a markdown table and writes every figure to `--out` (`--measured`: predict again against
 the measurements of an earlier run's validation.json, e.g. after calibrating again).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from scheduler.planner.model_shape import ModelShape  # noqa: E402
 from scheduler.planner.profiles import load_profile  # noqa: E402
 from scheduler.planner.search import SLO, Configuration, Planner  # noqa: E402
 from scheduler.planner.workload_file import WorkloadSpec  # noqa: E402
+from scheduler.simulator import SimRequest  # noqa: E402
 
 VLLM_BENCH = (
     "import argparse, sys\n"
@@ -88,6 +91,7 @@ def measure(args, name: str, out: Path) -> dict:
             "--request-rate", str(args.rate),
             "--seed", str(args.seed),
             "--ignore-eos",
+            "--save-detailed",  # each request's send time and lengths, for the prediction
             "--goodput", f"ttft:{args.slo_ttft_ms}", f"tpot:{args.slo_tpot_ms}",
             "--result-filename", str(result),
         ]  # fmt: skip
@@ -99,10 +103,32 @@ def measure(args, name: str, out: Path) -> dict:
         "median_ttft_ms": r["median_ttft_ms"],
         "median_tpot_ms": r["median_tpot_ms"],
         "goodput": r.get("request_goodput") or 0.0,
+        "requests": sent_requests(r),
     }
 
 
-def predict(args, name: str) -> dict:
+def sent_requests(result: dict) -> list[list[float]]:
+    """[seconds after the first request, prompt tokens, output tokens] of each request a
+    `bench serve` result sent, in order of sending."""
+    start = min(result["start_times"])
+    rows = zip(result["start_times"], result["input_lens"], result["output_lens"])
+    return sorted([t - start, n_in, n_out] for t, n_in, n_out in rows)
+
+
+def sim_requests(sent: list[list[float]]) -> list[SimRequest]:
+    """The simulator's requests for what a run sent: its arrival times and lengths, each
+    prompt of its own token ids (random prompts share no prefix)."""
+    out = []
+    for i, (t, n_in, n_out) in enumerate(sent):
+        rng = random.Random(i)
+        out.append(SimRequest(t, tuple(rng.randrange(1 << 20) for _ in range(int(n_in))), n_out))
+    return out
+
+
+def predict(args, name: str, sent: list[list[float]] | None = None) -> dict:
+    """The planner's figures for configuration `name`: on the workload the arguments
+    describe, or on the requests a measured run `sent` (its arrivals and lengths), so the
+    comparison tests the cost and queueing model rather than two random draws."""
     local = load_profile(args.profile)
     config = {
         "colocated1": Configuration(None, local, 0, 1, 0, 1),
@@ -120,7 +146,8 @@ def predict(args, name: str) -> dict:
     )
     model = parse_cluster_config(yaml.safe_load(Path(args.config).read_text())).model.path
     slo = SLO(args.slo_ttft_ms / 1000, args.slo_tpot_ms / 1000)
-    f = Planner(ModelShape.from_dir(model, 4), workload, slo).simulate(config, args.rate)
+    planner = Planner(ModelShape.from_dir(model, 4), workload, slo)
+    f = planner.simulate(config, args.rate, sim_requests(sent) if sent else None)
     return {
         "request_throughput": f.request_throughput,
         "median_ttft_ms": 1000 * f.median_ttft_s,
@@ -161,10 +188,11 @@ def main() -> None:
         else {}
     )
     for name in args.configs:
-        predicted = predict(args, name)
         measured = earlier[name] if name in earlier else measure(args, name, out)
+        predicted = predict(args, name, measured.get("requests"))
         rows.append({"config": name, "predicted": predicted, "measured": measured})
-        print(json.dumps(rows[-1]), flush=True)
+        figures = {k: {f: v[f] for f in FIGURES} for k, v in rows[-1].items() if k != "config"}
+        print(json.dumps({"config": name, **figures}), flush=True)
     (out / "validation.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
 

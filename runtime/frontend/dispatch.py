@@ -197,7 +197,7 @@ class Dispatcher:
         self.num_in_flight += 1
         attempt = _Attempt(req, f"{req.request_id}@{self._prefix}.{next(self._keys)}")
         if deadline_s is not None:
-            attempt.deadline = time.monotonic() + deadline_s  # what was left on arrival here
+            attempt.deadline = time.monotonic() + deadline_s  # deadline_s is what is left now
         self._attempts[attempt.key] = attempt
         try:
             async for chunk in self._recovering(attempt):

@@ -183,9 +183,14 @@ class Planner:
         )
 
     # -- simulation ---------------------------------------------------------------------
-    def simulate(self, config: Configuration, rate: float) -> Figures:
+    def simulate(
+        self, config: Configuration, rate: float, requests: Sequence[SimRequest] | None = None
+    ) -> Figures:
+        """The figures of `config` serving the workload at `rate`, or serving `requests`
+        (fresh ones, e.g. the arrivals and lengths a measured run had) when given."""
         specs, transfer = self.specs(config)
-        reqs = Simulator(specs, UNADMITTED, transfer).run(self.workload.requests(rate))
+        todo = list(requests) if requests is not None else self.workload.requests(rate)
+        reqs = Simulator(specs, UNADMITTED, transfer).run(todo)
         return figures(reqs, rate, self.slo)
 
     def capacity_bound(self, config: Configuration) -> float:

@@ -2,6 +2,7 @@
 the direction of two published findings (DistServe, TetriInfer)."""
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from scheduler.planner.model_shape import ModelShape
 from scheduler.planner.profiles import FIGURES, load_profile, load_profiles
 from scheduler.planner.roofline import min_tp, worker_costs
-from scheduler.planner.search import SLO, Planner, disaggregation_pays
+from scheduler.planner.search import SLO, Configuration, Planner, disaggregation_pays
 from scheduler.planner.workload_file import WorkloadSpec, load_workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,3 +60,16 @@ def test_disaggregation_pays_for_long_prompts_on_gpus_as_distserve_found():
 
 def test_disaggregation_does_not_pay_for_short_prompts_with_light_decode():
     assert not verdict("short-prompts", SLO(ttft_s=0.5, tpot_s=0.2))
+
+
+def test_the_planner_simulates_given_requests_as_it_does_its_workloads():
+    # benchmarks/validate_planner.py hands it the requests a measured run sent.
+    (a100,) = load_profiles(["a100-80gb"], PROFILES)
+    spec = WorkloadSpec("w", input_len=512, output_len=64, rate=2.0, num_prompts=40)
+    planner = Planner(LLAMA_13B, spec, SLO(ttft_s=1.0, tpot_s=0.1))
+    config = Configuration(a100, a100, 1, 1, 1, 1)
+    assert planner.simulate(config, 2.0, spec.requests(2.0)) == planner.simulate(config, 2.0)
+    later = [replace(r, arrival_s=r.arrival_s + 5.0) for r in spec.requests(2.0)]
+    shifted = planner.simulate(config, 2.0, later)
+    assert shifted.request_throughput < planner.simulate(config, 2.0).request_throughput
+    assert shifted.median_ttft_s == pytest.approx(planner.simulate(config, 2.0).median_ttft_s)
