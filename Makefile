@@ -79,8 +79,11 @@ bench-overload: install-vllm model
 bench-serve-vs-vllm: install-vllm model
 	$(PY) benchmarks/serve_vs_vllm.py --quiet --out serve-vs-vllm-results
 
+# A load a 2-core host serves (the script's defaults are for larger hosts); see README.
+DISAGG_ARGS ?= --request-rate 0.2 0.4 0.6 --num-prompts 20 --input-len 64 --output-len 32 \
+	--burst-input-len 512 --burst-size 2 --burst-interval 20 --goodput ttft:3000 tpot:250
 bench-disagg: install model
-	$(PY) benchmarks/disagg_vs_colocated.py --out disagg-vs-colocated-results
+	$(PY) benchmarks/disagg_vs_colocated.py --out disagg-vs-colocated-results $(DISAGG_ARGS)
 
 # vLLM runs too when `make install-vllm` has been done; otherwise it is reported as skipped.
 bench: install model
