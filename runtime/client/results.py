@@ -124,7 +124,7 @@ def build_tokenize_request(
 ) -> pb.TokenizeRequest:
     req = pb.TokenizeRequest(model=model, return_token_strs=return_token_strs)
     if messages is not None:
-        req.chat.CopyFrom(chat_messages(messages))
+        req.chat.CopyFrom(chat_to_proto(messages))
     elif prompt is not None:
         req.prompt = prompt
     return req
@@ -155,7 +155,7 @@ class Completion:
     prompt_logprobs: list[TokenLogprob] | None = None
 
 
-def chat_messages(messages: list[dict]) -> pb.ChatMessages:
+def chat_to_proto(messages: list[dict]) -> pb.ChatMessages:
     """OpenAI-shaped chat messages as the proto's: an assistant turn's `tool_calls` (OpenAI
     dicts, or the `ToolCall`s a completion returned) and a tool turn's `tool_call_id` go
     along, so a conversation with tools continues over gRPC as over HTTP."""
@@ -232,7 +232,7 @@ def build_request(
             setattr(req, name, sampling.pop(name))
         sampling.pop(name, None)
     if messages is not None:
-        req.chat.CopyFrom(chat_messages(messages))
+        req.chat.CopyFrom(chat_to_proto(messages))
     elif prompt_token_ids is not None:
         req.prompt_token_ids.CopyFrom(pb.TokenIds(ids=list(prompt_token_ids)))
     elif prompt is not None:

@@ -42,7 +42,7 @@ def check_known_fields(msg: Message) -> None:
         )
 
 
-def chat_messages(chat: pb.ChatMessages) -> list[dict]:
+def messages_from_proto(chat: pb.ChatMessages) -> list[dict]:
     """The messages in the OpenAI shape the HTTP API takes (and the preparer checks): an
     assistant turn's `tool_calls` and a tool turn's `tool_call_id` only where set."""
     out = []
@@ -75,7 +75,7 @@ class TokenizerRpcs:
             got = tokenize(
                 p,
                 prompt=request.prompt if kind == "prompt" else None,
-                messages=chat_messages(request.chat) if kind == "chat" else None,
+                messages=messages_from_proto(request.chat) if kind == "chat" else None,
                 return_token_strs=request.return_token_strs,
             )
             return pb.TokenizeResponse(

@@ -20,8 +20,8 @@ from runtime.frontend.dispatch import client_key
 from runtime.frontend.grpc_api import (
     ContinuousUsage,
     TokenizerRpcs,
-    chat_messages,
     check_known_fields,
+    messages_from_proto,
 )
 from runtime.frontend.requests import InvalidRequest, PreparedRequest, RequestPreparer
 from runtime.frontend.results import ServingError
@@ -201,7 +201,7 @@ class TandemService(TokenizerRpcs, pb_grpc.TandemServicer):
             )
         ids = p.prompt_ids(
             prompt=request.prompt if kind == "prompt" else None,
-            messages=chat_messages(request.chat) if kind == "chat" else None,
+            messages=messages_from_proto(request.chat) if kind == "chat" else None,
             token_ids=list(request.prompt_token_ids.ids) if kind == "prompt_token_ids" else None,
             tools=list(tool_use.tools) if tool_use is not None else None,
         )

@@ -35,6 +35,20 @@ def tiny_cluster_config(model_dir, pools: dict, **sections):
     return parse_cluster_config(data)
 
 
+def default_model_cluster_config(model_dir):
+    """1 prefill + 1 decode worker of the default SmolLM2, ephemeral ports, one torch thread
+    per worker, a small KV cache."""
+    return parse_cluster_config(
+        {
+            "model": {"path": str(model_dir), "max_model_len": 512},
+            "engine": {"memory_gib": 0.1, "num_threads": 1},
+            "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}},
+            "server": {"grpc_port": 0, "http_port": 0},
+            "ray": {"num_cpus": 4},
+        }
+    )
+
+
 def colocated_greedy(model_dir, prompts, max_tokens) -> list[list[int]]:
     """The colocated engine's greedy token ids for prompts, texts or token ids (the
     reference)."""

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import jsonschema
 import pytest
+from cluster_helpers import default_model_cluster_config
 
 from runtime.client import AsyncClient, Client, InvalidArgumentError
-from runtime.cluster import parse_cluster_config
 from runtime.cluster.background import BackgroundServer
 
 pytestmark = [pytest.mark.model]
@@ -60,15 +60,7 @@ PEOPLE = [
 
 @pytest.fixture(scope="module")
 def server(default_model_dir):
-    config = parse_cluster_config(
-        {
-            "model": {"path": str(default_model_dir), "max_model_len": 512},
-            "engine": {"memory_gib": 0.1, "num_threads": 1},
-            "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}},
-            "server": {"grpc_port": 0, "http_port": 0},
-            "ray": {"num_cpus": 4},
-        }
-    )
+    config = default_model_cluster_config(default_model_dir)
     with BackgroundServer(config) as server:
         yield server
 
